@@ -1,0 +1,465 @@
+//! Wire protocol, version 1: every JSON body and frame the server and its clients
+//! exchange, the error codes, and the limits.
+//!
+//! This is the one place these types live. The load generator imports this module,
+//! so the server and the generator cannot drift apart. Field names follow
+//! `docs/protocol.md` exactly; unknown fields are ignored on input (serde's default)
+//! so newer peers can add fields without breaking older ones.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+/// A user's id: a JSON integer below 2^53.
+pub type UserId = u64;
+/// A device's id, unique across all users.
+pub type DeviceId = u64;
+/// A message's id within its channel: 1, 2, 3, ...
+pub type MessageId = u64;
+/// A position in one user's inbox: 1, 2, 3, ...
+pub type Seq = u64;
+/// Milliseconds since the Unix epoch.
+pub type Millis = u64;
+
+/// Longest message text, in Unicode scalar values (not bytes).
+pub const MAX_TEXT_CHARS: usize = 100_000;
+/// Most members a group may have, its creator included.
+pub const MAX_GROUP_MEMBERS: usize = 100;
+/// Longest `client_msg_id`, in characters.
+pub const MAX_CLIENT_MSG_ID_CHARS: usize = 64;
+/// Default and largest page of `GET /v1/channels/{channel}/messages`.
+pub const HISTORY_DEFAULT_LIMIT: usize = 50;
+pub const HISTORY_MAX_LIMIT: usize = 500;
+/// Default and largest page of a `sync` answer.
+pub const SYNC_DEFAULT_LIMIT: usize = 100;
+pub const SYNC_MAX_LIMIT: usize = 1000;
+
+/// Every error code of the protocol. The HTTP status for each lives in
+/// [`ErrorCode::http_status`] and nowhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Conflict,
+    TooLarge,
+    GroupFull,
+    RateLimited,
+    Overloaded,
+    /// Not in the contract's table: a storage failure the client can retry.
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 10] = [
+        ErrorCode::BadRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::Conflict,
+        ErrorCode::TooLarge,
+        ErrorCode::GroupFull,
+        ErrorCode::RateLimited,
+        ErrorCode::Overloaded,
+        ErrorCode::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::GroupFull => "group_full",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status that goes with the code (the protocol's error table).
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest | ErrorCode::GroupFull => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Conflict => 409,
+            ErrorCode::TooLarge => 413,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::Overloaded => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `{"error": CODE, "message": TEXT}`: the body of every HTTP error answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorCode,
+    pub message: String,
+}
+
+/// Presence status of a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Online,
+    Offline,
+}
+
+// ---------------------------------------------------------------------------
+// HTTP bodies
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignupRequest {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignupResponse {
+    pub user_id: UserId,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginResponse {
+    pub token: String,
+    pub user_id: UserId,
+    pub device_id: DeviceId,
+    pub servers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiscoveryResponse {
+    pub servers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserRef {
+    pub user_id: UserId,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Friend {
+    pub user_id: UserId,
+    pub username: String,
+    pub status: Status,
+    pub last_active_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FriendsResponse {
+    pub friends: Vec<Friend>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateGroupRequest {
+    pub name: String,
+    pub members: Vec<UserId>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateGroupResponse {
+    pub channel: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryResponse {
+    pub messages: Vec<Message>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PresenceEntry {
+    pub user_id: UserId,
+    pub status: Status,
+    pub last_active_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PresenceResponse {
+    pub presence: Vec<PresenceEntry>,
+}
+
+// ---------------------------------------------------------------------------
+// WebSocket frames
+// ---------------------------------------------------------------------------
+
+/// Where a `send` goes: exactly one of `user` and `channel`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Recipient {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+}
+
+impl Recipient {
+    pub fn user(id: UserId) -> Self {
+        Recipient { user: Some(id), channel: None }
+    }
+    pub fn channel(id: impl Into<String>) -> Self {
+        Recipient { user: None, channel: Some(id.into()) }
+    }
+}
+
+/// A frame from a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    Send {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<i64>,
+        to: Recipient,
+        client_msg_id: String,
+        text: String,
+    },
+    Heartbeat {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<i64>,
+    },
+    Sync {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<i64>,
+        since: Seq,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+    Logout {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<i64>,
+    },
+}
+
+/// What can be read from a frame that failed to parse: enough to answer it with
+/// an `error` frame that carries its `req` and names its `type`.
+#[derive(Debug, Default, Deserialize)]
+pub struct FrameEnvelope {
+    #[serde(default)]
+    pub req: Option<serde_json::Value>,
+    #[serde(default, rename = "type")]
+    pub kind: Option<serde_json::Value>,
+}
+
+impl FrameEnvelope {
+    /// The `req` of a frame, when it is an integer.
+    pub fn req(&self) -> Option<i64> {
+        self.req.as_ref().and_then(|v| v.as_i64())
+    }
+}
+
+/// A stored message as clients see it: in `message` frames, `sync_batch` answers
+/// and history pages. `seq` is the receiving user's inbox position; history pages,
+/// which are per channel rather than per user, leave it out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub channel: String,
+    pub id: MessageId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<Seq>,
+    pub from: UserId,
+    pub from_device: DeviceId,
+    pub client_msg_id: String,
+    pub text: String,
+    pub ts: Millis,
+}
+
+/// A borrowed message, for serializing fan-out frames without cloning the text.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageRef<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub channel: &'a str,
+    pub id: MessageId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<Seq>,
+    pub from: UserId,
+    pub from_device: DeviceId,
+    pub client_msg_id: &'a str,
+    pub text: &'a str,
+    pub ts: Millis,
+}
+
+/// A frame from the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Hello {
+        user_id: UserId,
+        device_id: DeviceId,
+        seq: Seq,
+        heartbeat_interval_ms: u64,
+        offline_after_ms: u64,
+    },
+    Message(Message),
+    Presence {
+        user_id: UserId,
+        status: Status,
+        last_active_at: Option<Millis>,
+    },
+    Ack {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<i64>,
+        channel: String,
+        id: MessageId,
+        seq: Seq,
+        ts: Millis,
+    },
+    SyncBatch {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<i64>,
+        messages: Vec<Message>,
+        more: bool,
+    },
+    Error {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<i64>,
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+impl ServerFrame {
+    pub fn error(req: Option<i64>, code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerFrame::Error { req, code, message: message.into() }
+    }
+
+    /// Serializes the frame. Serializing these types cannot fail (no maps with
+    /// non-string keys, no foreign `Serialize` impls), hence no `Result`.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("server frames always serialize")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Channels
+// ---------------------------------------------------------------------------
+
+/// A channel id, parsed: `dm:A:B` (A < B) or `g:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChannelId {
+    Direct(UserId, UserId),
+    Group(u64),
+}
+
+impl ChannelId {
+    /// The one-to-one channel of two users, whatever their order.
+    pub fn direct(a: UserId, b: UserId) -> Self {
+        if a <= b {
+            ChannelId::Direct(a, b)
+        } else {
+            ChannelId::Direct(b, a)
+        }
+    }
+
+    /// Parses `dm:A:B` (with A < B) or `g:N`; anything else is `None`.
+    pub fn parse(s: &str) -> Option<Self> {
+        if let Some(rest) = s.strip_prefix("dm:") {
+            let (a, b) = rest.split_once(':')?;
+            let (a, b) = (parse_id(a)?, parse_id(b)?);
+            (a < b).then_some(ChannelId::Direct(a, b))
+        } else if let Some(n) = s.strip_prefix("g:") {
+            parse_id(n).map(ChannelId::Group)
+        } else {
+            None
+        }
+    }
+}
+
+/// A canonical decimal id: digits only, no sign, no leading zeros.
+fn parse_id(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0'))
+    {
+        return None;
+    }
+    s.parse().ok()
+}
+
+impl std::fmt::Display for ChannelId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChannelId::Direct(a, b) => write!(f, "dm:{a}:{b}"),
+            ChannelId::Group(n) => write!(f, "g:{n}"),
+        }
+    }
+}
+
+/// Checks a username: 1-64 characters of `[A-Za-z0-9_.-]`.
+pub fn valid_username(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Checks a message text: 1 to 100,000 Unicode scalar values.
+pub fn check_text(text: &str) -> Result<(), (ErrorCode, Cow<'static, str>)> {
+    if text.is_empty() {
+        return Err((ErrorCode::BadRequest, "text is empty".into()));
+    }
+    // A byte count at or under the limit cannot hold more characters than that;
+    // counting characters is only needed for long texts.
+    if text.len() > MAX_TEXT_CHARS {
+        let chars = text.chars().count();
+        if chars > MAX_TEXT_CHARS {
+            return Err((
+                ErrorCode::TooLarge,
+                format!("text has {chars} characters, the limit is {MAX_TEXT_CHARS}").into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_ids_round_trip_and_reject_non_canonical_forms() {
+        assert_eq!(ChannelId::parse("dm:1:2"), Some(ChannelId::Direct(1, 2)));
+        assert_eq!(ChannelId::direct(9, 3).to_string(), "dm:3:9");
+        assert_eq!(ChannelId::parse("g:17"), Some(ChannelId::Group(17)));
+        for bad in ["dm:2:1", "dm:1:1", "dm:01:2", "g:", "g:-1", "x:1", "dm:1", "g:1a"] {
+            assert_eq!(ChannelId::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn text_limits_count_characters_not_bytes() {
+        assert!(check_text(&"é".repeat(MAX_TEXT_CHARS)).is_ok());
+        assert_eq!(check_text(&"é".repeat(MAX_TEXT_CHARS + 1)).unwrap_err().0, ErrorCode::TooLarge);
+        assert_eq!(check_text("").unwrap_err().0, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn frames_use_the_contract_field_names() {
+        let f: ClientFrame = serde_json::from_str(
+            r#"{"type":"send","req":3,"to":{"user":2},"client_msg_id":"a","text":"hi","extra":1}"#,
+        )
+        .unwrap();
+        assert!(matches!(f, ClientFrame::Send { req: Some(3), .. }));
+        let ack = ServerFrame::Ack { req: Some(3), channel: "dm:1:2".into(), id: 1, seq: 4, ts: 5 };
+        assert_eq!(
+            ack.to_json(),
+            r#"{"type":"ack","req":3,"channel":"dm:1:2","id":1,"seq":4,"ts":5}"#
+        );
+    }
+}

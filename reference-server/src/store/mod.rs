@@ -1,0 +1,188 @@
+//! Storage: the domain-level operations the chat service needs, behind one trait,
+//! and the backends that implement it.
+//!
+//! The trait speaks the service's language (accounts, devices, friends, groups,
+//! "accept a message", history ranges, inbox reads after a cursor, presence
+//! timestamps), not a raw key-value API, so that each backend can implement the
+//! hot operation, [`Store::accept`], atomically in its own best way (a mutex, a
+//! transaction, a Lua script). Every backend passes the same conformance suite
+//! (`tests/conformance.rs` in this crate) and runs in the same benchmarks.
+//!
+//! A backend is chosen at start-up from the `--storage` URL by [`open`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::protocol::{DeviceId, Message, MessageId, Millis, Seq, UserId};
+
+pub mod memory;
+
+/// Failures of storage operations. The domain outcomes (`Conflict`, `GroupFull`,
+/// `NotFound`) are answers the caller maps to protocol errors; `Backend` is a
+/// failure of the storage system itself.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("already exists")]
+    Conflict,
+    #[error("the group would pass its member limit")]
+    GroupFull,
+    #[error("not found")]
+    NotFound,
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// An account as stored, with its password hash (never the password).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub id: UserId,
+    pub username: String,
+    pub password_hash: String,
+}
+
+/// The public part of an account, with its last activity time (if it ever was active).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserInfo {
+    pub id: UserId,
+    pub username: String,
+    pub last_active_at: Option<Millis>,
+}
+
+/// The device a bearer token belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenOwner {
+    pub user_id: UserId,
+    pub device_id: DeviceId,
+}
+
+/// A message to accept. `members` is every member of the channel at the time of
+/// sending (the sender included); each gets the message in its inbox.
+#[derive(Debug, Clone, Copy)]
+pub struct NewMessage<'a> {
+    pub channel: &'a str,
+    pub members: &'a [UserId],
+    pub from: UserId,
+    pub from_device: DeviceId,
+    pub client_msg_id: &'a str,
+    pub text: &'a str,
+    pub ts: Millis,
+}
+
+/// The outcome of [`Store::accept`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The channel the message was stored in (for a duplicate: the first one's).
+    pub channel: String,
+    pub id: MessageId,
+    pub ts: Millis,
+    /// The sender's own inbox sequence for the message.
+    pub sender_seq: Seq,
+    /// `(member, that member's inbox seq)` for every member, the sender included.
+    /// Empty for a duplicate: the first send already delivered it.
+    pub recipients: Vec<(UserId, Seq)>,
+    /// True when `(from, client_msg_id)` was seen before: nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// A stored message. Shared (`Arc`) so that inboxes and fan-out need no copies.
+pub type StoredMessage = Arc<Message>;
+
+/// The chat service's storage.
+///
+/// Every method is atomic on its own. Implementations must be cheap to share
+/// (`Arc<dyn Store>`) and safe to call from many tasks at once.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A short name for logs, metrics and reports: `memory`, `embedded`, ...
+    fn kind(&self) -> &'static str;
+
+    /// What an acknowledged message survives, in words, for docs and reports
+    /// (for example "process crash and power loss (fsync per commit batch)").
+    fn durability(&self) -> String;
+
+    // -- accounts and devices ------------------------------------------------
+
+    /// Creates an account. `Conflict` if the name is taken.
+    async fn create_user(&self, username: &str, password_hash: &str) -> StoreResult<UserId>;
+    async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>>;
+    /// The accounts among `ids` that exist, in the order asked; unknown ids are left out.
+    async fn users(&self, ids: &[UserId]) -> StoreResult<Vec<UserInfo>>;
+    /// The device a login lands on: the user's device called `name` if it has one,
+    /// otherwise a new device (named `name`, if given).
+    async fn login_device(&self, user: UserId, name: Option<&str>) -> StoreResult<DeviceId>;
+    async fn put_token(&self, token: &str, owner: TokenOwner) -> StoreResult<()>;
+    async fn token_owner(&self, token: &str) -> StoreResult<Option<TokenOwner>>;
+    /// Makes a token stop working. Revoking an unknown token is not an error.
+    async fn revoke_token(&self, token: &str) -> StoreResult<()>;
+
+    // -- friends and groups --------------------------------------------------
+
+    /// Makes `a` and `b` friends of each other (idempotent).
+    async fn add_friend(&self, a: UserId, b: UserId) -> StoreResult<()>;
+    async fn friends(&self, user: UserId) -> StoreResult<Vec<UserId>>;
+    /// Creates a group with these members (deduplicated, order kept) and returns
+    /// its number N (channel `g:N`). `GroupFull` past `max_members`.
+    async fn create_group(
+        &self,
+        name: &str,
+        members: &[UserId],
+        max_members: usize,
+    ) -> StoreResult<u64>;
+    /// The members of group N, or `None` if there is no such group.
+    async fn group_members(&self, group: u64) -> StoreResult<Option<Vec<UserId>>>;
+    /// Adds a member (idempotent). `NotFound` for an unknown group, `GroupFull`
+    /// when it would pass `max_members`.
+    async fn add_member(&self, group: u64, user: UserId, max_members: usize) -> StoreResult<()>;
+    /// Removes a member (idempotent). `NotFound` for an unknown group.
+    async fn remove_member(&self, group: u64, user: UserId) -> StoreResult<()>;
+
+    // -- messages ------------------------------------------------------------
+
+    /// Accepts a message, atomically: dedupes by `(from, client_msg_id)`, takes the
+    /// channel's next id, stores the message, and appends it to every member's
+    /// inbox with that member's next seq. Returns once the message is as durable
+    /// as this backend makes anything.
+    async fn accept(&self, msg: NewMessage<'_>) -> StoreResult<Accepted>;
+    /// A page of a channel's history, ascending by id: with `after`, the first
+    /// `limit` messages with `after < id` (and `id < before`, if given); without
+    /// it, the last `limit` messages with `id < before` (or the newest ones).
+    async fn history(
+        &self,
+        channel: &str,
+        after: Option<MessageId>,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredMessage>>;
+    /// The highest inbox seq of a user (0 for an empty inbox).
+    async fn inbox_head(&self, user: UserId) -> StoreResult<Seq>;
+    /// Up to `limit` inbox entries with `seq > since`, ascending; each message
+    /// carries that user's `seq`.
+    async fn inbox_after(&self, user: UserId, since: Seq, limit: usize) -> StoreResult<Vec<Message>>;
+
+    // -- presence ------------------------------------------------------------
+
+    async fn set_last_active(&self, user: UserId, at: Millis) -> StoreResult<()>;
+
+    /// Makes everything accepted so far durable (called at shutdown).
+    async fn flush(&self) -> StoreResult<()>;
+}
+
+/// Errors of [`open`]: the `--storage` URL is not one we can use.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("unknown storage {0:?}: use memory, embedded:DIR, redis://HOST:PORT or postgres://...")]
+    Unknown(String),
+    #[error("cannot open storage {url:?}: {reason}")]
+    Failed { url: String, reason: String },
+}
+
+/// Opens the backend that a `--storage` URL names.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, OpenError> {
+    match url {
+        "memory" | "memory:" => Ok(Arc::new(memory::MemoryStore::new())),
+        other => Err(OpenError::Unknown(other.to_string())),
+    }
+}
