@@ -1,1 +1,179 @@
-//! placeholder
+//! The server's command line (`Opts`, clap derive) and the validated
+//! [`Config`] it resolves into before anything starts.
+//!
+//! The flags named in `docs/design.md` are the contract tests rely on; the
+//! others tune limits (outbound queue bound, frame limit, password-hash cost).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// `reference-server` command line.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "reference-server",
+    version,
+    about = "chatscale reference chat server"
+)]
+pub struct Opts {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Storage backend: memory, embedded:DIR, redis://HOST:PORT, postgres://...
+    #[arg(long, default_value = "memory")]
+    pub storage: String,
+
+    /// This node's name in discovery and metrics (default: node-PID).
+    #[arg(long)]
+    pub node_id: Option<String>,
+
+    /// Address handed out by discovery and login, as ws://HOST:PORT
+    /// (default: the listen address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+
+    /// Heartbeat interval announced to clients, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub heartbeat_interval_ms: u64,
+
+    /// A user goes offline after this long without a heartbeat from any device.
+    #[arg(long, default_value_t = 30000)]
+    pub offline_after_ms: u64,
+
+    /// POST push notifications as JSON to this URL (default: count them in /metrics).
+    #[arg(long)]
+    pub push_webhook: Option<String>,
+
+    /// Argon2id memory cost in KiB (OWASP: 19456). Values as low as 8 are for
+    /// load tests that create many accounts quickly, never for production.
+    #[arg(long, default_value_t = 19456)]
+    pub password_hash_memory_kib: u32,
+
+    /// Argon2id iterations (time cost).
+    #[arg(long, default_value_t = 2)]
+    pub password_hash_iterations: u32,
+
+    /// Outbound frames a connection may have queued before it is closed with 1008.
+    #[arg(long, default_value_t = 1024)]
+    pub outbox_max_frames: usize,
+
+    /// Outbound bytes a connection may have queued before it is closed with 1008.
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    pub outbox_max_bytes: usize,
+
+    /// Largest WebSocket frame or message accepted, in bytes; a larger one closes
+    /// the connection with 1009. At least 1 MiB so that 100,000 four-byte
+    /// characters fit.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Per-connection WebSocket read buffer, in bytes. Small keeps idle
+    /// connections cheap; the buffer grows for large frames and shrinks back.
+    #[arg(long, default_value_t = 512)]
+    pub ws_read_buffer_bytes: usize,
+
+    /// Token lifetime in seconds (0 = until logout). An expired token gets 401.
+    #[arg(long, default_value_t = 30 * 24 * 3600)]
+    pub token_ttl_secs: u64,
+}
+
+/// Everything the server needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub storage: String,
+    pub node_id: String,
+    pub advertise: Option<String>,
+    pub heartbeat_interval: Duration,
+    pub offline_after: Duration,
+    pub push_webhook: Option<String>,
+    pub password_hash_memory_kib: u32,
+    pub password_hash_iterations: u32,
+    pub outbox_max_frames: usize,
+    pub outbox_max_bytes: usize,
+    pub max_frame_bytes: usize,
+    pub ws_read_buffer_bytes: usize,
+    pub token_ttl: Option<Duration>,
+}
+
+/// A flag value that cannot be used; the message names the flag.
+#[derive(Debug, thiserror::Error)]
+#[error("--{flag}: {reason}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub reason: String,
+}
+
+impl Opts {
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let err = |flag, reason: &str| {
+            Err(ConfigError {
+                flag,
+                reason: reason.to_string(),
+            })
+        };
+        if self.heartbeat_interval_ms == 0 {
+            return err("heartbeat-interval-ms", "must be above 0");
+        }
+        if self.offline_after_ms == 0 {
+            return err("offline-after-ms", "must be above 0");
+        }
+        if self.max_frame_bytes < 1024 * 1024 {
+            return err("max-frame-bytes", "must be at least 1048576 (1 MiB)");
+        }
+        if self.outbox_max_frames == 0 || self.outbox_max_bytes < self.max_frame_bytes {
+            return err(
+                "outbox-max-bytes",
+                "must be at least --max-frame-bytes, and --outbox-max-frames above 0",
+            );
+        }
+        if !(8..=4 * 1024 * 1024).contains(&self.password_hash_memory_kib) {
+            return err("password-hash-memory-kib", "must be 8 to 4194304");
+        }
+        if self.password_hash_iterations == 0 {
+            return err("password-hash-iterations", "must be above 0");
+        }
+        if let Some(a) = &self.advertise {
+            if !(a.starts_with("ws://") || a.starts_with("wss://")) {
+                return err("advertise", "must be ws://HOST:PORT or wss://HOST:PORT");
+            }
+        }
+        if let Some(w) = &self.push_webhook {
+            if !(w.starts_with("http://") || w.starts_with("https://")) {
+                return err("push-webhook", "must be an http:// URL");
+            }
+        }
+        Ok(Config {
+            listen: self.listen,
+            storage: self.storage,
+            node_id: self
+                .node_id
+                .unwrap_or_else(|| format!("node-{}", std::process::id())),
+            advertise: self.advertise.map(|a| a.trim_end_matches('/').to_string()),
+            heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
+            offline_after: Duration::from_millis(self.offline_after_ms),
+            push_webhook: self.push_webhook,
+            password_hash_memory_kib: self.password_hash_memory_kib,
+            password_hash_iterations: self.password_hash_iterations,
+            outbox_max_frames: self.outbox_max_frames,
+            outbox_max_bytes: self.outbox_max_bytes,
+            max_frame_bytes: self.max_frame_bytes,
+            ws_read_buffer_bytes: self.ws_read_buffer_bytes.max(64),
+            token_ttl: (self.token_ttl_secs > 0).then(|| Duration::from_secs(self.token_ttl_secs)),
+        })
+    }
+}
+
+impl Config {
+    /// The defaults of the command line, listening on a free loopback port with
+    /// in-memory storage: what tests and the embedded load-test server start from.
+    pub fn for_tests() -> Config {
+        let mut opts = Opts::parse_from(["reference-server", "--listen", "127.0.0.1:0"]);
+        opts.storage = "memory".into();
+        opts.password_hash_memory_kib = 8;
+        opts.password_hash_iterations = 1;
+        opts.into_config().expect("the defaults are valid")
+    }
+}

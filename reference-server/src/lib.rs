@@ -5,7 +5,39 @@
 //! Map of the modules:
 //! - [`protocol`]: wire types, error codes and limits (shared with `loadgen`).
 //! - [`config`]: the command line (`Opts`) resolved into a validated [`config::Config`].
+//! - [`server`]: start, serve, shut down.
+//! - [`http`]: the HTTP API and the WebSocket upgrade.
+//! - [`session`]: one WebSocket connection (one device).
+//! - [`chat`]: shared state and the service operations (send, sync, membership).
+//! - [`hub`]: connected devices on this node, and fan-out to them.
+//! - [`outbox`]: a connection's bounded outbound queue.
+//! - [`presence`]: online/offline by heartbeats, pushed to friends.
+//! - [`push`]: push notifications for offline members.
+//! - [`auth`]: password hashing and tokens.
+//! - [`metrics`]: counters for `/metrics`.
+//! - [`error`]: `ApiError`, a protocol error code with a message.
 //! - [`store`]: the storage trait and its backends.
+pub mod auth;
+pub mod chat;
 pub mod config;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod outbox;
+pub mod presence;
 pub mod protocol;
+pub mod push;
+pub mod server;
+pub mod session;
 pub mod store;
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

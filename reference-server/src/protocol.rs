@@ -215,10 +215,16 @@ pub struct Recipient {
 
 impl Recipient {
     pub fn user(id: UserId) -> Self {
-        Recipient { user: Some(id), channel: None }
+        Recipient {
+            user: Some(id),
+            channel: None,
+        }
     }
     pub fn channel(id: impl Into<String>) -> Self {
-        Recipient { user: None, channel: Some(id.into()) }
+        Recipient {
+            user: None,
+            channel: Some(id.into()),
+        }
     }
 }
 
@@ -316,12 +322,18 @@ pub enum ServerFrame {
         status: Status,
         last_active_at: Option<Millis>,
     },
+    /// The answer to a `send` (all fields), or to a `heartbeat` or `logout` that
+    /// carried a `req` (only `req`; the other fields read as empty/0).
     Ack {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req: Option<i64>,
+        #[serde(default)]
         channel: String,
+        #[serde(default)]
         id: MessageId,
+        #[serde(default)]
         seq: Seq,
+        #[serde(default)]
         ts: Millis,
     },
     SyncBatch {
@@ -340,7 +352,11 @@ pub enum ServerFrame {
 
 impl ServerFrame {
     pub fn error(req: Option<i64>, code: ErrorCode, message: impl Into<String>) -> Self {
-        ServerFrame::Error { req, code, message: message.into() }
+        ServerFrame::Error {
+            req,
+            code,
+            message: message.into(),
+        }
     }
 
     /// Serializes the frame. Serializing these types cannot fail (no maps with
@@ -406,7 +422,9 @@ impl std::fmt::Display for ChannelId {
 /// Checks a username: 1-64 characters of `[A-Za-z0-9_.-]`.
 pub fn valid_username(name: &str) -> bool {
     (1..=64).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// Checks a message text: 1 to 100,000 Unicode scalar values.
@@ -437,7 +455,9 @@ mod tests {
         assert_eq!(ChannelId::parse("dm:1:2"), Some(ChannelId::Direct(1, 2)));
         assert_eq!(ChannelId::direct(9, 3).to_string(), "dm:3:9");
         assert_eq!(ChannelId::parse("g:17"), Some(ChannelId::Group(17)));
-        for bad in ["dm:2:1", "dm:1:1", "dm:01:2", "g:", "g:-1", "x:1", "dm:1", "g:1a"] {
+        for bad in [
+            "dm:2:1", "dm:1:1", "dm:01:2", "g:", "g:-1", "x:1", "dm:1", "g:1a",
+        ] {
             assert_eq!(ChannelId::parse(bad), None, "{bad}");
         }
     }
@@ -445,7 +465,10 @@ mod tests {
     #[test]
     fn text_limits_count_characters_not_bytes() {
         assert!(check_text(&"é".repeat(MAX_TEXT_CHARS)).is_ok());
-        assert_eq!(check_text(&"é".repeat(MAX_TEXT_CHARS + 1)).unwrap_err().0, ErrorCode::TooLarge);
+        assert_eq!(
+            check_text(&"é".repeat(MAX_TEXT_CHARS + 1)).unwrap_err().0,
+            ErrorCode::TooLarge
+        );
         assert_eq!(check_text("").unwrap_err().0, ErrorCode::BadRequest);
     }
 
@@ -456,7 +479,13 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(f, ClientFrame::Send { req: Some(3), .. }));
-        let ack = ServerFrame::Ack { req: Some(3), channel: "dm:1:2".into(), id: 1, seq: 4, ts: 5 };
+        let ack = ServerFrame::Ack {
+            req: Some(3),
+            channel: "dm:1:2".into(),
+            id: 1,
+            seq: 4,
+            ts: 5,
+        };
         assert_eq!(
             ack.to_json(),
             r#"{"type":"ack","req":3,"channel":"dm:1:2","id":1,"seq":4,"ts":5}"#

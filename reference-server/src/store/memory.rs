@@ -57,10 +57,15 @@ impl Inner {
         id.checked_sub(1).and_then(|i| self.users.get(i as usize))
     }
     fn user_mut(&mut self, id: UserId) -> StoreResult<&mut User> {
-        id.checked_sub(1).and_then(|i| self.users.get_mut(i as usize)).ok_or(StoreError::NotFound)
+        id.checked_sub(1)
+            .and_then(|i| self.users.get_mut(i as usize))
+            .ok_or(StoreError::NotFound)
     }
     fn group_mut(&mut self, group: u64) -> StoreResult<&mut Vec<UserId>> {
-        group.checked_sub(1).and_then(|i| self.groups.get_mut(i as usize)).ok_or(StoreError::NotFound)
+        group
+            .checked_sub(1)
+            .and_then(|i| self.groups.get_mut(i as usize))
+            .ok_or(StoreError::NotFound)
     }
 }
 
@@ -160,7 +165,12 @@ impl Store for MemoryStore {
     }
 
     async fn friends(&self, user: UserId) -> StoreResult<Vec<UserId>> {
-        Ok(self.inner.lock().user(user).map(|u| u.friends.clone()).unwrap_or_default())
+        Ok(self
+            .inner
+            .lock()
+            .user(user)
+            .map(|u| u.friends.clone())
+            .unwrap_or_default())
     }
 
     async fn create_group(
@@ -188,7 +198,10 @@ impl Store for MemoryStore {
 
     async fn group_members(&self, group: u64) -> StoreResult<Option<Vec<UserId>>> {
         let inner = self.inner.lock();
-        Ok(group.checked_sub(1).and_then(|i| inner.groups.get(i as usize)).cloned())
+        Ok(group
+            .checked_sub(1)
+            .and_then(|i| inner.groups.get(i as usize))
+            .cloned())
     }
 
     async fn add_member(&self, group: u64, user: UserId, max_members: usize) -> StoreResult<()> {
@@ -218,7 +231,14 @@ impl Store for MemoryStore {
         let key = (msg.from, msg.client_msg_id.to_string());
         if let Some((channel, id, sender_seq)) = inner.dedupe.get(&key).cloned() {
             let ts = inner.channels[&channel][(id - 1) as usize].ts;
-            return Ok(Accepted { channel, id, ts, sender_seq, recipients: Vec::new(), duplicate: true });
+            return Ok(Accepted {
+                channel,
+                id,
+                ts,
+                sender_seq,
+                recipients: Vec::new(),
+                duplicate: true,
+            });
         }
         if msg.members.iter().any(|&m| inner.user(m).is_none()) {
             return Err(StoreError::NotFound);
@@ -242,9 +262,14 @@ impl Store for MemoryStore {
             user.inbox.push(stored.clone());
             recipients.push((m, user.inbox.len() as Seq));
         }
-        let sender_seq =
-            recipients.iter().find(|(m, _)| *m == msg.from).map(|&(_, s)| s).unwrap_or(0);
-        inner.dedupe.insert(key, (msg.channel.to_string(), id, sender_seq));
+        let sender_seq = recipients
+            .iter()
+            .find(|(m, _)| *m == msg.from)
+            .map(|&(_, s)| s)
+            .unwrap_or(0);
+        inner
+            .dedupe
+            .insert(key, (msg.channel.to_string(), id, sender_seq));
         Ok(Accepted {
             channel: msg.channel.to_string(),
             id,
@@ -279,10 +304,19 @@ impl Store for MemoryStore {
     }
 
     async fn inbox_head(&self, user: UserId) -> StoreResult<Seq> {
-        Ok(self.inner.lock().user(user).map_or(0, |u| u.inbox.len() as Seq))
+        Ok(self
+            .inner
+            .lock()
+            .user(user)
+            .map_or(0, |u| u.inbox.len() as Seq))
     }
 
-    async fn inbox_after(&self, user: UserId, since: Seq, limit: usize) -> StoreResult<Vec<Message>> {
+    async fn inbox_after(
+        &self,
+        user: UserId,
+        since: Seq,
+        limit: usize,
+    ) -> StoreResult<Vec<Message>> {
         let inner = self.inner.lock();
         let Some(u) = inner.user(user) else {
             return Ok(Vec::new());
@@ -292,7 +326,10 @@ impl Store for MemoryStore {
         Ok(u.inbox[start..end]
             .iter()
             .enumerate()
-            .map(|(i, m)| Message { seq: Some((start + i + 1) as Seq), ..(**m).clone() })
+            .map(|(i, m)| Message {
+                seq: Some((start + i + 1) as Seq),
+                ..(**m).clone()
+            })
             .collect())
     }
 

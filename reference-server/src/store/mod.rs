@@ -16,7 +16,9 @@ use async_trait::async_trait;
 
 use crate::protocol::{DeviceId, Message, MessageId, Millis, Seq, UserId};
 
+pub mod embedded;
 pub mod memory;
+pub mod redis;
 
 /// Failures of storage operations. The domain outcomes (`Conflict`, `GroupFull`,
 /// `NotFound`) are answers the caller maps to protocol errors; `Backend` is a
@@ -160,7 +162,12 @@ pub trait Store: Send + Sync + 'static {
     async fn inbox_head(&self, user: UserId) -> StoreResult<Seq>;
     /// Up to `limit` inbox entries with `seq > since`, ascending; each message
     /// carries that user's `seq`.
-    async fn inbox_after(&self, user: UserId, since: Seq, limit: usize) -> StoreResult<Vec<Message>>;
+    async fn inbox_after(
+        &self,
+        user: UserId,
+        since: Seq,
+        limit: usize,
+    ) -> StoreResult<Vec<Message>>;
 
     // -- presence ------------------------------------------------------------
 
@@ -173,7 +180,9 @@ pub trait Store: Send + Sync + 'static {
 /// Errors of [`open`]: the `--storage` URL is not one we can use.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("unknown storage {0:?}: use memory, embedded:DIR, redis://HOST:PORT or postgres://...")]
+    #[error(
+        "unknown storage {0:?}: use memory, embedded:DIR, redis://HOST:PORT or postgres://..."
+    )]
     Unknown(String),
     #[error("cannot open storage {url:?}: {reason}")]
     Failed { url: String, reason: String },
@@ -183,6 +192,31 @@ pub enum OpenError {
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, OpenError> {
     match url {
         "memory" | "memory:" => Ok(Arc::new(memory::MemoryStore::new())),
+        _ if url.starts_with("redis://") => {
+            let store = redis::RedisStore::open(url)
+                .await
+                .map_err(|e| failed(url, e))?;
+            Ok(Arc::new(store))
+        }
+        _ if url.starts_with("embedded:") => {
+            let dir = &url["embedded:".len()..];
+            if dir.is_empty() {
+                return Err(failed(
+                    url,
+                    "embedded: needs a directory, as in embedded:./chatscale-data",
+                ));
+            }
+            let store = embedded::EmbeddedStore::open(std::path::Path::new(dir))
+                .map_err(|e| failed(url, e))?;
+            Ok(Arc::new(store))
+        }
         other => Err(OpenError::Unknown(other.to_string())),
+    }
+}
+
+fn failed(url: &str, reason: impl std::fmt::Display) -> OpenError {
+    OpenError::Failed {
+        url: url.to_string(),
+        reason: reason.to_string(),
     }
 }

@@ -1,0 +1,120 @@
+//! Passwords and tokens.
+//!
+//! Passwords are hashed with Argon2id in PHC string form (salt and parameters
+//! inside the string), so the cost can change without breaking stored hashes.
+//! Hashing runs on the blocking pool: at the default cost it takes tens of
+//! milliseconds of CPU, which must not stall the runtime's workers.
+//!
+//! A token is 128 random bits from the OS-seeded CSPRNG, followed by its expiry
+//! time. The whole string is the key under which storage keeps the token's owner,
+//! so editing the expiry part yields a token that storage does not know.
+
+use std::time::Duration;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use rand::Rng;
+
+use crate::protocol::Millis;
+
+/// Argon2id with the configured cost.
+#[derive(Debug, Clone, Copy)]
+pub struct PasswordHashing {
+    pub memory_kib: u32,
+    pub iterations: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("password hashing failed: {0}")]
+pub struct HashError(String);
+
+impl PasswordHashing {
+    fn argon2(&self) -> Result<Argon2<'static>, HashError> {
+        let params = Params::new(self.memory_kib, self.iterations, 1, None)
+            .map_err(|e| HashError(e.to_string()))?;
+        Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+    }
+
+    /// Hashes a password into a PHC string.
+    pub fn hash(&self, password: &str) -> Result<String, HashError> {
+        let salt_bytes: [u8; 16] = rand::rng().random();
+        let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| HashError(e.to_string()))?;
+        self.argon2()?
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| HashError(e.to_string()))
+    }
+
+    /// Checks a password against a stored PHC string (with the parameters it holds).
+    pub fn verify(&self, password: &str, phc: &str) -> bool {
+        let Ok(parsed) = PasswordHash::new(phc) else {
+            return false;
+        };
+        Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+    }
+
+    pub async fn hash_blocking(self, password: String) -> Result<String, HashError> {
+        tokio::task::spawn_blocking(move || self.hash(&password))
+            .await
+            .map_err(|e| HashError(e.to_string()))?
+    }
+
+    pub async fn verify_blocking(self, password: String, phc: String) -> bool {
+        tokio::task::spawn_blocking(move || self.verify(&password, &phc))
+            .await
+            .unwrap_or(false)
+    }
+}
+
+/// A new token: 32 hex digits of randomness, `.`, expiry in ms (0 = none).
+pub fn new_token(now: Millis, ttl: Option<Duration>) -> String {
+    let random: u128 = rand::rng().random();
+    let expires = ttl.map_or(0, |t| now + t.as_millis() as Millis);
+    format!("{random:032x}.{expires}")
+}
+
+/// True when the token carries an expiry that has passed (or is malformed).
+pub fn token_expired(token: &str, now: Millis) -> bool {
+    match token.rsplit_once('.').map(|(_, e)| e.parse::<Millis>()) {
+        Some(Ok(0)) => false,
+        Some(Ok(expires)) => now >= expires,
+        _ => true,
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_verify_and_never_contain_the_password() {
+        let h = PasswordHashing {
+            memory_kib: 8,
+            iterations: 1,
+        };
+        let phc = h.hash("correct horse").unwrap();
+        assert!(phc.starts_with("$argon2id$"));
+        assert!(!phc.contains("correct horse"));
+        assert!(h.verify("correct horse", &phc));
+        assert!(!h.verify("wrong horse", &phc));
+    }
+
+    #[test]
+    fn tokens_are_random_and_expire() {
+        let a = new_token(1000, Some(Duration::from_secs(1)));
+        assert_ne!(a, new_token(1000, Some(Duration::from_secs(1))));
+        assert!(!token_expired(&a, 1999));
+        assert!(token_expired(&a, 2000));
+        assert!(!token_expired(&new_token(1000, None), u64::MAX));
+        assert!(token_expired("garbage", 0));
+    }
+}

@@ -1,0 +1,252 @@
+//! The chat service: shared state ([`App`]) and the operations that both the
+//! HTTP API and WebSocket sessions call (authenticate, send, sync, membership).
+//!
+//! Sending holds a per-channel lock (one of a fixed set of striped async
+//! mutexes) from the storage `accept` until every connected recipient's frame is
+//! queued. That is what makes "within a channel every device sees messages in id
+//! order" hold: two sends to one channel cannot be fanned out in the opposite
+//! order of their ids. Different channels rarely share a stripe, so they proceed
+//! in parallel, and a durable backend can group-commit their accepts together.
+
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ws::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{now_ms, token_expired, PasswordHashing};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::outbox::CloseReason;
+use crate::presence::Presence;
+use crate::protocol::{
+    check_text, ChannelId, ErrorCode, Message, MessageRef, Recipient, UserId,
+    MAX_CLIENT_MSG_ID_CHARS,
+};
+use crate::push::{preview, Notification, PushGateway};
+use crate::store::{Accepted, NewMessage, Store, TokenOwner};
+
+const CHANNEL_STRIPES: usize = 4096;
+
+/// Everything a request or a session needs, shared behind an `Arc`.
+pub struct App {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub hub: Arc<Hub>,
+    pub presence: Arc<Presence>,
+    pub push: PushGateway,
+    pub metrics: Arc<Metrics>,
+    pub hashing: PasswordHashing,
+    /// Cancelled when the server shuts down; sessions close with 1001.
+    pub shutdown: CancellationToken,
+    /// Tracks WebSocket sessions so shutdown can wait for them to close.
+    pub sessions: TaskTracker,
+    /// The WebSocket URLs that discovery hands out.
+    pub servers: Vec<String>,
+    channel_locks: Box<[tokio::sync::Mutex<()>]>,
+    hasher: RandomState,
+}
+
+impl App {
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        servers: Vec<String>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        App {
+            hub: Arc::new(Hub::new(metrics.clone())),
+            presence: Arc::new(Presence::new(config.offline_after)),
+            push: PushGateway::start(
+                config.push_webhook.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            ),
+            hashing: PasswordHashing {
+                memory_kib: config.password_hash_memory_kib,
+                iterations: config.password_hash_iterations,
+            },
+            metrics,
+            config,
+            store,
+            shutdown,
+            sessions: TaskTracker::new(),
+            servers,
+            channel_locks: (0..CHANNEL_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// The device a bearer token belongs to, or `unauthorized`.
+    pub async fn authenticate(&self, token: &str) -> Result<TokenOwner, ApiError> {
+        if token.is_empty() || token.len() > 128 || token_expired(token, now_ms()) {
+            return Err(ApiError::unauthorized());
+        }
+        self.store
+            .token_owner(token)
+            .await?
+            .ok_or_else(ApiError::unauthorized)
+    }
+
+    /// Logs a device out: its token stops working, its connections close, and
+    /// if it was the user's last fresh device the user goes offline at once.
+    pub async fn logout(&self, token: &str, owner: TokenOwner) -> Result<(), ApiError> {
+        self.store.revoke_token(token).await?;
+        self.hub
+            .close_device(owner.user_id, owner.device_id, CloseReason::LoggedOut);
+        self.presence
+            .logout(owner.user_id, owner.device_id, now_ms());
+        Ok(())
+    }
+
+    /// The members of a channel, if `user` is one of them: `forbidden` if not,
+    /// `not_found` for a channel that does not exist.
+    pub async fn members(&self, channel: &str, user: UserId) -> Result<Vec<UserId>, ApiError> {
+        let members = match ChannelId::parse(channel) {
+            Some(ChannelId::Group(n)) => self
+                .store
+                .group_members(n)
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("no channel {channel}")))?,
+            Some(ChannelId::Direct(a, b)) => {
+                if user != a && user != b {
+                    return Err(ApiError::forbidden(format!("not a member of {channel}")));
+                }
+                let other = if user == a { b } else { a };
+                if self.store.users(&[other]).await?.is_empty() {
+                    return Err(ApiError::not_found(format!("no user {other}")));
+                }
+                vec![a, b]
+            }
+            None => return Err(ApiError::not_found(format!("no channel {channel:?}"))),
+        };
+        if !members.contains(&user) {
+            return Err(ApiError::forbidden(format!("not a member of {channel}")));
+        }
+        Ok(members)
+    }
+
+    /// Validates, stores and fans out one message; returns what the ack says.
+    pub async fn send(
+        &self,
+        from: TokenOwner,
+        to: &Recipient,
+        client_msg_id: &str,
+        text: &str,
+    ) -> Result<Accepted, ApiError> {
+        let id_chars = client_msg_id.chars().count();
+        if !(1..=MAX_CLIENT_MSG_ID_CHARS).contains(&id_chars) {
+            return Err(ApiError::bad_request(
+                "client_msg_id must be 1-64 characters",
+            ));
+        }
+        check_text(text).map_err(|(code, msg)| ApiError::new(code, msg))?;
+        let channel = match (to.user, to.channel.as_deref()) {
+            (Some(user), None) if user == from.user_id => {
+                return Err(ApiError::bad_request("to.user is the sender"));
+            }
+            (Some(user), None) => ChannelId::direct(from.user_id, user).to_string(),
+            (None, Some(channel)) => channel.to_string(),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "to needs exactly one of user and channel",
+                ))
+            }
+        };
+        let members = self.members(&channel, from.user_id).await?;
+
+        let stripe = self.hasher.hash_one(&channel) as usize % self.channel_locks.len();
+        let _order = self.channel_locks[stripe].lock().await;
+        let started = Instant::now();
+        let accepted = self
+            .store
+            .accept(NewMessage {
+                channel: &channel,
+                members: &members,
+                from: from.user_id,
+                from_device: from.device_id,
+                client_msg_id,
+                text,
+                ts: now_ms(),
+            })
+            .await?;
+        Metrics::inc_by(
+            &self.metrics.storage_accept_micros_sum,
+            started.elapsed().as_micros() as u64,
+        );
+        Metrics::inc(&self.metrics.storage_accept_count);
+        if accepted.duplicate {
+            Metrics::inc(&self.metrics.messages_deduplicated);
+            return Ok(accepted);
+        }
+        Metrics::inc(&self.metrics.messages_accepted);
+        self.fan_out(&accepted, from, client_msg_id, text);
+        Ok(accepted)
+    }
+
+    /// Queues the message on every connected device of every member (not the
+    /// sending device), and hands a push notification for each member with none.
+    fn fan_out(&self, accepted: &Accepted, from: TokenOwner, client_msg_id: &str, text: &str) {
+        for &(member, seq) in &accepted.recipients {
+            // Each member has its own `seq`, so each gets its own serialization;
+            // all devices of that member share it.
+            let frame: Utf8Bytes = serde_json::to_string(&MessageRef {
+                kind: "message",
+                channel: &accepted.channel,
+                id: accepted.id,
+                seq: Some(seq),
+                from: from.user_id,
+                from_device: from.device_id,
+                client_msg_id,
+                text,
+                ts: accepted.ts,
+            })
+            .expect("message frames always serialize")
+            .into();
+            let skip = (member == from.user_id).then_some(from.device_id);
+            let reached = self.hub.deliver(member, skip, &frame);
+            if reached.connections == 0 && member != from.user_id {
+                self.push.notify(Notification {
+                    user_id: member,
+                    channel: accepted.channel.clone(),
+                    id: accepted.id,
+                    from: from.user_id,
+                    preview: preview(text),
+                });
+            }
+        }
+    }
+
+    /// Inbox entries after `since`, at most `limit`, and whether more remain.
+    pub async fn sync(
+        &self,
+        user: UserId,
+        since: u64,
+        limit: Option<u32>,
+    ) -> Result<(Vec<Message>, bool), ApiError> {
+        use crate::protocol::{SYNC_DEFAULT_LIMIT, SYNC_MAX_LIMIT};
+        let limit = limit.map_or(SYNC_DEFAULT_LIMIT, |l| {
+            (l as usize).clamp(1, SYNC_MAX_LIMIT)
+        });
+        let mut messages = self.store.inbox_after(user, since, limit + 1).await?;
+        let more = messages.len() > limit;
+        messages.truncate(limit);
+        Ok((messages, more))
+    }
+
+    /// Counts an error answer in `/metrics` and hands it back.
+    pub fn count(&self, e: ApiError) -> ApiError {
+        self.metrics.error(e.code);
+        if e.code == ErrorCode::Internal {
+            tracing::warn!(cause = %e, "internal error");
+        }
+        e
+    }
+}

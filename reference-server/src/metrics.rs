@@ -1,0 +1,169 @@
+//! Counters and gauges, exposed at `GET /metrics` in the Prometheus text format.
+//!
+//! Plain atomics: every hot path (accept, fan-out, heartbeat) bumps one with a
+//! relaxed add, and nothing is aggregated until a scrape asks. The names and
+//! meanings are documented in `docs/operations.md`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::protocol::ErrorCode;
+
+#[derive(Default)]
+pub struct Metrics {
+    pub connections: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub messages_accepted: AtomicU64,
+    pub messages_deduplicated: AtomicU64,
+    pub deliveries: AtomicU64,
+    pub push_notifications: AtomicU64,
+    pub push_delivered: AtomicU64,
+    pub push_failed: AtomicU64,
+    pub push_dropped: AtomicU64,
+    pub slow_consumer_disconnects: AtomicU64,
+    pub presence_changes: AtomicU64,
+    pub storage_accept_micros_sum: AtomicU64,
+    pub storage_accept_count: AtomicU64,
+    errors: [AtomicU64; ErrorCode::ALL.len()],
+}
+
+impl Metrics {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub fn inc_by(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn error(&self, code: ErrorCode) {
+        let i = ErrorCode::ALL.iter().position(|c| *c == code).unwrap_or(0);
+        self.errors[i].fetch_add(1, Relaxed);
+    }
+
+    /// Renders every metric. `devices_online` and `users_online` come from the
+    /// hub and presence, which own those numbers.
+    pub fn render(&self, devices_online: usize, users_online: usize, storage: &str) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        let get = |c: &AtomicU64| c.load(Relaxed);
+        metric(
+            "chatscale_connections",
+            "gauge",
+            "Open WebSocket connections.",
+            get(&self.connections),
+        );
+        metric(
+            "chatscale_connections_total",
+            "counter",
+            "WebSocket connections accepted since start.",
+            get(&self.connections_total),
+        );
+        metric(
+            "chatscale_devices_online",
+            "gauge",
+            "Distinct devices with at least one open connection.",
+            devices_online as u64,
+        );
+        metric(
+            "chatscale_users_online",
+            "gauge",
+            "Users whose presence status is online.",
+            users_online as u64,
+        );
+        metric(
+            "chatscale_messages_accepted_total",
+            "counter",
+            "Messages stored and acked (duplicates not counted).",
+            get(&self.messages_accepted),
+        );
+        metric(
+            "chatscale_messages_deduplicated_total",
+            "counter",
+            "Sends answered with the ack of an earlier send (same client_msg_id).",
+            get(&self.messages_deduplicated),
+        );
+        metric(
+            "chatscale_deliveries_total",
+            "counter",
+            "Message frames queued to connected devices.",
+            get(&self.deliveries),
+        );
+        metric(
+            "chatscale_push_notifications_total",
+            "counter",
+            "Push notifications for members with no connected device.",
+            get(&self.push_notifications),
+        );
+        metric(
+            "chatscale_push_delivered_total",
+            "counter",
+            "Push notifications the webhook accepted (2xx).",
+            get(&self.push_delivered),
+        );
+        metric(
+            "chatscale_push_failed_total",
+            "counter",
+            "Push notifications given up after retries.",
+            get(&self.push_failed),
+        );
+        metric(
+            "chatscale_push_dropped_total",
+            "counter",
+            "Push notifications dropped because the push queue was full.",
+            get(&self.push_dropped),
+        );
+        metric(
+            "chatscale_slow_consumer_disconnects_total",
+            "counter",
+            "Connections closed with 1008 because their outbound queue was full.",
+            get(&self.slow_consumer_disconnects),
+        );
+        metric(
+            "chatscale_presence_changes_total",
+            "counter",
+            "User status changes (online or offline).",
+            get(&self.presence_changes),
+        );
+        metric(
+            "chatscale_process_resident_memory_bytes",
+            "gauge",
+            "Resident memory of the server process.",
+            resident_memory_bytes().unwrap_or(0),
+        );
+        let _ = writeln!(out, "# HELP chatscale_storage_accept_seconds Time spent in the storage accept operation.\n# TYPE chatscale_storage_accept_seconds summary");
+        let _ = writeln!(
+            out,
+            "chatscale_storage_accept_seconds_sum{{storage=\"{storage}\"}} {:.6}",
+            get(&self.storage_accept_micros_sum) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "chatscale_storage_accept_seconds_count{{storage=\"{storage}\"}} {}",
+            get(&self.storage_accept_count)
+        );
+        let _ = writeln!(out, "# HELP chatscale_errors_total Error answers by protocol code.\n# TYPE chatscale_errors_total counter");
+        for (code, n) in ErrorCode::ALL.iter().zip(&self.errors) {
+            let _ = writeln!(out, "chatscale_errors_total{{code=\"{code}\"}} {}", get(n));
+        }
+        out
+    }
+}
+
+/// Resident set size of this process, from `/proc/self/status` (Linux).
+pub fn resident_memory_bytes() -> Option<u64> {
+    resident_memory_of("self")
+}
+
+/// Resident set size of a process by pid (or "self"), in bytes.
+pub fn resident_memory_of(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

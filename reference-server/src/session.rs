@@ -1,0 +1,277 @@
+//! One WebSocket connection: one device of one user, one task, one `select!` loop.
+//!
+//! The loop waits on three things, in this (biased) order:
+//! 1. shutdown: close with 1001;
+//! 2. the connection's [`Outbox`]: write queued frames, or close with the code
+//!    the outbox was marked with (1008 slow consumer, 1000 logout);
+//! 3. the socket: handle one client frame.
+//!
+//! Outbound frames come first so that a busy client cannot starve its own
+//! deliveries. Writes are raced against the outbox's close mark: a client that
+//! stops reading blocks the write, its outbox overflows meanwhile, and the close
+//! wins instead of the task waiting forever.
+//!
+//! Every client frame is handled in order, so a burst of sends from one device is
+//! acked and numbered in the order it was sent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
+use axum::extract::State;
+use axum::response::Response;
+use futures_util::SinkExt;
+use tokio_tungstenite::tungstenite::Error as WsError;
+
+use crate::auth::now_ms;
+use crate::chat::App;
+use crate::error::ApiError;
+use crate::http::{Auth, Upgrade};
+use crate::metrics::Metrics;
+use crate::outbox::{CloseReason, Outbox};
+use crate::protocol::{ClientFrame, ErrorCode, FrameEnvelope, ServerFrame};
+use crate::store::TokenOwner;
+
+/// Frames written per wake-up before the loop looks at the socket again.
+const WRITE_BATCH: usize = 64;
+/// How long a closing handshake may take before the socket is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// `GET /v1/ws`: authenticate (401 before the upgrade), then run a session.
+pub async fn upgrade(State(app): State<Arc<App>>, auth: Auth, ws: Upgrade) -> Response {
+    let cfg = &app.config;
+    let ws = ws
+        .read_buffer_size(cfg.ws_read_buffer_bytes)
+        // Write each frame out at once (no coalescing buffer kept per connection);
+        // the bound on what may wait unwritten is the frame limit plus slack.
+        .write_buffer_size(0)
+        .max_write_buffer_size(cfg.max_frame_bytes * 2 + 64 * 1024)
+        .max_message_size(cfg.max_frame_bytes)
+        .max_frame_size(cfg.max_frame_bytes);
+    let session_app = app.clone();
+    ws.on_upgrade(move |socket| {
+        let app = session_app.clone();
+        session_app
+            .sessions
+            .track_future(run(app, socket, auth.owner, auth.token))
+    })
+}
+
+async fn run(app: Arc<App>, mut socket: WebSocket, owner: TokenOwner, token: String) {
+    let outbox = Arc::new(Outbox::new(
+        app.config.outbox_max_frames,
+        app.config.outbox_max_bytes,
+    ));
+    let conn = app
+        .hub
+        .register(owner.user_id, owner.device_id, outbox.clone());
+    Metrics::inc(&app.metrics.connections);
+    Metrics::inc(&app.metrics.connections_total);
+    app.presence.touch(owner.user_id, owner.device_id, now_ms());
+
+    let close = session(&app, &mut socket, &outbox, owner, &token).await;
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ = tokio::time::timeout(CLOSE_GRACE, socket.send(WsMessage::Close(Some(frame)))).await;
+    }
+
+    app.hub.unregister(owner.user_id, conn);
+    app.metrics
+        .connections
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    // The user stays online until `offline_after` passes without a heartbeat:
+    // a dropped connection is not a logout.
+}
+
+/// Runs the loop; returns the close frame to send, if any.
+async fn session(
+    app: &App,
+    socket: &mut WebSocket,
+    outbox: &Outbox,
+    owner: TokenOwner,
+    token: &str,
+) -> Option<(u16, &'static str)> {
+    let head = match app.store.inbox_head(owner.user_id).await {
+        Ok(seq) => seq,
+        Err(e) => {
+            tracing::warn!(user_id = owner.user_id, cause = %e, "reading inbox head failed");
+            return Some((1011, "storage unavailable"));
+        }
+    };
+    let hello = ServerFrame::Hello {
+        user_id: owner.user_id,
+        device_id: owner.device_id,
+        seq: head,
+        heartbeat_interval_ms: app.config.heartbeat_interval.as_millis() as u64,
+        offline_after_ms: app.config.offline_after.as_millis() as u64,
+    };
+    if socket
+        .send(WsMessage::Text(hello.to_json().into()))
+        .await
+        .is_err()
+    {
+        return None;
+    }
+    let mut batch = Vec::with_capacity(0);
+    loop {
+        tokio::select! {
+            biased;
+            _ = app.shutdown.cancelled() => return Some((1001, "server shutting down")),
+            _ = outbox.ready() => {
+                if let Some(reason) = outbox.take(&mut batch, WRITE_BATCH) {
+                    return Some((reason.code(), reason.text()));
+                }
+                let write = async {
+                    for frame in batch.drain(..) {
+                        socket.feed(WsMessage::Text(frame)).await?;
+                    }
+                    socket.flush().await
+                };
+                tokio::select! {
+                    r = write => if r.is_err() { return None },
+                    reason = closing(outbox) => return Some((reason.code(), reason.text())),
+                    _ = app.shutdown.cancelled() => return Some((1001, "server shutting down")),
+                }
+                batch = Vec::with_capacity(0);
+                // More may be queued than one batch: come back without waiting.
+                if outbox.has_frames() {
+                    outbox.wake();
+                }
+            }
+            incoming = socket.recv() => {
+                let msg = match incoming {
+                    None => return None,
+                    Some(Err(e)) if is_too_large(&e) => {
+                        let err = ServerFrame::error(None, ErrorCode::TooLarge, "frame over the server's frame limit");
+                        app.metrics.error(ErrorCode::TooLarge);
+                        let _ = socket.send(WsMessage::Text(err.to_json().into())).await;
+                        return Some((1009, "frame too large"));
+                    }
+                    Some(Err(_)) => return None,
+                    Some(Ok(msg)) => msg,
+                };
+                match msg {
+                    WsMessage::Text(text) => {
+                        let (reply, end) = handle(app, owner, token, &text).await;
+                        if let Some(reply) = reply {
+                            if socket.send(WsMessage::Text(reply.into())).await.is_err() {
+                                return None;
+                            }
+                        }
+                        if end {
+                            return Some((1000, "logged out"));
+                        }
+                    }
+                    WsMessage::Binary(_) => {
+                        app.metrics.error(ErrorCode::BadRequest);
+                        let err = ServerFrame::error(None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames");
+                        if socket.send(WsMessage::Text(err.to_json().into())).await.is_err() {
+                            return None;
+                        }
+                    }
+                    WsMessage::Close(_) => return None,
+                    // Pings are answered by the WebSocket layer itself.
+                    WsMessage::Ping(_) | WsMessage::Pong(_) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once the outbox is marked to close.
+async fn closing(outbox: &Outbox) -> CloseReason {
+    loop {
+        if let Some(reason) = outbox.closing() {
+            return reason;
+        }
+        outbox.ready().await;
+    }
+}
+
+/// True if a read failed because a frame or message passed the size limit.
+fn is_too_large(e: &axum::Error) -> bool {
+    use std::error::Error as _;
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(WsError::Capacity(_)) = s.downcast_ref::<WsError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// Handles one text frame; returns the reply (if any) and whether to end the session.
+async fn handle(app: &App, owner: TokenOwner, token: &str, text: &str) -> (Option<String>, bool) {
+    let frame: ClientFrame = match serde_json::from_str(text) {
+        Ok(f) => f,
+        Err(e) => {
+            let env: FrameEnvelope = serde_json::from_str(text).unwrap_or_default();
+            let why = match env.kind.as_ref().and_then(|k| k.as_str()) {
+                Some(kind) if !matches!(kind, "send" | "heartbeat" | "sync" | "logout") => {
+                    format!("unknown frame type {kind:?}")
+                }
+                _ if env.kind.is_none()
+                    && serde_json::from_str::<serde_json::Value>(text).is_ok() =>
+                {
+                    "frame has no type".to_string()
+                }
+                _ => format!("malformed frame: {e}"),
+            };
+            app.metrics.error(ErrorCode::BadRequest);
+            return (
+                Some(ServerFrame::error(env.req(), ErrorCode::BadRequest, why).to_json()),
+                false,
+            );
+        }
+    };
+    let reply = |req: Option<i64>, r: Result<ServerFrame, ApiError>| match r {
+        Ok(f) => Some(f.to_json()),
+        Err(e) => {
+            let e = app.count(e);
+            Some(ServerFrame::error(req, e.code, e.message).to_json())
+        }
+    };
+    match frame {
+        ClientFrame::Send {
+            req,
+            to,
+            client_msg_id,
+            text,
+        } => {
+            let r = app
+                .send(owner, &to, &client_msg_id, &text)
+                .await
+                .map(|a| ServerFrame::Ack {
+                    req,
+                    channel: a.channel,
+                    id: a.id,
+                    seq: a.sender_seq,
+                    ts: a.ts,
+                });
+            (reply(req, r), false)
+        }
+        ClientFrame::Heartbeat { req } => {
+            app.presence.touch(owner.user_id, owner.device_id, now_ms());
+            (req.map(|r| format!(r#"{{"type":"ack","req":{r}}}"#)), false)
+        }
+        ClientFrame::Sync { req, since, limit } => {
+            let r = app
+                .sync(owner.user_id, since, limit)
+                .await
+                .map(|(messages, more)| ServerFrame::SyncBatch {
+                    req,
+                    messages,
+                    more,
+                });
+            (reply(req, r), false)
+        }
+        ClientFrame::Logout { req } => match app.logout(token, owner).await {
+            Ok(()) => (req.map(|r| format!(r#"{{"type":"ack","req":{r}}}"#)), true),
+            Err(e) => (reply(req, Err(e)), false),
+        },
+    }
+}

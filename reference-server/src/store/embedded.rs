@@ -1,0 +1,715 @@
+//! The embedded backend (`--storage embedded:DIR`): durable on one machine, nothing
+//! to install. The engine is [redb], a copy-on-write B-tree in one file whose
+//! `Immediate` commits are fsynced before `commit` returns.
+//!
+//! **Why group commit.** An fsync costs from tens of microseconds (a good NVMe) to
+//! several milliseconds (a cloud disk), and a chat server acks a message only after
+//! the commit that holds it. One commit per message would cap the server at one
+//! message per fsync. So every write goes to one writer thread through a bounded
+//! channel; the thread takes whatever requests are waiting (up to [`MAX_BATCH`]),
+//! runs them all in one write transaction, commits once, and then completes each
+//! caller's oneshot. While one batch is being fsynced, the next one queues up, so
+//! under load the batch size grows by itself and the fsync cost is shared. One
+//! writer also makes every write trivially serial, which is what the atomic
+//! [`Store::accept`] needs (redb allows one write transaction at a time anyway).
+//!
+//! A request whose closure fails with a domain outcome (`NotFound`, `GroupFull`...)
+//! has written nothing (each closure checks before it writes), so it does not
+//! disturb the others in its batch; a backend error aborts the whole batch and
+//! every request in it fails (none was acked).
+//!
+//! Presence timestamps are not worth an fsync: a batch that holds nothing but
+//! [`Store::set_last_active`] commits with `Durability::None` and becomes durable
+//! with the next durable commit. Reads run on the blocking pool in a read
+//! transaction, which sees only committed data, so a reader never sees a message
+//! that was not yet acked.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redb::{
+    Database, Durability, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Accepted, NewMessage, Store, StoreError, StoreResult, StoredMessage, TokenOwner, UserInfo,
+    UserRecord,
+};
+use crate::protocol::{DeviceId, Message, MessageId, Millis, Seq, UserId};
+
+/// Most requests committed in one transaction.
+pub const MAX_BATCH: usize = 512;
+/// Requests waiting for the writer before callers wait to enqueue (back-pressure).
+const QUEUE: usize = 4096;
+
+/// Counters: `next_user`, `next_device`, `next_group`.
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// user id -> (username, password hash).
+const USERS: TableDefinition<'_, u64, (&str, &str)> = TableDefinition::new("users");
+const USER_NAMES: TableDefinition<'_, &str, u64> = TableDefinition::new("user_names");
+/// user id -> last active time (ms).
+const LAST_ACTIVE: TableDefinition<'_, u64, u64> = TableDefinition::new("last_active");
+/// (user, device name) -> device id; unnamed devices only take a number.
+const DEVICES: TableDefinition<'_, (u64, &str), u64> = TableDefinition::new("devices");
+/// token -> (user, device).
+const TOKENS: TableDefinition<'_, &str, (u64, u64)> = TableDefinition::new("tokens");
+/// (user, friend), both directions.
+const FRIENDS: TableDefinition<'_, (u64, u64), ()> = TableDefinition::new("friends");
+/// group number -> (name, members in order).
+const GROUPS: TableDefinition<'_, u64, (&str, Vec<u64>)> = TableDefinition::new("groups");
+/// (channel, id) -> (from, from_device, ts, client_msg_id, text).
+const MESSAGES: TableDefinition<'_, (&str, u64), (u64, u64, u64, &str, &str)> =
+    TableDefinition::new("messages");
+/// channel -> highest message id.
+const CHANNEL_HEADS: TableDefinition<'_, &str, u64> = TableDefinition::new("channel_heads");
+/// (user, seq) -> (channel, id).
+const INBOX: TableDefinition<'_, (u64, u64), (&str, u64)> = TableDefinition::new("inbox");
+/// user -> highest inbox seq.
+const INBOX_HEADS: TableDefinition<'_, u64, u64> = TableDefinition::new("inbox_heads");
+/// (sender, client_msg_id) -> (channel, id, sender's seq).
+const DEDUPE: TableDefinition<'_, (u64, &str), (&str, u64, u64)> = TableDefinition::new("dedupe");
+
+/// Maps any redb error into the trait's backend error.
+fn backend(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Backend(format!("redb: {}", e.into()))
+}
+
+/// Runs after the batch's commit with its outcome, and answers one caller.
+type Completion = Box<dyn FnOnce(StoreResult<()>) + Send>;
+/// One write: runs inside the batch's transaction. Returns the caller's completion
+/// and whether the batch must be aborted (a backend error).
+type Job = Box<dyn FnOnce(&WriteTransaction) -> (Completion, bool) + Send>;
+
+struct Request {
+    job: Job,
+    /// False for writes that need no fsync of their own (presence timestamps).
+    durable: bool,
+}
+
+/// The redb-backed store. Cheap to share; dropping the last handle stops the writer
+/// thread after it has committed what was queued.
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    writer: mpsc::Sender<Request>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database `DIR/chatscale.redb`.
+    pub fn open(dir: &Path) -> StoreResult<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Backend(format!("create {}: {e}", dir.display())))?;
+        let path = dir.join("chatscale.redb");
+        let db = Database::create(&path).map_err(backend)?;
+        // Create every table once, so that read transactions can open them.
+        let txn = db.begin_write().map_err(backend)?;
+        {
+            txn.open_table(META).map_err(backend)?;
+            txn.open_table(USERS).map_err(backend)?;
+            txn.open_table(USER_NAMES).map_err(backend)?;
+            txn.open_table(LAST_ACTIVE).map_err(backend)?;
+            txn.open_table(DEVICES).map_err(backend)?;
+            txn.open_table(TOKENS).map_err(backend)?;
+            txn.open_table(FRIENDS).map_err(backend)?;
+            txn.open_table(GROUPS).map_err(backend)?;
+            txn.open_table(MESSAGES).map_err(backend)?;
+            txn.open_table(CHANNEL_HEADS).map_err(backend)?;
+            txn.open_table(INBOX).map_err(backend)?;
+            txn.open_table(INBOX_HEADS).map_err(backend)?;
+            txn.open_table(DEDUPE).map_err(backend)?;
+        }
+        txn.commit().map_err(backend)?;
+        let db = Arc::new(db);
+        let (writer, queue) = mpsc::channel(QUEUE);
+        let writer_db = db.clone();
+        std::thread::Builder::new()
+            .name("chatscale-redb-writer".into())
+            .spawn(move || writer_loop(&writer_db, queue))
+            .map_err(|e| StoreError::Backend(format!("spawn writer thread: {e}")))?;
+        tracing::info!(path = %path.display(), "embedded storage open");
+        Ok(Self { db, writer })
+    }
+
+    /// Queues a write for the next batch and waits until its batch has committed.
+    async fn write<T, F>(&self, durable: bool, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> StoreResult<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |txn| {
+            let result = f(txn);
+            let poison = matches!(result, Err(StoreError::Backend(_)));
+            let done: Completion = Box::new(move |commit| {
+                let _ = tx.send(commit.and(result));
+            });
+            (done, poison)
+        });
+        self.writer
+            .send(Request { job, durable })
+            .await
+            .map_err(|_| StoreError::Backend("embedded writer thread has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Backend("embedded writer dropped a request".into()))?
+    }
+
+    /// Runs a read on the blocking pool in a fresh read transaction.
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ReadTransaction) -> StoreResult<T> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db.begin_read().map_err(backend)?))
+            .await
+            .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+    }
+}
+
+/// The writer thread: one transaction and one commit per batch of waiting requests.
+fn writer_loop(db: &Database, mut queue: mpsc::Receiver<Request>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = queue.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        let size = batch.len();
+        let durable = batch.iter().any(|r| r.durable);
+        let mut done = Vec::with_capacity(size);
+        let outcome = match db.begin_write() {
+            Ok(mut txn) => {
+                if !durable {
+                    txn.set_durability(Durability::None);
+                }
+                let mut poisoned = false;
+                for request in batch.drain(..) {
+                    let (completion, poison) = (request.job)(&txn);
+                    poisoned |= poison;
+                    done.push(completion);
+                }
+                if poisoned {
+                    let _ = txn.abort();
+                    Err(StoreError::Backend(
+                        "batch aborted after a storage error".into(),
+                    ))
+                } else {
+                    txn.commit().map_err(backend)
+                }
+            }
+            Err(e) => {
+                // Nothing ran: dropping the jobs drops their oneshots, so each
+                // caller sees a backend error and nothing was acked.
+                batch.clear();
+                Err(backend(e))
+            }
+        };
+        if let Err(e) = &outcome {
+            tracing::error!(batch = size, cause = %e, "embedded commit failed");
+        }
+        for completion in done {
+            completion(match &outcome {
+                Ok(()) => Ok(()),
+                Err(e) => Err(StoreError::Backend(e.to_string())),
+            });
+        }
+    }
+    tracing::debug!("embedded writer stopped");
+}
+
+/// Takes the next value of a counter in `META` (1 for the first).
+fn next_counter(txn: &WriteTransaction, name: &str) -> StoreResult<u64> {
+    let mut meta = txn.open_table(META).map_err(backend)?;
+    let next = meta.get(name).map_err(backend)?.map_or(0, |v| v.value()) + 1;
+    meta.insert(name, next).map_err(backend)?;
+    Ok(next)
+}
+
+fn user_exists(txn: &WriteTransaction, user: UserId) -> StoreResult<bool> {
+    Ok(txn
+        .open_table(USERS)
+        .map_err(backend)?
+        .get(user)
+        .map_err(backend)?
+        .is_some())
+}
+
+/// The part of `accept` that runs in the writer's transaction.
+fn accept_in(txn: &WriteTransaction, msg: &OwnedMessage) -> StoreResult<Accepted> {
+    let mut dedupe = txn.open_table(DEDUPE).map_err(backend)?;
+    let seen = dedupe
+        .get((msg.from, msg.client_msg_id.as_str()))
+        .map_err(backend)?
+        .map(|v| {
+            let (channel, id, seq) = v.value();
+            (channel.to_string(), id, seq)
+        });
+    if let Some((channel, id, sender_seq)) = seen {
+        let messages = txn.open_table(MESSAGES).map_err(backend)?;
+        let ts = messages
+            .get((channel.as_str(), id))
+            .map_err(backend)?
+            .map_or(0, |v| v.value().2);
+        return Ok(Accepted {
+            channel,
+            id,
+            ts,
+            sender_seq,
+            recipients: Vec::new(),
+            duplicate: true,
+        });
+    }
+    for &m in &msg.members {
+        if !user_exists(txn, m)? {
+            return Err(StoreError::NotFound);
+        }
+    }
+    let channel = msg.channel.as_str();
+    let mut heads = txn.open_table(CHANNEL_HEADS).map_err(backend)?;
+    let id = heads
+        .get(channel)
+        .map_err(backend)?
+        .map_or(0, |v| v.value())
+        + 1;
+    heads.insert(channel, id).map_err(backend)?;
+    txn.open_table(MESSAGES)
+        .map_err(backend)?
+        .insert(
+            (channel, id),
+            (
+                msg.from,
+                msg.from_device,
+                msg.ts,
+                msg.client_msg_id.as_str(),
+                msg.text.as_str(),
+            ),
+        )
+        .map_err(backend)?;
+    let mut inbox = txn.open_table(INBOX).map_err(backend)?;
+    let mut inbox_heads = txn.open_table(INBOX_HEADS).map_err(backend)?;
+    let mut recipients = Vec::with_capacity(msg.members.len());
+    for &m in &msg.members {
+        let seq = inbox_heads
+            .get(m)
+            .map_err(backend)?
+            .map_or(0, |v| v.value())
+            + 1;
+        inbox_heads.insert(m, seq).map_err(backend)?;
+        inbox.insert((m, seq), (channel, id)).map_err(backend)?;
+        recipients.push((m, seq));
+    }
+    let sender_seq = recipients
+        .iter()
+        .find(|(m, _)| *m == msg.from)
+        .map_or(0, |&(_, s)| s);
+    dedupe
+        .insert(
+            (msg.from, msg.client_msg_id.as_str()),
+            (channel, id, sender_seq),
+        )
+        .map_err(backend)?;
+    Ok(Accepted {
+        channel: msg.channel.clone(),
+        id,
+        ts: msg.ts,
+        sender_seq,
+        recipients,
+        duplicate: false,
+    })
+}
+
+/// [`NewMessage`] with owned fields, to cross into the writer thread.
+struct OwnedMessage {
+    channel: String,
+    members: Vec<UserId>,
+    from: UserId,
+    from_device: DeviceId,
+    client_msg_id: String,
+    text: String,
+    ts: Millis,
+}
+
+/// Reads message `(channel, id)` from a read transaction's table.
+fn message_from(channel: &str, id: MessageId, v: (u64, u64, u64, &str, &str)) -> Message {
+    let (from, from_device, ts, client_msg_id, text) = v;
+    Message {
+        channel: channel.to_string(),
+        id,
+        seq: None,
+        from,
+        from_device,
+        client_msg_id: client_msg_id.to_string(),
+        text: text.to_string(),
+        ts,
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn durability(&self) -> String {
+        "process crash and power loss: redb Immediate commit (fsync) per group-commit batch \
+         before any ack"
+            .into()
+    }
+
+    async fn create_user(&self, username: &str, password_hash: &str) -> StoreResult<UserId> {
+        let (username, hash) = (username.to_string(), password_hash.to_string());
+        self.write(true, move |txn| {
+            let mut names = txn.open_table(USER_NAMES).map_err(backend)?;
+            if names.get(username.as_str()).map_err(backend)?.is_some() {
+                return Err(StoreError::Conflict);
+            }
+            let id = next_counter(txn, "next_user")?;
+            names.insert(username.as_str(), id).map_err(backend)?;
+            let mut users = txn.open_table(USERS).map_err(backend)?;
+            users
+                .insert(id, (username.as_str(), hash.as_str()))
+                .map_err(backend)?;
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>> {
+        let username = username.to_string();
+        self.read(move |txn| {
+            let names = txn.open_table(USER_NAMES).map_err(backend)?;
+            let Some(id) = names
+                .get(username.as_str())
+                .map_err(backend)?
+                .map(|v| v.value())
+            else {
+                return Ok(None);
+            };
+            let users = txn.open_table(USERS).map_err(backend)?;
+            Ok(users.get(id).map_err(backend)?.map(|v| {
+                let (name, hash) = v.value();
+                UserRecord {
+                    id,
+                    username: name.to_string(),
+                    password_hash: hash.to_string(),
+                }
+            }))
+        })
+        .await
+    }
+
+    async fn users(&self, ids: &[UserId]) -> StoreResult<Vec<UserInfo>> {
+        let ids = ids.to_vec();
+        self.read(move |txn| {
+            let users = txn.open_table(USERS).map_err(backend)?;
+            let active = txn.open_table(LAST_ACTIVE).map_err(backend)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(v) = users.get(id).map_err(backend)? {
+                    let last_active_at = active.get(id).map_err(backend)?.map(|v| v.value());
+                    out.push(UserInfo {
+                        id,
+                        username: v.value().0.to_string(),
+                        last_active_at,
+                    });
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn login_device(&self, user: UserId, name: Option<&str>) -> StoreResult<DeviceId> {
+        let name = name.map(str::to_string);
+        self.write(true, move |txn| {
+            if !user_exists(txn, user)? {
+                return Err(StoreError::NotFound);
+            }
+            let mut devices = txn.open_table(DEVICES).map_err(backend)?;
+            if let Some(name) = &name {
+                if let Some(id) = devices.get((user, name.as_str())).map_err(backend)? {
+                    return Ok(id.value());
+                }
+            }
+            let id = next_counter(txn, "next_device")?;
+            if let Some(name) = &name {
+                devices.insert((user, name.as_str()), id).map_err(backend)?;
+            }
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn put_token(&self, token: &str, owner: TokenOwner) -> StoreResult<()> {
+        let token = token.to_string();
+        self.write(true, move |txn| {
+            let mut tokens = txn.open_table(TOKENS).map_err(backend)?;
+            tokens
+                .insert(token.as_str(), (owner.user_id, owner.device_id))
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn token_owner(&self, token: &str) -> StoreResult<Option<TokenOwner>> {
+        let token = token.to_string();
+        self.read(move |txn| {
+            let tokens = txn.open_table(TOKENS).map_err(backend)?;
+            Ok(tokens.get(token.as_str()).map_err(backend)?.map(|v| {
+                let (user_id, device_id) = v.value();
+                TokenOwner { user_id, device_id }
+            }))
+        })
+        .await
+    }
+
+    async fn revoke_token(&self, token: &str) -> StoreResult<()> {
+        let token = token.to_string();
+        self.write(true, move |txn| {
+            txn.open_table(TOKENS)
+                .map_err(backend)?
+                .remove(token.as_str())
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn add_friend(&self, a: UserId, b: UserId) -> StoreResult<()> {
+        self.write(true, move |txn| {
+            if !user_exists(txn, a)? || !user_exists(txn, b)? {
+                return Err(StoreError::NotFound);
+            }
+            let mut friends = txn.open_table(FRIENDS).map_err(backend)?;
+            friends.insert((a, b), ()).map_err(backend)?;
+            friends.insert((b, a), ()).map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn friends(&self, user: UserId) -> StoreResult<Vec<UserId>> {
+        self.read(move |txn| {
+            let friends = txn.open_table(FRIENDS).map_err(backend)?;
+            let mut out = Vec::new();
+            for entry in friends
+                .range((user, 0)..=(user, u64::MAX))
+                .map_err(backend)?
+            {
+                out.push(entry.map_err(backend)?.0.value().1);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn create_group(
+        &self,
+        name: &str,
+        members: &[UserId],
+        max_members: usize,
+    ) -> StoreResult<u64> {
+        let mut list: Vec<UserId> = Vec::with_capacity(members.len());
+        for &m in members {
+            if !list.contains(&m) {
+                list.push(m);
+            }
+        }
+        if list.len() > max_members {
+            return Err(StoreError::GroupFull);
+        }
+        let name = name.to_string();
+        self.write(true, move |txn| {
+            for &m in &list {
+                if !user_exists(txn, m)? {
+                    return Err(StoreError::NotFound);
+                }
+            }
+            let id = next_counter(txn, "next_group")?;
+            txn.open_table(GROUPS)
+                .map_err(backend)?
+                .insert(id, (name.as_str(), list))
+                .map_err(backend)?;
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn group_members(&self, group: u64) -> StoreResult<Option<Vec<UserId>>> {
+        self.read(move |txn| {
+            let groups = txn.open_table(GROUPS).map_err(backend)?;
+            Ok(groups.get(group).map_err(backend)?.map(|v| v.value().1))
+        })
+        .await
+    }
+
+    async fn add_member(&self, group: u64, user: UserId, max_members: usize) -> StoreResult<()> {
+        self.write(true, move |txn| {
+            if !user_exists(txn, user)? {
+                return Err(StoreError::NotFound);
+            }
+            let mut groups = txn.open_table(GROUPS).map_err(backend)?;
+            let (name, mut members) = match groups.get(group).map_err(backend)? {
+                Some(v) => {
+                    let (name, members) = v.value();
+                    (name.to_string(), members)
+                }
+                None => return Err(StoreError::NotFound),
+            };
+            if members.contains(&user) {
+                return Ok(());
+            }
+            if members.len() >= max_members {
+                return Err(StoreError::GroupFull);
+            }
+            members.push(user);
+            groups
+                .insert(group, (name.as_str(), members))
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove_member(&self, group: u64, user: UserId) -> StoreResult<()> {
+        self.write(true, move |txn| {
+            let mut groups = txn.open_table(GROUPS).map_err(backend)?;
+            let (name, mut members) = match groups.get(group).map_err(backend)? {
+                Some(v) => {
+                    let (name, members) = v.value();
+                    (name.to_string(), members)
+                }
+                None => return Err(StoreError::NotFound),
+            };
+            if members.contains(&user) {
+                members.retain(|&m| m != user);
+                groups
+                    .insert(group, (name.as_str(), members))
+                    .map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn accept(&self, msg: NewMessage<'_>) -> StoreResult<Accepted> {
+        let owned = OwnedMessage {
+            channel: msg.channel.to_string(),
+            members: msg.members.to_vec(),
+            from: msg.from,
+            from_device: msg.from_device,
+            client_msg_id: msg.client_msg_id.to_string(),
+            text: msg.text.to_string(),
+            ts: msg.ts,
+        };
+        self.write(true, move |txn| accept_in(txn, &owned)).await
+    }
+
+    async fn history(
+        &self,
+        channel: &str,
+        after: Option<MessageId>,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredMessage>> {
+        let channel = channel.to_string();
+        self.read(move |txn| {
+            let messages = txn.open_table(MESSAGES).map_err(backend)?;
+            let lo = after.map_or(1, |a| a.saturating_add(1));
+            let hi = before.unwrap_or(u64::MAX);
+            let mut out = Vec::with_capacity(limit.min(512));
+            if lo >= hi || limit == 0 {
+                return Ok(out);
+            }
+            let range = messages
+                .range((channel.as_str(), lo)..(channel.as_str(), hi))
+                .map_err(backend)?;
+            // With `after`, the first page past it; otherwise the last page before `before`.
+            let take = |entry: Result<_, redb::StorageError>| -> StoreResult<StoredMessage> {
+                let (k, v): (redb::AccessGuard<'_, (&str, u64)>, redb::AccessGuard<'_, _>) =
+                    entry.map_err(backend)?;
+                Ok(Arc::new(message_from(&channel, k.value().1, v.value())))
+            };
+            if after.is_some() {
+                for entry in range.take(limit) {
+                    out.push(take(entry)?);
+                }
+            } else {
+                for entry in range.rev().take(limit) {
+                    out.push(take(entry)?);
+                }
+                out.reverse();
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn inbox_head(&self, user: UserId) -> StoreResult<Seq> {
+        self.read(move |txn| {
+            let heads = txn.open_table(INBOX_HEADS).map_err(backend)?;
+            Ok(heads.get(user).map_err(backend)?.map_or(0, |v| v.value()))
+        })
+        .await
+    }
+
+    async fn inbox_after(
+        &self,
+        user: UserId,
+        since: Seq,
+        limit: usize,
+    ) -> StoreResult<Vec<Message>> {
+        self.read(move |txn| {
+            let inbox = txn.open_table(INBOX).map_err(backend)?;
+            let messages = txn.open_table(MESSAGES).map_err(backend)?;
+            let mut out = Vec::with_capacity(limit.min(512));
+            let start = since.saturating_add(1);
+            for entry in inbox
+                .range((user, start)..=(user, u64::MAX))
+                .map_err(backend)?
+                .take(limit)
+            {
+                let (k, v) = entry.map_err(backend)?;
+                let seq = k.value().1;
+                let (channel, id) = v.value();
+                let Some(stored) = messages.get((channel, id)).map_err(backend)? else {
+                    return Err(StoreError::Backend(format!(
+                        "inbox points at missing {channel}/{id}"
+                    )));
+                };
+                out.push(Message {
+                    seq: Some(seq),
+                    ..message_from(channel, id, stored.value())
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn set_last_active(&self, user: UserId, at: Millis) -> StoreResult<()> {
+        self.write(false, move |txn| {
+            if !user_exists(txn, user)? {
+                return Err(StoreError::NotFound);
+            }
+            let mut active = txn.open_table(LAST_ACTIVE).map_err(backend)?;
+            let prev = active.get(user).map_err(backend)?.map_or(0, |v| v.value());
+            if at > prev || prev == 0 {
+                active.insert(user, at.max(prev)).map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn flush(&self) -> StoreResult<()> {
+        // An empty durable request: its batch commits with fsync after everything
+        // queued before it, including presence writes committed without one.
+        self.write(true, |_| Ok(())).await
+    }
+}
