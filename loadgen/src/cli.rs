@@ -1,0 +1,52 @@
+//! The command line: `loadgen run`, `loadgen compare`, and the hidden
+//! `loadgen serve` that runs the reference server in this process (how `run`
+//! starts its embedded server as a child process without a second binary to
+//! find: it re-executes itself with `serve`).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", version, about = "chatscale load generator: scenario runs, reports, comparisons")]
+pub struct Opts {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a scenario file and write its report.
+    Run(RunOpts),
+    /// Print reports side by side as a Markdown table, with ratios to the first.
+    Compare {
+        /// report.json files (or directories holding one).
+        #[arg(required = true, num_args = 2..)]
+        reports: Vec<PathBuf>,
+    },
+    /// Internal: run the reference server in this process (used by `run`).
+    #[command(hide = true)]
+    Serve(reference_server::config::Opts),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunOpts {
+    /// The scenario file (TOML).
+    pub scenario: PathBuf,
+    /// A running server (or cluster entry point), e.g. http://127.0.0.1:8080.
+    /// Without it (and without `[target] url`), loadgen starts the server itself.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Storage of the embedded server, overriding the scenario's `[target] storage`.
+    #[arg(long)]
+    pub storage: Option<String>,
+    /// Output directory (default: reports/runs/NAME-TIMESTAMP/).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Worker processes (default 1).
+    #[arg(long, default_value_t = 1)]
+    pub workers: u32,
+    /// A baseline report.json to gate against.
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
+}

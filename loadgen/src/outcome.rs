@@ -1,0 +1,284 @@
+//! What a run measured: the engine's output and the reports' input.
+//!
+//! An [`Outcome`] is what one worker recorded. Everything in it merges exactly
+//! ([`Outcome::merge`]): HdrHistograms add, counters add, audit findings add,
+//! memory samples concatenate. That is what lets several worker processes, and
+//! shards on several machines, be combined into one report after the fact; the
+//! reports (`report/`) and the threshold gate only ever read a merged outcome.
+//!
+//! All latencies are in microseconds, 3 significant digits.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// Latency metric names (keys of [`Outcome::histograms`]) and what they measure.
+pub const LATENCY_METRICS: &[(&str, &str)] = &[
+    ("delivery_latency", "scheduled send -> each recipient device receives it"),
+    ("delivery_latency_1to1", "delivery_latency for one-to-one messages"),
+    ("delivery_latency_group", "delivery_latency for group messages"),
+    ("ack_latency", "scheduled send -> the sender's ack"),
+    ("fanout_latency", "scheduled send -> the last online member device of a group receives it"),
+    ("connect_latency", "TCP connect -> hello frame"),
+    ("sync_latency", "reconnect -> the device's inbox is caught up"),
+    ("presence_latency", "a status change -> an online friend receives the presence frame"),
+    ("delivery_latency_uncorrected", "actual send -> each recipient device receives it"),
+    ("ack_latency_uncorrected", "actual send -> the sender's ack"),
+];
+
+/// A new latency histogram: 1 µs to 1 hour, 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds are valid")
+}
+
+/// One histogram interval: what was recorded between `start_ms` and
+/// `start_ms + duration_ms` (milliseconds since the run started). Written to the
+/// `.hlog` interval logs and used for the charts.
+#[derive(Clone, Debug)]
+pub struct Interval {
+    pub start_ms: u64,
+    pub duration_ms: u64,
+    pub histogram: Histogram<u64>,
+}
+
+/// Event counts over the measured phases.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Sends the open-model schedule asked for.
+    pub messages_scheduled: u64,
+    /// Sends written to a socket.
+    pub messages_sent: u64,
+    pub messages_acked: u64,
+    /// Sends answered with an `error` frame.
+    pub send_errors: u64,
+    /// Message frames received by devices (live and by sync, first copy per device).
+    pub deliveries: u64,
+    pub connects: u64,
+    pub connect_errors: u64,
+    /// Abrupt disconnects the scenario injected (no close frame).
+    pub disconnects: u64,
+    /// Connections closed by the server (1008 slow consumer, 1001 shutdown, ...).
+    pub server_closes: u64,
+    pub reconnects: u64,
+    pub syncs: u64,
+    pub heartbeats: u64,
+    pub presence_frames: u64,
+}
+
+impl Counters {
+    pub fn merge(&mut self, o: &Counters) {
+        self.messages_scheduled += o.messages_scheduled;
+        self.messages_sent += o.messages_sent;
+        self.messages_acked += o.messages_acked;
+        self.send_errors += o.send_errors;
+        self.deliveries += o.deliveries;
+        self.connects += o.connects;
+        self.connect_errors += o.connect_errors;
+        self.disconnects += o.disconnects;
+        self.server_closes += o.server_closes;
+        self.reconnects += o.reconnects;
+        self.syncs += o.syncs;
+        self.heartbeats += o.heartbeats;
+        self.presence_frames += o.presence_frames;
+    }
+}
+
+/// One audit finding, as an example in the report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditExample {
+    /// `lost`, `duplicated` or `reordered`.
+    pub kind: String,
+    pub channel: String,
+    pub id: u64,
+    pub user: u64,
+    pub device: u64,
+}
+
+/// The end-of-run audit: every acked message against every device of every member.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Audit {
+    /// Acked messages checked.
+    pub messages_checked: u64,
+    /// (message, member device) pairs that had to arrive.
+    pub deliveries_expected: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    /// A few findings of each kind (at most [`Audit::MAX_EXAMPLES`] in all).
+    pub examples: Vec<AuditExample>,
+}
+
+impl Audit {
+    pub const MAX_EXAMPLES: usize = 20;
+
+    pub fn merge(&mut self, o: &Audit) {
+        self.messages_checked += o.messages_checked;
+        self.deliveries_expected += o.deliveries_expected;
+        self.lost += o.lost;
+        self.duplicated += o.duplicated;
+        self.reordered += o.reordered;
+        for e in &o.examples {
+            if self.examples.len() < Self::MAX_EXAMPLES {
+                self.examples.push(e.clone());
+            }
+        }
+    }
+}
+
+/// Resident memory of the server and the generator, sampled during the run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemorySample {
+    /// Milliseconds since the run started.
+    pub t_ms: u64,
+    /// Connected simulated devices at that moment (this worker's).
+    pub connections: u64,
+    /// Server resident memory in bytes (embedded server only; `None` for a
+    /// remote target).
+    pub server_rss_bytes: Option<u64>,
+    /// This generator process's resident memory in bytes.
+    pub loadgen_rss_bytes: u64,
+}
+
+/// Creating the population, before the measured phases.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Provisioning {
+    pub users: u64,
+    pub devices: u64,
+    pub friendships: u64,
+    pub groups: u64,
+    pub seconds: f64,
+}
+
+/// How well the generator kept its own schedule.
+#[derive(Clone, Debug)]
+pub struct GeneratorHealth {
+    /// How late scheduled work ran, in microseconds.
+    pub lag: Histogram<u64>,
+    /// The lag (p99, in ms) past which the run counts as generator-limited.
+    pub bound_ms: f64,
+    /// CPU time the generator used during the measured phases, in seconds.
+    pub cpu_seconds: f64,
+    pub peak_rss_bytes: u64,
+}
+
+impl GeneratorHealth {
+    pub fn new(bound_ms: f64) -> Self {
+        GeneratorHealth { lag: new_histogram(), bound_ms, cpu_seconds: 0.0, peak_rss_bytes: 0 }
+    }
+
+    /// True when the generator could not keep its schedule: its results say more
+    /// about the generator than about the server.
+    pub fn limited(&self) -> bool {
+        self.lag.len() > 0 && self.lag.value_at_quantile(0.99) as f64 / 1000.0 > self.bound_ms
+    }
+
+    pub fn merge(&mut self, o: &GeneratorHealth) {
+        let _ = self.lag.add(&o.lag);
+        self.cpu_seconds += o.cpu_seconds;
+        self.peak_rss_bytes += o.peak_rss_bytes;
+        self.bound_ms = self.bound_ms.max(o.bound_ms);
+    }
+}
+
+/// One phase as run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PhaseOutcome {
+    pub name: String,
+    pub duration_s: f64,
+    /// Online users the phase ramps to.
+    pub online: u64,
+    /// Scheduled sends per second (0 when the phase sends nothing).
+    pub message_rate: f64,
+    pub messages_sent: u64,
+}
+
+/// The server a run drove.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TargetInfo {
+    pub url: String,
+    /// True when loadgen started the server itself.
+    pub embedded: bool,
+    pub storage: String,
+    /// The backend's durability mode, when known (embedded server).
+    pub durability: Option<String>,
+}
+
+/// Everything one worker measured.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub scenario: String,
+    /// Unix time in ms when the measured phases started.
+    pub started_at_ms: u64,
+    /// Length of the measured phases, in seconds.
+    pub duration_s: f64,
+    /// Keyed by the names in [`LATENCY_METRICS`]; microseconds.
+    pub histograms: BTreeMap<String, Histogram<u64>>,
+    /// Per-interval histograms of the same metrics, in time order.
+    pub intervals: BTreeMap<String, Vec<Interval>>,
+    pub counters: Counters,
+    /// Error answers and failures by code (`rate_limited`, `connect`, ...).
+    pub errors: BTreeMap<String, u64>,
+    pub audit: Audit,
+    pub peak_connections: u64,
+    pub memory: Vec<MemorySample>,
+    pub provisioning: Provisioning,
+    pub generator: GeneratorHealth,
+    pub phases: Vec<PhaseOutcome>,
+    pub target: TargetInfo,
+}
+
+impl Outcome {
+    pub fn new(scenario: impl Into<String>, lag_bound_ms: f64) -> Self {
+        Outcome {
+            scenario: scenario.into(),
+            started_at_ms: 0,
+            duration_s: 0.0,
+            histograms: LATENCY_METRICS.iter().map(|(n, _)| (n.to_string(), new_histogram())).collect(),
+            intervals: BTreeMap::new(),
+            counters: Counters::default(),
+            errors: BTreeMap::new(),
+            audit: Audit::default(),
+            peak_connections: 0,
+            memory: Vec::new(),
+            provisioning: Provisioning::default(),
+            generator: GeneratorHealth::new(lag_bound_ms),
+            phases: Vec::new(),
+            target: TargetInfo::default(),
+        }
+    }
+
+    /// Adds another worker's outcome into this one. Exact: histograms add.
+    pub fn merge(&mut self, o: &Outcome) {
+        for (name, h) in &o.histograms {
+            let mine = self.histograms.entry(name.clone()).or_insert_with(new_histogram);
+            let _ = mine.add(h);
+        }
+        for (name, list) in &o.intervals {
+            let mine = self.intervals.entry(name.clone()).or_default();
+            for iv in list {
+                match mine.iter_mut().find(|m| m.start_ms == iv.start_ms) {
+                    Some(m) => {
+                        let _ = m.histogram.add(&iv.histogram);
+                    }
+                    None => mine.push(iv.clone()),
+                }
+            }
+            mine.sort_by_key(|iv| iv.start_ms);
+        }
+        self.counters.merge(&o.counters);
+        for (code, n) in &o.errors {
+            *self.errors.entry(code.clone()).or_default() += n;
+        }
+        self.audit.merge(&o.audit);
+        self.peak_connections += o.peak_connections;
+        self.memory.extend(o.memory.iter().cloned());
+        self.generator.merge(&o.generator);
+        self.duration_s = self.duration_s.max(o.duration_s);
+        self.started_at_ms = match (self.started_at_ms, o.started_at_ms) {
+            (0, b) => b,
+            (a, 0) => a,
+            (a, b) => a.min(b),
+        };
+    }
+}

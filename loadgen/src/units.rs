@@ -1,0 +1,91 @@
+//! Human units in scenario files and thresholds: durations (`"250ms"`, `"5s"`,
+//! `"2m"`, `"1h"`), rates (`"2000/s"`, `"60/m"`) and sizes (`"8KiB"`, `"512B"`,
+//! `"1MB"`). Each parser says what it expected, so a scenario error can name the
+//! field and the reason.
+
+use std::time::Duration;
+
+/// Parses `"250ms"`, `"5s"`, `"1.5s"`, `"2m"`, `"1h"`, `"100us"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: expected a number and a unit, like \"250ms\", \"5s\" or \"2m\""))?;
+    let seconds = match unit.trim() {
+        "us" | "µs" => value / 1e6,
+        "ms" => value / 1e3,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        "" => return Err(format!("{s:?} has no unit: write \"{s}s\" or \"{s}ms\"")),
+        other => return Err(format!("{s:?}: unknown duration unit {other:?} (use us, ms, s, m, h)")),
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!("{s:?} is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Parses `"N/s"` or `"N/m"` into events per second.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let (num, per) = s
+        .trim()
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not a rate: expected \"N/s\" or \"N/m\""))?;
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate: {num:?} is not a number"))?;
+    if !n.is_finite() || n < 0.0 {
+        return Err(format!("{s:?}: a rate cannot be negative"));
+    }
+    match per.trim() {
+        "s" => Ok(n),
+        "m" => Ok(n / 60.0),
+        "h" => Ok(n / 3600.0),
+        other => Err(format!("{s:?}: unknown rate unit {other:?} (use /s or /m)")),
+    }
+}
+
+/// Parses sizes: `"8KiB"`, `"1MiB"`, `"512B"`, `"2KB"`, or a plain number of bytes.
+pub fn parse_size(s: &str) -> Result<f64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num.parse().map_err(|_| format!("{s:?} is not a size like \"8KiB\""))?;
+    let factor = match unit.trim() {
+        "" | "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "KB" | "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        other => return Err(format!("{s:?}: unknown size unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
+    };
+    Ok(value * factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_rates_and_sizes() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("-5s").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert_eq!(parse_rate("2000/s").unwrap(), 2000.0);
+        assert_eq!(parse_rate("60/m").unwrap(), 1.0);
+        assert!(parse_rate("-1/s").is_err());
+        assert!(parse_rate("10").is_err());
+        assert_eq!(parse_size("8KiB").unwrap(), 8192.0);
+        assert_eq!(parse_size("512").unwrap(), 512.0);
+        assert!(parse_size("8 furlongs").is_err());
+    }
+}

@@ -1,0 +1,1 @@
+//! loadgen's one integration-test binary. Each module is one area:
