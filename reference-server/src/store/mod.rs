@@ -18,6 +18,7 @@ use crate::protocol::{DeviceId, Message, MessageId, Millis, Seq, UserId};
 
 pub mod embedded;
 pub mod memory;
+pub mod postgres;
 pub mod redis;
 
 /// Failures of storage operations. The domain outcomes (`Conflict`, `GroupFull`,
@@ -194,6 +195,12 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, OpenError> {
         "memory" | "memory:" => Ok(Arc::new(memory::MemoryStore::new())),
         _ if url.starts_with("redis://") => {
             let store = redis::RedisStore::open(url)
+                .await
+                .map_err(|e| failed(url, e))?;
+            Ok(Arc::new(store))
+        }
+        _ if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let store = postgres::PostgresStore::open(url)
                 .await
                 .map_err(|e| failed(url, e))?;
             Ok(Arc::new(store))
