@@ -106,8 +106,8 @@ CREATE TABLE dedupe (
 -- status: 0 accepted, 1 duplicate, 2 unknown member. seqs follow p_members' order.
 CREATE FUNCTION chatscale_accept(p_channel TEXT, p_members BIGINT[], p_from BIGINT,
     p_device BIGINT, p_cmid TEXT, p_text TEXT, p_ts BIGINT,
-    OUT status INT, OUT channel TEXT, OUT id BIGINT, OUT ts BIGINT,
-    OUT sender_seq BIGINT, OUT seqs BIGINT[])
+    OUT o_status INT, OUT o_channel TEXT, OUT o_id BIGINT, OUT o_ts BIGINT,
+    OUT o_sender_seq BIGINT, OUT o_seqs BIGINT[])
 LANGUAGE plpgsql AS $$
 DECLARE
     d RECORD;
@@ -116,33 +116,41 @@ BEGIN
     PERFORM 1 FROM users u WHERE u.id = ANY (p_members || p_from) ORDER BY u.id FOR UPDATE;
     SELECT * INTO d FROM dedupe x WHERE x.user_id = p_from AND x.client_msg_id = p_cmid;
     IF FOUND THEN
-        status := 1; channel := d.channel_id; id := d.message_id; ts := d.ts;
-        sender_seq := d.sender_seq;
+        o_status := 1; o_channel := d.channel_id; o_id := d.message_id; o_ts := d.ts;
+        o_sender_seq := d.sender_seq;
         RETURN;
     END IF;
     SELECT count(*) INTO found_users FROM users u WHERE u.id = ANY (p_members);
     IF found_users <> cardinality(p_members) THEN
-        status := 2;
+        o_status := 2;
         RETURN;
     END IF;
     INSERT INTO channels AS c (channel_id, head) VALUES (p_channel, 1)
         ON CONFLICT (channel_id) DO UPDATE SET head = c.head + 1
-        RETURNING c.head INTO id;
-    INSERT INTO messages VALUES (p_channel, id, p_from, p_device, p_cmid, p_text, p_ts);
+        RETURNING c.head INTO o_id;
+    INSERT INTO messages VALUES (p_channel, o_id, p_from, p_device, p_cmid, p_text, p_ts);
     UPDATE users u SET inbox_head = u.inbox_head + 1 WHERE u.id = ANY (p_members);
-    INSERT INTO inbox SELECT u.id, u.inbox_head, p_channel, id
+    INSERT INTO inbox SELECT u.id, u.inbox_head, p_channel, o_id
         FROM users u WHERE u.id = ANY (p_members);
-    SELECT array_agg(u.inbox_head ORDER BY m.ord) INTO seqs
+    SELECT array_agg(u.inbox_head ORDER BY m.ord) INTO o_seqs
         FROM unnest(p_members) WITH ORDINALITY AS m (uid, ord) JOIN users u ON u.id = m.uid;
-    sender_seq := coalesce((SELECT u.inbox_head FROM users u
+    o_sender_seq := coalesce((SELECT u.inbox_head FROM users u
         WHERE u.id = p_from AND p_from = ANY (p_members)), 0);
-    INSERT INTO dedupe VALUES (p_from, p_cmid, p_channel, id, sender_seq, p_ts);
-    status := 0; channel := p_channel; ts := p_ts;
+    INSERT INTO dedupe VALUES (p_from, p_cmid, p_channel, o_id, o_sender_seq, p_ts);
+    o_status := 0; o_channel := p_channel; o_ts := p_ts;
 END $$;
 "#];
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(format!("postgres: {e}"))
+/// Maps an error into the trait's backend error, with its causes: the driver's
+/// own `Display` says only "db error" and keeps the server's message in the source.
+fn backend(e: impl std::error::Error) -> StoreError {
+    let mut text = format!("postgres: {e}");
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    StoreError::Backend(text)
 }
 
 /// Ids are below 2^53 by protocol; clamp the open ends of ranges into BIGINT.
@@ -320,7 +328,8 @@ async fn migrate(client: &mut deadpool_postgres::Object) -> StoreResult<()> {
     txn.commit().await.map_err(backend)
 }
 
-const ACCEPT_SQL: &str = "SELECT status, channel, id, ts, sender_seq, seqs \
+const ACCEPT_SQL: &str = "SELECT o_status AS status, o_channel AS channel, o_id AS id, \
+     o_ts AS ts, o_sender_seq AS sender_seq, o_seqs AS seqs \
      FROM chatscale_accept($1, $2, $3, $4, $5, $6, $7)";
 
 /// The writer task: one transaction and one commit per batch of waiting accepts.

@@ -423,9 +423,6 @@ impl Store for RedisStore {
         }
         let rows: Vec<Vec<Option<String>>> = if ids.is_empty() {
             Vec::new()
-        } else if ids.len() == 1 {
-            // A one-command pipeline answers with that command's reply, not a list of them.
-            vec![pipe.all().await.map_err(backend)?]
         } else {
             pipe.all().await.map_err(backend)?
         };

@@ -1,0 +1,631 @@
+//! The storage conformance suite: every backend must behave like the in-memory
+//! reference on every property here.
+//!
+//! Each property is one generic async function taking `Arc<dyn Store>`; the
+//! `conformance!` macro at the bottom turns every (backend, property) pair into its
+//! own test (`conformance::redis::dedupe`, ...), each on a fresh namespace: a new
+//! in-memory store, a new embedded database in a temp dir, a fresh key prefix in
+//! Redis (`?prefix=`), a fresh schema in PostgreSQL (`?schema=`). Redis and
+//! PostgreSQL run when `CHATSCALE_REDIS_URL` / `CHATSCALE_POSTGRES_URL` are set
+//! (`source .ci/services.sh` sets both); otherwise their tests print a "skipped"
+//! line, unless `CHATSCALE_REQUIRE_SERVICES=1`, which makes a missing or
+//! unreachable service fail them.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+
+use reference_server::protocol::UserId;
+use reference_server::store::{self, NewMessage, Store, StoreError, TokenOwner};
+
+/// Where a fresh store lives, kept until the property is done, then removed.
+enum Namespace {
+    None,
+    Dir(#[allow(dead_code)] tempfile::TempDir),
+    Redis(Arc<store::redis::RedisStore>),
+    Postgres { url: String, schema: String },
+}
+
+fn unique(tag: &str) -> String {
+    format!("t{}_{tag}_{:x}", std::process::id(), rand::random::<u64>())
+}
+
+/// The URL of a service from the environment, or `None` (test skipped) when it is
+/// not set and services are not required.
+pub fn service_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CHATSCALE_REQUIRE_SERVICES").as_deref() == Ok("1") => {
+            panic!("{var} is not set but CHATSCALE_REQUIRE_SERVICES=1 (source .ci/services.sh)")
+        }
+        _ => {
+            eprintln!("skipped: set {var} (or `source .ci/services.sh`) to run this test");
+            None
+        }
+    }
+}
+
+/// A fresh, empty store of the named backend, or `None` if its service is not set up.
+async fn fresh(backend: &str, tag: &str) -> Option<(Arc<dyn Store>, Namespace)> {
+    Some(match backend {
+        "memory" => (
+            store::open("memory").await.expect("memory"),
+            Namespace::None,
+        ),
+        "embedded" => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let url = format!("embedded:{}", dir.path().display());
+            (
+                store::open(&url).await.expect("open embedded"),
+                Namespace::Dir(dir),
+            )
+        }
+        "redis" => {
+            let url = format!(
+                "{}?prefix={}",
+                service_url("CHATSCALE_REDIS_URL")?,
+                unique(tag)
+            );
+            let s = Arc::new(
+                store::redis::RedisStore::open(&url)
+                    .await
+                    .unwrap_or_else(|e| panic!("redis at {url} unreachable: {e}")),
+            );
+            (s.clone() as Arc<dyn Store>, Namespace::Redis(s))
+        }
+        "postgres" => {
+            let base = service_url("CHATSCALE_POSTGRES_URL")?;
+            let schema = unique(tag).to_lowercase();
+            let sep = if base.contains('?') { '&' } else { '?' };
+            let url = format!("{base}{sep}schema={schema}");
+            let s = store::open(&url)
+                .await
+                .unwrap_or_else(|e| panic!("postgres at {base} unreachable: {e}"));
+            (s, Namespace::Postgres { url: base, schema })
+        }
+        other => panic!("unknown backend {other}"),
+    })
+}
+
+impl Namespace {
+    async fn remove(self) {
+        match self {
+            Namespace::None | Namespace::Dir(_) => {}
+            Namespace::Redis(s) => s.clear().await.expect("clear redis prefix"),
+            Namespace::Postgres { url, schema } => {
+                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .expect("connect");
+                tokio::spawn(conn);
+                client
+                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                    .await
+                    .expect("drop schema");
+            }
+        }
+    }
+}
+
+/// Runs one property on a fresh store of `backend`.
+async fn run<F, Fut>(backend: &str, tag: &str, property: F)
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some((store, ns)) = fresh(backend, tag).await else {
+        return;
+    };
+    assert_eq!(store.kind(), backend);
+    assert!(!store.durability().is_empty());
+    property(store.clone()).await;
+    store.flush().await.expect("flush");
+    drop(store);
+    ns.remove().await;
+}
+
+async fn users(s: &dyn Store, n: usize) -> Vec<UserId> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        ids.push(
+            s.create_user(&format!("user{i}"), "hash")
+                .await
+                .expect("create_user"),
+        );
+    }
+    ids
+}
+
+fn msg<'a>(channel: &'a str, members: &'a [UserId], from: UserId, cmid: &'a str) -> NewMessage<'a> {
+    NewMessage {
+        channel,
+        members,
+        from,
+        from_device: 7,
+        client_msg_id: cmid,
+        text: "hi",
+        ts: 1_000,
+    }
+}
+
+/// Reads a whole inbox in pages of `page`, checking that seqs are 1, 2, 3, ...
+async fn whole_inbox(s: &dyn Store, user: UserId, page: usize) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    loop {
+        let batch = s
+            .inbox_after(user, out.len() as u64, page)
+            .await
+            .expect("inbox_after");
+        if batch.is_empty() {
+            return out;
+        }
+        assert!(batch.len() <= page);
+        for m in batch {
+            assert_eq!(
+                m.seq,
+                Some(out.len() as u64 + 1),
+                "inbox seqs must be gap-free"
+            );
+            out.push((m.channel, m.id));
+        }
+    }
+}
+
+// -- properties ----------------------------------------------------------------
+
+/// 8 tasks x 50 sends into one group: ids exactly 1..=400, every inbox gap-free.
+async fn gap_free_ids(s: Arc<dyn Store>) {
+    let members = users(&*s, 8).await;
+    let group = s
+        .create_group("g", &members, 100)
+        .await
+        .expect("create_group");
+    let channel = format!("g:{group}");
+    let mut tasks = Vec::new();
+    for (t, &from) in members.iter().enumerate() {
+        let (s, members, channel) = (s.clone(), members.clone(), channel.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..50 {
+                let cmid = format!("{t}-{i}");
+                let a = s
+                    .accept(msg(&channel, &members, from, &cmid))
+                    .await
+                    .expect("accept");
+                assert!(!a.duplicate);
+                assert_eq!(a.recipients.len(), members.len());
+                ids.push(a.id);
+            }
+            ids
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        let ids = t.await.expect("sender task");
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "one sender's ids increase"
+        );
+        all.extend(ids);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=400).collect::<Vec<u64>>());
+    for &m in &members {
+        assert_eq!(s.inbox_head(m).await.expect("head"), 400);
+        let inbox = whole_inbox(&*s, m, 64).await;
+        let ids: Vec<u64> = inbox.iter().map(|(_, id)| *id).collect();
+        assert_eq!(
+            ids,
+            (1..=400).collect::<Vec<u64>>(),
+            "inbox in id order, each once"
+        );
+    }
+    let page = s.history(&channel, None, None, 500).await.expect("history");
+    assert_eq!(
+        page.iter().map(|m| m.id).collect::<Vec<_>>(),
+        (1..=400).collect::<Vec<u64>>()
+    );
+}
+
+/// The same sender and client_msg_id: the first ack again, stored once.
+async fn dedupe(s: Arc<dyn Store>) {
+    let u = users(&*s, 2).await;
+    let ch = format!("dm:{}:{}", u[0], u[1]);
+    let first = s.accept(msg(&ch, &u, u[0], "x")).await.expect("first");
+    assert!(!first.duplicate);
+    let again = s.accept(msg(&ch, &u, u[0], "x")).await.expect("again");
+    assert!(again.duplicate);
+    assert!(again.recipients.is_empty());
+    assert_eq!(
+        (&again.channel, again.id, again.sender_seq, again.ts),
+        (&first.channel, first.id, first.sender_seq, first.ts)
+    );
+    // Even when retried "into" another channel, the answer is the first one's.
+    let other = s
+        .accept(msg("g:999", &u, u[0], "x"))
+        .await
+        .expect("other channel");
+    assert!(other.duplicate);
+    assert_eq!(other.channel, ch);
+    // Another sender may use the same client_msg_id.
+    let theirs = s
+        .accept(msg(&ch, &u, u[1], "x"))
+        .await
+        .expect("other sender");
+    assert!(!theirs.duplicate);
+    assert_eq!(theirs.id, 2);
+    assert_eq!(
+        s.history(&ch, None, None, 50).await.expect("history").len(),
+        2
+    );
+    assert_eq!(s.inbox_head(u[0]).await.expect("head"), 2);
+    assert_eq!(s.inbox_head(u[1]).await.expect("head"), 2);
+}
+
+/// Inbox reads after a cursor, in pages, per user.
+async fn inbox_cursors(s: Arc<dyn Store>) {
+    let u = users(&*s, 3).await;
+    let ab = [u[0], u[1]];
+    let ac = [u[0], u[2]];
+    for i in 0..25 {
+        let (members, ch) = if i % 5 == 4 {
+            (&ac, format!("dm:{}:{}", u[0], u[2]))
+        } else {
+            (&ab, format!("dm:{}:{}", u[0], u[1]))
+        };
+        let a = s
+            .accept(msg(&ch, members, u[0], &format!("m{i}")))
+            .await
+            .expect("accept");
+        assert_eq!(a.sender_seq, i + 1);
+        let other = members[1];
+        assert_eq!(
+            a.recipients,
+            vec![(u[0], i + 1), (other, a.recipients[1].1)]
+        );
+    }
+    assert_eq!(s.inbox_head(u[0]).await.expect("head"), 25);
+    assert_eq!(s.inbox_head(u[1]).await.expect("head"), 20);
+    assert_eq!(s.inbox_head(u[2]).await.expect("head"), 5);
+    let page = s.inbox_after(u[0], 0, 10).await.expect("page");
+    assert_eq!(
+        page.iter().map(|m| m.seq.unwrap_or(0)).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<u64>>()
+    );
+    let page = s.inbox_after(u[0], 20, 10).await.expect("page");
+    assert_eq!(
+        page.iter().map(|m| m.seq.unwrap_or(0)).collect::<Vec<_>>(),
+        (21..=25).collect::<Vec<u64>>()
+    );
+    assert_eq!(page[4].client_msg_id, "m24");
+    assert!(s.inbox_after(u[0], 25, 10).await.expect("empty").is_empty());
+    assert!(s
+        .inbox_after(u[0], 1_000, 10)
+        .await
+        .expect("past the head")
+        .is_empty());
+    let c = whole_inbox(&*s, u[2], 2).await;
+    assert_eq!(
+        c.iter().map(|(_, id)| *id).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    // A user with no messages, and one that does not exist.
+    let lonely = s.create_user("lonely", "h").await.expect("user");
+    assert_eq!(s.inbox_head(lonely).await.expect("head"), 0);
+    assert!(s
+        .inbox_after(lonely, 0, 10)
+        .await
+        .expect("empty")
+        .is_empty());
+    assert_eq!(s.inbox_head(99_999).await.expect("head of unknown"), 0);
+}
+
+/// History pages: newest, before, after, both, and the message's fields.
+async fn history_paging(s: Arc<dyn Store>) {
+    let u = users(&*s, 2).await;
+    let ch = "dm:1:2";
+    for i in 1..=30u64 {
+        let text = format!("message {i} ✓");
+        let m = NewMessage {
+            channel: ch,
+            members: &u,
+            from: u[i as usize % 2],
+            from_device: 40 + i,
+            client_msg_id: &format!("c{i}"),
+            text: &text,
+            ts: 5_000 + i,
+        };
+        assert_eq!(s.accept(m).await.expect("accept").id, i);
+    }
+    let ids = |page: Vec<store::StoredMessage>| page.iter().map(|m| m.id).collect::<Vec<_>>();
+    let h = |a, b, l| {
+        let s = s.clone();
+        async move { s.history(ch, a, b, l).await.expect("history") }
+    };
+    assert_eq!(
+        ids(h(None, None, 10).await),
+        (21..=30).collect::<Vec<_>>(),
+        "newest page"
+    );
+    assert_eq!(
+        ids(h(None, Some(21), 10).await),
+        (11..=20).collect::<Vec<_>>(),
+        "before"
+    );
+    assert_eq!(
+        ids(h(None, Some(4), 10).await),
+        vec![1, 2, 3],
+        "before, short"
+    );
+    assert_eq!(
+        ids(h(Some(0), None, 10).await),
+        (1..=10).collect::<Vec<_>>(),
+        "after 0"
+    );
+    assert_eq!(
+        ids(h(Some(25), None, 10).await),
+        (26..=30).collect::<Vec<_>>(),
+        "after, short"
+    );
+    assert_eq!(ids(h(Some(5), Some(9), 10).await), vec![6, 7, 8], "both");
+    assert_eq!(
+        ids(h(Some(5), Some(20), 3).await),
+        vec![6, 7, 8],
+        "both, limited from after"
+    );
+    assert_eq!(ids(h(None, Some(1), 10).await), Vec::<u64>::new());
+    assert_eq!(ids(h(Some(30), None, 10).await), Vec::<u64>::new());
+    assert_eq!(ids(h(Some(9), Some(5), 10).await), Vec::<u64>::new());
+    assert_eq!(ids(h(None, None, 500).await), (1..=30).collect::<Vec<_>>());
+    assert_eq!(ids(h(None, Some(1_000), 2).await), vec![29, 30]);
+    assert!(s
+        .history("g:404", None, None, 10)
+        .await
+        .expect("unknown channel")
+        .is_empty());
+    let m = &h(Some(6), None, 1).await[0];
+    assert_eq!(
+        (m.channel.as_str(), m.id, m.from, m.from_device, m.ts),
+        (ch, 7, u[1], 47, 5_007)
+    );
+    assert_eq!(
+        (m.client_msg_id.as_str(), m.text.as_str(), m.seq),
+        ("c7", "message 7 ✓", None)
+    );
+}
+
+/// Groups: creation (deduplicated, in order), membership, the limit, NotFound.
+async fn groups(s: Arc<dyn Store>) {
+    let u = users(&*s, 6).await;
+    let g = s
+        .create_group("team", &[u[2], u[0], u[2], u[1]], 4)
+        .await
+        .expect("create");
+    assert_eq!(
+        s.group_members(g).await.expect("members"),
+        Some(vec![u[2], u[0], u[1]])
+    );
+    let g2 = s.create_group("other", &[u[0]], 4).await.expect("create");
+    assert_ne!(g, g2);
+    s.add_member(g, u[3], 4).await.expect("add 4th");
+    s.add_member(g, u[3], 4).await.expect("idempotent add");
+    assert!(matches!(
+        s.add_member(g, u[4], 4).await,
+        Err(StoreError::GroupFull)
+    ));
+    assert!(matches!(
+        s.create_group("big", &u[..5], 4).await,
+        Err(StoreError::GroupFull)
+    ));
+    s.remove_member(g, u[0]).await.expect("remove");
+    s.remove_member(g, u[0]).await.expect("idempotent remove");
+    s.add_member(g, u[4], 4).await.expect("room again");
+    assert_eq!(
+        s.group_members(g).await.expect("members"),
+        Some(vec![u[2], u[1], u[3], u[4]])
+    );
+    for m in [u[2], u[1], u[3], u[4]] {
+        s.remove_member(g, m).await.expect("empty it");
+    }
+    assert_eq!(s.group_members(g).await.expect("empty group"), Some(vec![]));
+    assert_eq!(s.group_members(9_999).await.expect("unknown"), None);
+    assert!(matches!(
+        s.add_member(9_999, u[0], 4).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.remove_member(9_999, u[0]).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.add_member(g2, 9_999, 4).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.create_group("x", &[u[0], 9_999], 4).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+/// Accounts, unknown users and NotFound outcomes.
+async fn accounts(s: Arc<dyn Store>) {
+    let a = s.create_user("alice", "hash-a").await.expect("alice");
+    let b = s.create_user("bob", "hash-b").await.expect("bob");
+    assert_ne!(a, b);
+    assert!(matches!(
+        s.create_user("alice", "other").await,
+        Err(StoreError::Conflict)
+    ));
+    let rec = s
+        .user_by_name("alice")
+        .await
+        .expect("lookup")
+        .expect("alice exists");
+    assert_eq!(
+        (rec.id, rec.username.as_str(), rec.password_hash.as_str()),
+        (a, "alice", "hash-a")
+    );
+    assert!(s.user_by_name("carol").await.expect("lookup").is_none());
+    let infos = s.users(&[b, 9_999, a]).await.expect("users");
+    let names: Vec<_> = infos
+        .iter()
+        .map(|i| (i.id, i.username.as_str(), i.last_active_at))
+        .collect();
+    assert_eq!(names, vec![(b, "bob", None), (a, "alice", None)]);
+    assert!(s.users(&[]).await.expect("none").is_empty());
+    assert_eq!(s.users(&[a]).await.expect("one").len(), 1);
+    let dm = [a, 9_999];
+    assert!(matches!(
+        s.accept(msg("dm:x", &dm, a, "c")).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(s
+        .history("dm:x", None, None, 10)
+        .await
+        .expect("nothing stored")
+        .is_empty());
+    assert!(matches!(
+        s.add_friend(a, 9_999).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.login_device(9_999, None).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        s.set_last_active(9_999, 5).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+/// Tokens: put, owner, revoke; login_device by name.
+async fn tokens_and_devices(s: Arc<dyn Store>) {
+    let u = users(&*s, 2).await;
+    let d1 = s.login_device(u[0], None).await.expect("device");
+    let d2 = s.login_device(u[0], None).await.expect("device");
+    let phone = s.login_device(u[0], Some("phone")).await.expect("phone");
+    let ids: HashSet<_> = [d1, d2, phone].into_iter().collect();
+    assert_eq!(ids.len(), 3, "each unnamed login is a new device");
+    assert_eq!(
+        s.login_device(u[0], Some("phone")).await.expect("again"),
+        phone
+    );
+    let theirs = s
+        .login_device(u[1], Some("phone"))
+        .await
+        .expect("other user's phone");
+    assert!(!ids.contains(&theirs));
+    let owner = TokenOwner {
+        user_id: u[0],
+        device_id: phone,
+    };
+    s.put_token("tok-1", owner).await.expect("put");
+    assert_eq!(s.token_owner("tok-1").await.expect("owner"), Some(owner));
+    assert_eq!(s.token_owner("tok-2").await.expect("unknown"), None);
+    s.revoke_token("tok-1").await.expect("revoke");
+    assert_eq!(s.token_owner("tok-1").await.expect("revoked"), None);
+    s.revoke_token("never-issued")
+        .await
+        .expect("revoking unknown is fine");
+}
+
+/// Friends are mutual and idempotent.
+async fn friends(s: Arc<dyn Store>) {
+    let u = users(&*s, 4).await;
+    s.add_friend(u[0], u[1]).await.expect("friend");
+    s.add_friend(u[0], u[1]).await.expect("idempotent");
+    s.add_friend(u[2], u[0]).await.expect("friend");
+    let mut f0 = s.friends(u[0]).await.expect("friends");
+    f0.sort_unstable();
+    assert_eq!(f0, vec![u[1], u[2]]);
+    assert_eq!(s.friends(u[1]).await.expect("friends"), vec![u[0]]);
+    assert!(s.friends(u[3]).await.expect("none").is_empty());
+}
+
+/// Presence: `set_last_active` keeps the latest time.
+async fn presence(s: Arc<dyn Store>) {
+    let u = users(&*s, 1).await;
+    s.set_last_active(u[0], 2_000).await.expect("set");
+    s.set_last_active(u[0], 1_000)
+        .await
+        .expect("older is ignored");
+    assert_eq!(
+        s.users(&u).await.expect("users")[0].last_active_at,
+        Some(2_000)
+    );
+    s.set_last_active(u[0], 3_000).await.expect("newer");
+    assert_eq!(
+        s.users(&u).await.expect("users")[0].last_active_at,
+        Some(3_000)
+    );
+}
+
+/// One test per (backend, property): `conformance::redis::dedupe`, ...
+macro_rules! conformance {
+    ($($backend:ident),* ; $properties:tt) => {
+        $(conformance!(@backend $backend $properties);)*
+    };
+    (@backend $backend:ident ($($property:ident),*)) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $property() {
+                    super::run(stringify!($backend), stringify!($property), super::$property).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(memory, embedded, redis, postgres; (
+    gap_free_ids, dedupe, inbox_cursors, history_paging, groups, accounts,
+    tokens_and_devices, friends, presence
+));
+
+#[tokio::test]
+async fn open_rejects_bad_urls() {
+    assert!(matches!(
+        store::open("mysql://x").await,
+        Err(store::OpenError::Unknown(_))
+    ));
+    assert!(matches!(
+        store::open("embedded:").await,
+        Err(store::OpenError::Failed { .. })
+    ));
+}
+
+#[tokio::test]
+async fn embedded_keeps_data_across_reopen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("embedded:{}", dir.path().display());
+    {
+        let s = store::open(&url).await.expect("open");
+        let u = users(&*s, 2).await;
+        s.accept(msg("dm:1:2", &u, u[0], "a"))
+            .await
+            .expect("accept");
+        s.set_last_active(u[0], 9).await.expect("presence");
+        s.flush().await.expect("flush");
+    }
+    // The writer thread lets go of the file once the last handle is gone.
+    let mut tries = 0;
+    let s = loop {
+        match store::open(&url).await {
+            Ok(s) => break s,
+            Err(e) if tries > 100 => panic!("reopen failed: {e}"),
+            Err(_) => tries += 1,
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        s.history("dm:1:2", None, None, 10)
+            .await
+            .expect("history")
+            .len(),
+        1
+    );
+    assert_eq!(s.inbox_head(1).await.expect("head"), 1);
+    assert_eq!(
+        s.users(&[1]).await.expect("users")[0].last_active_at,
+        Some(9)
+    );
+}
