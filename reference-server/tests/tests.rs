@@ -3,6 +3,21 @@
 /// Shared helpers: a real server on port 0, typed HTTP and WebSocket clients.
 mod support;
 
+/// Bounded outbound queues: slow consumers closed with 1008, nothing lost.
+mod backpressure;
+/// Bad input: error frames, text limits, frame limit (1009).
+mod bad_input;
+/// WebSocket chat: multi-device 1:1, no echo, idempotency, ordering, sync, groups.
+mod chat;
+/// HTTP API: accounts, tokens, discovery, friends, groups, history, presence, metrics.
+mod http_api;
+/// The binary's life cycle: listening line, SIGTERM, flags.
+mod lifecycle;
+/// Presence by heartbeats, pushed to friends.
+mod presence;
+/// Push notifications for offline members.
+mod push;
+
 /// Storage conformance: every backend (memory, embedded, redis, postgres) against
 /// the same properties (ids, dedupe, inbox, history, groups, accounts, tokens...).
 mod conformance;
