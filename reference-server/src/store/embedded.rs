@@ -28,10 +28,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use redb::{
-    Database, Durability, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction,
-};
+use redb::{Database, ReadTransaction, ReadableTable, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
+
+mod tables;
+mod writer;
+use tables::*;
+use writer::{writer_loop, Completion, Job, Request};
 
 use super::{
     Accepted, NewMessage, Store, StoreError, StoreResult, StoredMessage, TokenOwner, UserInfo,
@@ -44,48 +47,9 @@ pub const MAX_BATCH: usize = 512;
 /// Requests waiting for the writer before callers wait to enqueue (back-pressure).
 const QUEUE: usize = 4096;
 
-/// Counters: `next_user`, `next_device`, `next_group`.
-const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
-/// user id -> (username, password hash).
-const USERS: TableDefinition<'_, u64, (&str, &str)> = TableDefinition::new("users");
-const USER_NAMES: TableDefinition<'_, &str, u64> = TableDefinition::new("user_names");
-/// user id -> last active time (ms).
-const LAST_ACTIVE: TableDefinition<'_, u64, u64> = TableDefinition::new("last_active");
-/// (user, device name) -> device id; unnamed devices only take a number.
-const DEVICES: TableDefinition<'_, (u64, &str), u64> = TableDefinition::new("devices");
-/// token -> (user, device).
-const TOKENS: TableDefinition<'_, &str, (u64, u64)> = TableDefinition::new("tokens");
-/// (user, friend), both directions.
-const FRIENDS: TableDefinition<'_, (u64, u64), ()> = TableDefinition::new("friends");
-/// group number -> (name, members in order).
-const GROUPS: TableDefinition<'_, u64, (&str, Vec<u64>)> = TableDefinition::new("groups");
-/// (channel, id) -> (from, from_device, ts, client_msg_id, text).
-const MESSAGES: TableDefinition<'_, (&str, u64), (u64, u64, u64, &str, &str)> =
-    TableDefinition::new("messages");
-/// channel -> highest message id.
-const CHANNEL_HEADS: TableDefinition<'_, &str, u64> = TableDefinition::new("channel_heads");
-/// (user, seq) -> (channel, id).
-const INBOX: TableDefinition<'_, (u64, u64), (&str, u64)> = TableDefinition::new("inbox");
-/// user -> highest inbox seq.
-const INBOX_HEADS: TableDefinition<'_, u64, u64> = TableDefinition::new("inbox_heads");
-/// (sender, client_msg_id) -> (channel, id, sender's seq).
-const DEDUPE: TableDefinition<'_, (u64, &str), (&str, u64, u64)> = TableDefinition::new("dedupe");
-
 /// Maps any redb error into the trait's backend error.
 fn backend(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Backend(format!("redb: {}", e.into()))
-}
-
-/// Runs after the batch's commit with its outcome, and answers one caller.
-type Completion = Box<dyn FnOnce(StoreResult<()>) + Send>;
-/// One write: runs inside the batch's transaction. Returns the caller's completion
-/// and whether the batch must be aborted (a backend error).
-type Job = Box<dyn FnOnce(&WriteTransaction) -> (Completion, bool) + Send>;
-
-struct Request {
-    job: Job,
-    /// False for writes that need no fsync of their own (presence timestamps).
-    durable: bool,
 }
 
 /// The redb-backed store. Cheap to share; dropping the last handle stops the writer
@@ -167,174 +131,8 @@ impl EmbeddedStore {
     }
 }
 
-/// The writer thread: one transaction and one commit per batch of waiting requests.
-fn writer_loop(db: &Database, mut queue: mpsc::Receiver<Request>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = queue.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
-            }
-        }
-        let size = batch.len();
-        let durable = batch.iter().any(|r| r.durable);
-        let mut done = Vec::with_capacity(size);
-        let outcome = match db.begin_write() {
-            Ok(mut txn) => {
-                if !durable {
-                    txn.set_durability(Durability::None);
-                }
-                let mut poisoned = false;
-                for request in batch.drain(..) {
-                    let (completion, poison) = (request.job)(&txn);
-                    poisoned |= poison;
-                    done.push(completion);
-                }
-                if poisoned {
-                    let _ = txn.abort();
-                    Err(StoreError::Backend(
-                        "batch aborted after a storage error".into(),
-                    ))
-                } else {
-                    txn.commit().map_err(backend)
-                }
-            }
-            Err(e) => {
-                // Nothing ran: dropping the jobs drops their oneshots, so each
-                // caller sees a backend error and nothing was acked.
-                batch.clear();
-                Err(backend(e))
-            }
-        };
-        if let Err(e) = &outcome {
-            tracing::error!(batch = size, cause = %e, "embedded commit failed");
-        }
-        for completion in done {
-            completion(match &outcome {
-                Ok(()) => Ok(()),
-                Err(e) => Err(StoreError::Backend(e.to_string())),
-            });
-        }
-    }
-    tracing::debug!("embedded writer stopped");
-}
-
-/// Takes the next value of a counter in `META` (1 for the first).
-fn next_counter(txn: &WriteTransaction, name: &str) -> StoreResult<u64> {
-    let mut meta = txn.open_table(META).map_err(backend)?;
-    let next = meta.get(name).map_err(backend)?.map_or(0, |v| v.value()) + 1;
-    meta.insert(name, next).map_err(backend)?;
-    Ok(next)
-}
-
-fn user_exists(txn: &WriteTransaction, user: UserId) -> StoreResult<bool> {
-    Ok(txn
-        .open_table(USERS)
-        .map_err(backend)?
-        .get(user)
-        .map_err(backend)?
-        .is_some())
-}
-
-/// The part of `accept` that runs in the writer's transaction.
-fn accept_in(txn: &WriteTransaction, msg: &OwnedMessage) -> StoreResult<Accepted> {
-    let mut dedupe = txn.open_table(DEDUPE).map_err(backend)?;
-    let seen = dedupe
-        .get((msg.from, msg.client_msg_id.as_str()))
-        .map_err(backend)?
-        .map(|v| {
-            let (channel, id, seq) = v.value();
-            (channel.to_string(), id, seq)
-        });
-    if let Some((channel, id, sender_seq)) = seen {
-        let messages = txn.open_table(MESSAGES).map_err(backend)?;
-        let ts = messages
-            .get((channel.as_str(), id))
-            .map_err(backend)?
-            .map_or(0, |v| v.value().2);
-        return Ok(Accepted {
-            channel,
-            id,
-            ts,
-            sender_seq,
-            recipients: Vec::new(),
-            duplicate: true,
-        });
-    }
-    for &m in &msg.members {
-        if !user_exists(txn, m)? {
-            return Err(StoreError::NotFound);
-        }
-    }
-    let channel = msg.channel.as_str();
-    let mut heads = txn.open_table(CHANNEL_HEADS).map_err(backend)?;
-    let id = heads
-        .get(channel)
-        .map_err(backend)?
-        .map_or(0, |v| v.value())
-        + 1;
-    heads.insert(channel, id).map_err(backend)?;
-    txn.open_table(MESSAGES)
-        .map_err(backend)?
-        .insert(
-            (channel, id),
-            (
-                msg.from,
-                msg.from_device,
-                msg.ts,
-                msg.client_msg_id.as_str(),
-                msg.text.as_str(),
-            ),
-        )
-        .map_err(backend)?;
-    let mut inbox = txn.open_table(INBOX).map_err(backend)?;
-    let mut inbox_heads = txn.open_table(INBOX_HEADS).map_err(backend)?;
-    let mut recipients = Vec::with_capacity(msg.members.len());
-    for &m in &msg.members {
-        let seq = inbox_heads
-            .get(m)
-            .map_err(backend)?
-            .map_or(0, |v| v.value())
-            + 1;
-        inbox_heads.insert(m, seq).map_err(backend)?;
-        inbox.insert((m, seq), (channel, id)).map_err(backend)?;
-        recipients.push((m, seq));
-    }
-    let sender_seq = recipients
-        .iter()
-        .find(|(m, _)| *m == msg.from)
-        .map_or(0, |&(_, s)| s);
-    dedupe
-        .insert(
-            (msg.from, msg.client_msg_id.as_str()),
-            (channel, id, sender_seq),
-        )
-        .map_err(backend)?;
-    Ok(Accepted {
-        channel: msg.channel.clone(),
-        id,
-        ts: msg.ts,
-        sender_seq,
-        recipients,
-        duplicate: false,
-    })
-}
-
-/// [`NewMessage`] with owned fields, to cross into the writer thread.
-struct OwnedMessage {
-    channel: String,
-    members: Vec<UserId>,
-    from: UserId,
-    from_device: DeviceId,
-    client_msg_id: String,
-    text: String,
-    ts: Millis,
-}
-
 /// Reads message `(channel, id)` from a read transaction's table.
-fn message_from(channel: &str, id: MessageId, v: (u64, u64, u64, &str, &str)) -> Message {
+fn message_from(channel: &str, id: MessageId, v: MessageRow<'_>) -> Message {
     let (from, from_device, ts, client_msg_id, text) = v;
     Message {
         channel: channel.to_string(),

@@ -227,3 +227,27 @@ fn failed(url: &str, reason: impl std::fmt::Display) -> OpenError {
         reason: reason.to_string(),
     }
 }
+
+/// Splits our own `name=value` query parameter off a backend URL (the drivers
+/// reject parameters they do not know): returns the URL without it, and its value.
+pub(crate) fn take_query_param(url: &str, name: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_string(), None);
+    };
+    let mut value = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|kv| match kv.split_once('=') {
+            Some((k, v)) if k == name => {
+                value = Some(v.to_string());
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    if rest.is_empty() {
+        (base.to_string(), value)
+    } else {
+        (format!("{base}?{}", rest.join("&")), value)
+    }
+}

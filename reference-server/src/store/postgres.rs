@@ -29,9 +29,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use futures_util::future::join_all;
 use tokio::sync::{mpsc, oneshot};
+
+mod schema;
+mod writer;
+use schema::migrate;
 use tokio_postgres::{NoTls, Row};
+use writer::{writer_loop, AcceptRequest};
 
 use super::{
     Accepted, NewMessage, Store, StoreError, StoreResult, StoredMessage, TokenOwner, UserInfo,
@@ -43,103 +47,6 @@ use crate::protocol::{DeviceId, Message, MessageId, Millis, Seq, UserId};
 pub const MAX_BATCH: usize = 256;
 const QUEUE: usize = 4096;
 const POOL_SIZE: usize = 8;
-
-/// Versioned migrations; append, never edit one that has shipped.
-const MIGRATIONS: &[&str] = &[r#"
-CREATE TABLE users (
-    id BIGSERIAL PRIMARY KEY,
-    username TEXT NOT NULL UNIQUE,
-    password_hash TEXT NOT NULL,
-    last_active_at BIGINT,
-    inbox_head BIGINT NOT NULL DEFAULT 0
-);
-CREATE TABLE devices (
-    id BIGSERIAL PRIMARY KEY,
-    user_id BIGINT NOT NULL REFERENCES users (id),
-    name TEXT,
-    UNIQUE (user_id, name)
-);
-CREATE TABLE tokens (
-    token TEXT PRIMARY KEY,
-    user_id BIGINT NOT NULL,
-    device_id BIGINT NOT NULL
-);
-CREATE TABLE friends (
-    user_id BIGINT NOT NULL,
-    friend_id BIGINT NOT NULL,
-    PRIMARY KEY (user_id, friend_id)
-);
-CREATE TABLE groups (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL);
-CREATE TABLE group_members (
-    group_id BIGINT NOT NULL REFERENCES groups (id),
-    user_id BIGINT NOT NULL,
-    joined BIGSERIAL,
-    PRIMARY KEY (group_id, user_id)
-);
-CREATE TABLE channels (channel_id TEXT PRIMARY KEY, head BIGINT NOT NULL);
-CREATE TABLE messages (
-    channel_id TEXT NOT NULL,
-    message_id BIGINT NOT NULL,
-    from_user BIGINT NOT NULL,
-    from_device BIGINT NOT NULL,
-    client_msg_id TEXT NOT NULL,
-    body TEXT NOT NULL,
-    ts BIGINT NOT NULL,
-    PRIMARY KEY (channel_id, message_id)
-);
-CREATE TABLE inbox (
-    user_id BIGINT NOT NULL,
-    seq BIGINT NOT NULL,
-    channel_id TEXT NOT NULL,
-    message_id BIGINT NOT NULL,
-    PRIMARY KEY (user_id, seq)
-);
-CREATE TABLE dedupe (
-    user_id BIGINT NOT NULL,
-    client_msg_id TEXT NOT NULL,
-    channel_id TEXT NOT NULL,
-    message_id BIGINT NOT NULL,
-    sender_seq BIGINT NOT NULL,
-    ts BIGINT NOT NULL,
-    PRIMARY KEY (user_id, client_msg_id)
-);
--- status: 0 accepted, 1 duplicate, 2 unknown member. seqs follow p_members' order.
-CREATE FUNCTION chatscale_accept(p_channel TEXT, p_members BIGINT[], p_from BIGINT,
-    p_device BIGINT, p_cmid TEXT, p_text TEXT, p_ts BIGINT,
-    OUT o_status INT, OUT o_channel TEXT, OUT o_id BIGINT, OUT o_ts BIGINT,
-    OUT o_sender_seq BIGINT, OUT o_seqs BIGINT[])
-LANGUAGE plpgsql AS $$
-DECLARE
-    d RECORD;
-    found_users INT;
-BEGIN
-    PERFORM 1 FROM users u WHERE u.id = ANY (p_members || p_from) ORDER BY u.id FOR UPDATE;
-    SELECT * INTO d FROM dedupe x WHERE x.user_id = p_from AND x.client_msg_id = p_cmid;
-    IF FOUND THEN
-        o_status := 1; o_channel := d.channel_id; o_id := d.message_id; o_ts := d.ts;
-        o_sender_seq := d.sender_seq;
-        RETURN;
-    END IF;
-    SELECT count(*) INTO found_users FROM users u WHERE u.id = ANY (p_members);
-    IF found_users <> cardinality(p_members) THEN
-        o_status := 2;
-        RETURN;
-    END IF;
-    INSERT INTO channels AS c (channel_id, head) VALUES (p_channel, 1)
-        ON CONFLICT (channel_id) DO UPDATE SET head = c.head + 1
-        RETURNING c.head INTO o_id;
-    INSERT INTO messages VALUES (p_channel, o_id, p_from, p_device, p_cmid, p_text, p_ts);
-    UPDATE users u SET inbox_head = u.inbox_head + 1 WHERE u.id = ANY (p_members);
-    INSERT INTO inbox SELECT u.id, u.inbox_head, p_channel, o_id
-        FROM users u WHERE u.id = ANY (p_members);
-    SELECT array_agg(u.inbox_head ORDER BY m.ord) INTO o_seqs
-        FROM unnest(p_members) WITH ORDINALITY AS m (uid, ord) JOIN users u ON u.id = m.uid;
-    o_sender_seq := coalesce((SELECT u.inbox_head FROM users u
-        WHERE u.id = p_from AND p_from = ANY (p_members)), 0);
-    INSERT INTO dedupe VALUES (p_from, p_cmid, p_channel, o_id, o_sender_seq, p_ts);
-    o_status := 0; o_channel := p_channel; o_ts := p_ts;
-END $$;
-"#];
 
 /// Maps an error into the trait's backend error, with its causes: the driver's
 /// own `Display` says only "db error" and keeps the server's message in the source.
@@ -162,17 +69,6 @@ fn id(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-struct AcceptRequest {
-    channel: String,
-    members: Vec<i64>,
-    from: i64,
-    device: i64,
-    cmid: String,
-    text: String,
-    ts: i64,
-    done: oneshot::Sender<StoreResult<Row>>,
-}
-
 /// The PostgreSQL-backed store.
 pub struct PostgresStore {
     pool: Pool,
@@ -182,20 +78,7 @@ pub struct PostgresStore {
 
 /// Splits our own `schema=` query parameter off a PostgreSQL URL.
 fn split_schema(url: &str) -> StoreResult<(String, Option<String>)> {
-    let Some((base, query)) = url.split_once('?') else {
-        return Ok((url.to_string(), None));
-    };
-    let mut schema = None;
-    let rest: Vec<&str> = query
-        .split('&')
-        .filter(|kv| match kv.strip_prefix("schema=") {
-            Some(s) => {
-                schema = Some(s.to_string());
-                false
-            }
-            None => true,
-        })
-        .collect();
+    let (base, schema) = super::take_query_param(url, "schema");
     if let Some(s) = &schema {
         // It becomes an identifier in `CREATE SCHEMA` and `search_path`: keep it plain.
         let plain = !s.is_empty()
@@ -207,11 +90,6 @@ fn split_schema(url: &str) -> StoreResult<(String, Option<String>)> {
             )));
         }
     }
-    let base = if rest.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}?{}", rest.join("&"))
-    };
     Ok((base, schema))
 }
 
@@ -294,110 +172,6 @@ impl PostgresStore {
         let stmt = client.prepare_cached(sql).await.map_err(backend)?;
         client.query(&stmt, params).await.map_err(backend)
     }
-}
-
-/// Applies the migrations not yet recorded, one transaction each, under an
-/// advisory lock so that concurrent servers do not race.
-async fn migrate(client: &mut deadpool_postgres::Object) -> StoreResult<()> {
-    let txn = client.transaction().await.map_err(backend)?;
-    txn.batch_execute(
-        "SELECT pg_advisory_xact_lock(7316001);
-         CREATE TABLE IF NOT EXISTS schema_migrations (version INT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-    )
-    .await
-    .map_err(backend)?;
-    let row = txn
-        .query_one(
-            "SELECT coalesce(max(version), 0) FROM schema_migrations",
-            &[],
-        )
-        .await
-        .map_err(backend)?;
-    let have: i32 = row.get(0);
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(have as usize) {
-        let version = i as i32 + 1;
-        txn.batch_execute(sql).await.map_err(backend)?;
-        txn.execute(
-            "INSERT INTO schema_migrations (version) VALUES ($1)",
-            &[&version],
-        )
-        .await
-        .map_err(backend)?;
-        tracing::info!(version, "postgres migration applied");
-    }
-    txn.commit().await.map_err(backend)
-}
-
-const ACCEPT_SQL: &str = "SELECT o_status AS status, o_channel AS channel, o_id AS id, \
-     o_ts AS ts, o_sender_seq AS sender_seq, o_seqs AS seqs \
-     FROM chatscale_accept($1, $2, $3, $4, $5, $6, $7)";
-
-/// The writer task: one transaction and one commit per batch of waiting accepts.
-async fn writer_loop(
-    mut client: tokio_postgres::Client,
-    config: tokio_postgres::Config,
-    mut queue: mpsc::Receiver<AcceptRequest>,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = queue.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
-            }
-        }
-        if client.is_closed() {
-            match config.connect(NoTls).await {
-                Ok((c, conn)) => {
-                    tokio::spawn(conn);
-                    client = c;
-                }
-                Err(e) => tracing::error!(cause = %e, "postgres writer cannot reconnect"),
-            }
-        }
-        let size = batch.len();
-        match commit_batch(&mut client, &batch).await {
-            Ok(rows) => {
-                for (request, row) in batch.drain(..).zip(rows) {
-                    let _ = request.done.send(Ok(row));
-                }
-            }
-            Err(e) => {
-                tracing::error!(batch = size, cause = %e, "postgres accept batch failed");
-                for request in batch.drain(..) {
-                    let _ = request.done.send(Err(StoreError::Backend(e.to_string())));
-                }
-            }
-        }
-    }
-}
-
-async fn commit_batch(
-    client: &mut tokio_postgres::Client,
-    batch: &[AcceptRequest],
-) -> StoreResult<Vec<Row>> {
-    let txn = client.transaction().await.map_err(backend)?;
-    let stmt = txn.prepare(ACCEPT_SQL).await.map_err(backend)?;
-    // Issued together, the calls are pipelined on the connection and still run in
-    // order, so a batch costs about one round trip plus one commit.
-    let (txn_ref, stmt_ref) = (&txn, &stmt);
-    let calls = batch.iter().map(|r| async move {
-        txn_ref
-            .query_one(
-                stmt_ref,
-                &[
-                    &r.channel, &r.members, &r.from, &r.device, &r.cmid, &r.text, &r.ts,
-                ],
-            )
-            .await
-    });
-    let mut rows = Vec::with_capacity(batch.len());
-    for result in join_all(calls).await {
-        rows.push(result.map_err(backend)?);
-    }
-    txn.commit().await.map_err(backend)?;
-    Ok(rows)
 }
 
 fn message_of(row: &Row, seq: Option<Seq>) -> Message {

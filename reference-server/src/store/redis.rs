@@ -48,147 +48,36 @@ const POOL_SIZE: usize = 4;
 /// ARGV: prefix, channel, from, client_msg_id, ts, payload, members...
 /// Returns `{1, "channel\nid\nseq\nts"}` for a duplicate, `{2}` for an unknown
 /// member, or `{0, id, seq of each member...}`.
-const ACCEPT: &str = r#"
-local p, channel, from, cmid, ts, payload = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local seen = redis.call('HGET', p..'dd:'..from, cmid)
-if seen then return {1, seen} end
-for i = 7, #ARGV do
-  if redis.call('EXISTS', p..'u:'..ARGV[i]) == 0 then return {2} end
-end
-local id = redis.call('HINCRBY', p..'chead', channel, 1)
-redis.call('HSET', p..'ch:'..channel, id, payload)
-local out = {0, id}
-local sender_seq = 0
-local ref = channel..'\n'..string.format('%d', id)
-for i = 7, #ARGV do
-  local m = ARGV[i]
-  local seq = redis.call('INCR', p..'ih:'..m)
-  redis.call('HSET', p..'ib:'..m, seq, ref)
-  out[#out + 1] = seq
-  if m == from then sender_seq = seq end
-end
-redis.call('HSET', p..'dd:'..from, cmid, ref..'\n'..string.format('%d', sender_seq)..'\n'..ts)
-return out
-"#;
+const ACCEPT: &str = include_str!("redis/accept.lua");
 
 /// ARGV: prefix, channel, after|'', before|'', limit. Returns `{first_id, json...}`.
-const HISTORY: &str = r#"
-local p, channel, limit = ARGV[1], ARGV[2], tonumber(ARGV[5])
-local hi = tonumber(redis.call('HGET', p..'chead', channel) or '0')
-if ARGV[4] ~= '' then hi = math.min(hi, tonumber(ARGV[4]) - 1) end
-local lo
-if ARGV[3] ~= '' then
-  lo = tonumber(ARGV[3]) + 1
-  hi = math.min(hi, lo + limit - 1)
-else
-  lo = math.max(1, hi - limit + 1)
-end
-if lo > hi or limit < 1 then return {} end
-local ids = {}
-for i = lo, hi do ids[#ids + 1] = i end
-local out = redis.call('HMGET', p..'ch:'..channel, unpack(ids))
-table.insert(out, 1, lo)
-return out
-"#;
+const HISTORY: &str = include_str!("redis/history.lua");
 
 /// ARGV: prefix, user, since, limit. Returns `{seq, channel, id, json, ...}`.
-const INBOX: &str = r#"
-local p, user, since, limit = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local head = tonumber(redis.call('GET', p..'ih:'..user) or '0')
-local lo, hi = since + 1, math.min(head, since + limit)
-if lo > hi then return {} end
-local seqs = {}
-for s = lo, hi do seqs[#seqs + 1] = s end
-local refs = redis.call('HMGET', p..'ib:'..user, unpack(seqs))
-local out = {}
-for i = 1, #refs do
-  local ref = refs[i]
-  local nl = string.find(ref, '\n', 1, true)
-  local ch, id = string.sub(ref, 1, nl - 1), string.sub(ref, nl + 1)
-  out[#out + 1] = lo + i - 1
-  out[#out + 1] = ch
-  out[#out + 1] = id
-  out[#out + 1] = redis.call('HGET', p..'ch:'..ch, id)
-end
-return out
-"#;
+const INBOX: &str = include_str!("redis/inbox.lua");
 
 /// ARGV: prefix, username, hash. Returns the new id, or 0 if the name is taken.
-const CREATE_USER: &str = r#"
-local p = ARGV[1]
-if redis.call('HEXISTS', p..'names', ARGV[2]) == 1 then return 0 end
-local id = redis.call('HINCRBY', p..'next', 'user', 1)
-redis.call('HSET', p..'names', ARGV[2], id)
-redis.call('HSET', p..'u:'..id, 'name', ARGV[2], 'hash', ARGV[3])
-return id
-"#;
+const CREATE_USER: &str = include_str!("redis/create_user.lua");
 
 /// ARGV: prefix, user, name|''. Returns the device id, or 0 for an unknown user.
-const LOGIN_DEVICE: &str = r#"
-local p, user, name = ARGV[1], ARGV[2], ARGV[3]
-if redis.call('EXISTS', p..'u:'..user) == 0 then return 0 end
-if name ~= '' then
-  local id = redis.call('HGET', p..'dev:'..user, name)
-  if id then return tonumber(id) end
-end
-local id = redis.call('HINCRBY', p..'next', 'device', 1)
-if name ~= '' then redis.call('HSET', p..'dev:'..user, name, id) end
-return id
-"#;
+const LOGIN_DEVICE: &str = include_str!("redis/login_device.lua");
 
 /// ARGV: prefix, a, b. Returns 0 for an unknown user, 1 when done.
-const ADD_FRIEND: &str = r#"
-local p, a, b = ARGV[1], ARGV[2], ARGV[3]
-if redis.call('EXISTS', p..'u:'..a) == 0 or redis.call('EXISTS', p..'u:'..b) == 0 then return 0 end
-redis.call('SADD', p..'fr:'..a, b)
-redis.call('SADD', p..'fr:'..b, a)
-return 1
-"#;
+const ADD_FRIEND: &str = include_str!("redis/add_friend.lua");
 
 /// ARGV: prefix, name, members... Returns the group number, or 0 for an unknown user.
-const CREATE_GROUP: &str = r#"
-local p = ARGV[1]
-for i = 3, #ARGV do
-  if redis.call('EXISTS', p..'u:'..ARGV[i]) == 0 then return 0 end
-end
-local n = redis.call('HINCRBY', p..'next', 'group', 1)
-redis.call('HSET', p..'gname', n, ARGV[2])
-if #ARGV >= 3 then redis.call('RPUSH', p..'g:'..n, unpack(ARGV, 3)) end
-return n
-"#;
+const CREATE_GROUP: &str = include_str!("redis/create_group.lua");
 
 /// ARGV: prefix, group, user, max. Returns 1 added/already there, 0 unknown group
 /// or user, -1 full.
-const ADD_MEMBER: &str = r#"
-local p, g, user, max = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-if redis.call('HEXISTS', p..'gname', g) == 0 then return 0 end
-if redis.call('EXISTS', p..'u:'..user) == 0 then return 0 end
-local members = redis.call('LRANGE', p..'g:'..g, 0, -1)
-for i = 1, #members do if members[i] == user then return 1 end end
-if #members >= max then return -1 end
-redis.call('RPUSH', p..'g:'..g, user)
-return 1
-"#;
+const ADD_MEMBER: &str = include_str!("redis/add_member.lua");
 
 /// ARGV: prefix, group, user|''. With a user: removes it. Returns `{0}` for an
 /// unknown group, else `{1, members...}`.
-const MEMBERS: &str = r#"
-local p, g = ARGV[1], ARGV[2]
-if redis.call('HEXISTS', p..'gname', g) == 0 then return {0} end
-if ARGV[3] ~= '' then redis.call('LREM', p..'g:'..g, 0, ARGV[3]) end
-local out = redis.call('LRANGE', p..'g:'..g, 0, -1)
-table.insert(out, 1, 1)
-return out
-"#;
+const MEMBERS: &str = include_str!("redis/members.lua");
 
 /// ARGV: prefix, user, at. Keeps the max. Returns 0 for an unknown user.
-const SET_ACTIVE: &str = r#"
-local k = ARGV[1]..'u:'..ARGV[2]
-if redis.call('EXISTS', k) == 0 then return 0 end
-local prev = tonumber(redis.call('HGET', k, 'active') or '0')
-if tonumber(ARGV[3]) > prev then redis.call('HSET', k, 'active', ARGV[3]) end
-return 1
-"#;
+const SET_ACTIVE: &str = include_str!("redis/set_active.lua");
 
 /// The fields of a message that are not in its key (JSON in `P:ch:{channel}`).
 #[derive(Serialize, Deserialize)]
@@ -225,34 +114,10 @@ pub struct RedisStore {
     durability: String,
 }
 
-/// Splits our own `prefix=` query parameter off a Redis URL.
-fn split_prefix(url: &str) -> (String, Option<String>) {
-    let Some((base, query)) = url.split_once('?') else {
-        return (url.to_string(), None);
-    };
-    let mut prefix = None;
-    let rest: Vec<&str> = query
-        .split('&')
-        .filter(|kv| match kv.strip_prefix("prefix=") {
-            Some(p) => {
-                prefix = Some(p.to_string());
-                false
-            }
-            None => true,
-        })
-        .collect();
-    let base = if rest.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}?{}", rest.join("&"))
-    };
-    (base, prefix)
-}
-
 impl RedisStore {
     /// Connects to `redis://HOST:PORT[/DB][?prefix=NAME]` (prefix default `cs`).
     pub async fn open(url: &str) -> StoreResult<Self> {
-        let (base, prefix) = split_prefix(url);
+        let (base, prefix) = super::take_query_param(url, "prefix");
         let prefix = format!("{}:", prefix.as_deref().unwrap_or("cs"));
         let config = Config::from_url(&base).map_err(backend)?;
         let pool = Builder::from_config(config)

@@ -1,0 +1,152 @@
+//! The embedded backend's schema (one redb table per kind of record) and the
+//! writes that run inside the writer's transaction, `accept` first among them.
+
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+
+use super::backend;
+use crate::protocol::{DeviceId, Millis, UserId};
+use crate::store::{Accepted, StoreError, StoreResult};
+
+/// Counters: `next_user`, `next_device`, `next_group`.
+pub(super) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// user id -> (username, password hash).
+pub(super) const USERS: TableDefinition<'_, u64, (&str, &str)> = TableDefinition::new("users");
+pub(super) const USER_NAMES: TableDefinition<'_, &str, u64> = TableDefinition::new("user_names");
+/// user id -> last active time (ms).
+pub(super) const LAST_ACTIVE: TableDefinition<'_, u64, u64> = TableDefinition::new("last_active");
+/// (user, device name) -> device id; unnamed devices only take a number.
+pub(super) const DEVICES: TableDefinition<'_, (u64, &str), u64> = TableDefinition::new("devices");
+/// token -> (user, device).
+pub(super) const TOKENS: TableDefinition<'_, &str, (u64, u64)> = TableDefinition::new("tokens");
+/// (user, friend), both directions.
+pub(super) const FRIENDS: TableDefinition<'_, (u64, u64), ()> = TableDefinition::new("friends");
+/// group number -> (name, members in order).
+pub(super) const GROUPS: TableDefinition<'_, u64, (&str, Vec<u64>)> =
+    TableDefinition::new("groups");
+/// (channel, id) -> (from, from_device, ts, client_msg_id, text).
+pub(super) type MessageRow<'a> = (u64, u64, u64, &'a str, &'a str);
+pub(super) const MESSAGES: TableDefinition<'_, (&str, u64), MessageRow<'_>> =
+    TableDefinition::new("messages");
+/// channel -> highest message id.
+pub(super) const CHANNEL_HEADS: TableDefinition<'_, &str, u64> =
+    TableDefinition::new("channel_heads");
+/// (user, seq) -> (channel, id).
+pub(super) const INBOX: TableDefinition<'_, (u64, u64), (&str, u64)> =
+    TableDefinition::new("inbox");
+/// user -> highest inbox seq.
+pub(super) const INBOX_HEADS: TableDefinition<'_, u64, u64> = TableDefinition::new("inbox_heads");
+/// (sender, client_msg_id) -> (channel, id, sender's seq).
+pub(super) const DEDUPE: TableDefinition<'_, (u64, &str), (&str, u64, u64)> =
+    TableDefinition::new("dedupe");
+
+/// Takes the next value of a counter in `META` (1 for the first).
+pub(super) fn next_counter(txn: &WriteTransaction, name: &str) -> StoreResult<u64> {
+    let mut meta = txn.open_table(META).map_err(backend)?;
+    let next = meta.get(name).map_err(backend)?.map_or(0, |v| v.value()) + 1;
+    meta.insert(name, next).map_err(backend)?;
+    Ok(next)
+}
+
+pub(super) fn user_exists(txn: &WriteTransaction, user: UserId) -> StoreResult<bool> {
+    Ok(txn
+        .open_table(USERS)
+        .map_err(backend)?
+        .get(user)
+        .map_err(backend)?
+        .is_some())
+}
+
+/// The part of `accept` that runs in the writer's transaction.
+pub(super) fn accept_in(txn: &WriteTransaction, msg: &OwnedMessage) -> StoreResult<Accepted> {
+    let mut dedupe = txn.open_table(DEDUPE).map_err(backend)?;
+    let seen = dedupe
+        .get((msg.from, msg.client_msg_id.as_str()))
+        .map_err(backend)?
+        .map(|v| {
+            let (channel, id, seq) = v.value();
+            (channel.to_string(), id, seq)
+        });
+    if let Some((channel, id, sender_seq)) = seen {
+        let messages = txn.open_table(MESSAGES).map_err(backend)?;
+        let ts = messages
+            .get((channel.as_str(), id))
+            .map_err(backend)?
+            .map_or(0, |v| v.value().2);
+        return Ok(Accepted {
+            channel,
+            id,
+            ts,
+            sender_seq,
+            recipients: Vec::new(),
+            duplicate: true,
+        });
+    }
+    for &m in &msg.members {
+        if !user_exists(txn, m)? {
+            return Err(StoreError::NotFound);
+        }
+    }
+    let channel = msg.channel.as_str();
+    let mut heads = txn.open_table(CHANNEL_HEADS).map_err(backend)?;
+    let id = heads
+        .get(channel)
+        .map_err(backend)?
+        .map_or(0, |v| v.value())
+        + 1;
+    heads.insert(channel, id).map_err(backend)?;
+    txn.open_table(MESSAGES)
+        .map_err(backend)?
+        .insert(
+            (channel, id),
+            (
+                msg.from,
+                msg.from_device,
+                msg.ts,
+                msg.client_msg_id.as_str(),
+                msg.text.as_str(),
+            ),
+        )
+        .map_err(backend)?;
+    let mut inbox = txn.open_table(INBOX).map_err(backend)?;
+    let mut inbox_heads = txn.open_table(INBOX_HEADS).map_err(backend)?;
+    let mut recipients = Vec::with_capacity(msg.members.len());
+    for &m in &msg.members {
+        let seq = inbox_heads
+            .get(m)
+            .map_err(backend)?
+            .map_or(0, |v| v.value())
+            + 1;
+        inbox_heads.insert(m, seq).map_err(backend)?;
+        inbox.insert((m, seq), (channel, id)).map_err(backend)?;
+        recipients.push((m, seq));
+    }
+    let sender_seq = recipients
+        .iter()
+        .find(|(m, _)| *m == msg.from)
+        .map_or(0, |&(_, s)| s);
+    dedupe
+        .insert(
+            (msg.from, msg.client_msg_id.as_str()),
+            (channel, id, sender_seq),
+        )
+        .map_err(backend)?;
+    Ok(Accepted {
+        channel: msg.channel.clone(),
+        id,
+        ts: msg.ts,
+        sender_seq,
+        recipients,
+        duplicate: false,
+    })
+}
+
+/// [`NewMessage`] with owned fields, to cross into the writer thread.
+pub(super) struct OwnedMessage {
+    pub(super) channel: String,
+    pub(super) members: Vec<UserId>,
+    pub(super) from: UserId,
+    pub(super) from_device: DeviceId,
+    pub(super) client_msg_id: String,
+    pub(super) text: String,
+    pub(super) ts: Millis,
+}
