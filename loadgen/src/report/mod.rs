@@ -1,1 +1,326 @@
-//! (being written)
+//! The report of a run: [`build`] judges a merged [`Outcome`] (thresholds,
+//! baseline gate, projection) into a [`Report`], [`write_all`] writes it in every
+//! format, and [`summary`] gives the few lines a terminal shows.
+//!
+//! `report.json` is the public, machine-read form (its shape is the contract in
+//! scenarios.md plus `schema_version` and more; `loadgen/report.schema.json`
+//! describes it and a test holds the two together). The other files are views of
+//! the same numbers: `report.md` for a pull request, `report.html` with charts
+//! for a person, and one HdrHistogram interval log per latency metric for
+//! HdrHistogram's own tools. One file per format below; `measures` derives the
+//! figures every reader shares; `baseline` is the regression gate.
+
+pub mod baseline;
+pub mod hlog;
+pub mod html;
+pub mod json;
+pub mod markdown;
+pub mod measures;
+mod svg;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::LoadgenError;
+use crate::outcome::{
+    Audit, Counters, Outcome, PhaseOutcome, Provisioning, TargetInfo, LATENCY_METRICS,
+};
+use crate::projection::{self, Measured, Projection, ProjectionConfig};
+use crate::thresholds::{ThresholdRow, Thresholds};
+use measures::{LatencySummary, MemoryPoint};
+
+/// Version of the report.json shape; bumped when a field changes meaning or
+/// disappears (adding a field does not bump it).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// How the run was invoked, for the report's header.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub scenario: String,
+    pub description: String,
+    pub seed: u64,
+    pub scenario_path: String,
+    /// The command line as typed, to reproduce the run.
+    pub command: String,
+}
+
+/// The measured run, as report.json shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub schema_version: u32,
+    pub scenario: String,
+    pub description: String,
+    /// Every threshold row (and baseline row) passed.
+    pub passed: bool,
+    pub run: RunSection,
+    pub target: TargetInfo,
+    pub metrics: Metrics,
+    pub thresholds: Vec<ThresholdRow>,
+    pub projection: Projection,
+    pub audit: Audit,
+    /// Error answers and failures by code.
+    pub errors: BTreeMap<String, u64>,
+    pub counters: Counters,
+    pub provisioning: Provisioning,
+    pub generator: GeneratorReport,
+    pub phases: Vec<PhaseOutcome>,
+    /// Connections and memory over the run (all workers combined).
+    pub memory: Vec<MemoryPoint>,
+}
+
+/// When, how and with what the run was made.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSection {
+    pub seed: u64,
+    pub scenario_path: String,
+    pub command: String,
+    /// Unix time in ms when the measured phases started.
+    pub started_at_ms: u64,
+    /// Length of the measured phases, seconds.
+    pub duration_s: f64,
+    pub loadgen_version: String,
+    /// The baseline report the gate compared against, if any.
+    pub baseline: Option<String>,
+}
+
+/// The headline figures. Latency metrics (every name of [`LATENCY_METRICS`])
+/// sit beside the counts, as scenarios.md shows them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    #[serde(flatten)]
+    pub latency: BTreeMap<String, LatencySummary>,
+    pub messages_scheduled: u64,
+    pub messages_sent: u64,
+    pub messages_acked: u64,
+    pub deliveries: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    pub peak_connections: u64,
+    /// Bytes of server RSS per connected device (least-squares slope); `null`
+    /// when it could not be measured (see `server_memory_note`).
+    pub server_memory_per_connection: Option<f64>,
+    /// Samples and goodness of fit behind the slope, or why there is none.
+    pub server_memory_note: String,
+    /// Acknowledged messages per second over the measured phases.
+    pub throughput: f64,
+    /// Deliveries per second over the measured phases.
+    pub delivery_rate: f64,
+    /// Sum of `errors`.
+    pub errors_total: u64,
+}
+
+/// How well the generator kept its schedule; a limited generator measures itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GeneratorReport {
+    pub lag_p50_ms: f64,
+    pub lag_p99_ms: f64,
+    pub lag_max_ms: f64,
+    /// The lag p99 past which the run counts as generator-limited.
+    pub bound_ms: f64,
+    pub limited: bool,
+    pub cpu_seconds: f64,
+    pub peak_rss_bytes: u64,
+    /// Generator RSS per simulated connection (fitted slope), bytes; `null`
+    /// when not measurable.
+    pub memory_per_connection: Option<f64>,
+}
+
+/// Judges a merged outcome into a report. `baseline` is a report.json (or a
+/// directory holding one) to gate against; a missing or unreadable baseline is
+/// `Invalid { path: "--baseline" }`.
+pub fn build(
+    info: &RunInfo,
+    thresholds: &Thresholds,
+    projection: &ProjectionConfig,
+    outcome: &Outcome,
+    baseline: Option<&Path>,
+) -> Result<Report, LoadgenError> {
+    let empty = crate::outcome::new_histogram();
+    let latency: BTreeMap<String, LatencySummary> = LATENCY_METRICS
+        .iter()
+        .map(|(name, _)| {
+            (
+                name.to_string(),
+                LatencySummary::of(outcome.histograms.get(*name).unwrap_or(&empty)),
+            )
+        })
+        .collect();
+    let timeline = measures::memory_timeline(&outcome.memory);
+    let server_fit = measures::server_memory_fit(&timeline);
+    let server_memory_note = match server_fit {
+        Some(f) => format!(
+            "least-squares slope over {} samples, r2 = {:.3}, intercept {:.0} bytes",
+            f.samples, f.r2, f.intercept
+        ),
+        None => format!("not measured: {}", measures::server_memory_gap(&timeline)),
+    };
+    let metrics = Metrics {
+        messages_scheduled: outcome.counters.messages_scheduled,
+        messages_sent: outcome.counters.messages_sent,
+        messages_acked: outcome.counters.messages_acked,
+        deliveries: outcome.counters.deliveries,
+        lost: outcome.audit.lost,
+        duplicated: outcome.audit.duplicated,
+        reordered: outcome.audit.reordered,
+        peak_connections: outcome.peak_connections,
+        server_memory_per_connection: server_fit.map(|f| f.slope.round()),
+        server_memory_note,
+        throughput: measures::throughput(outcome),
+        delivery_rate: measures::delivery_rate(outcome),
+        errors_total: outcome.errors.values().sum(),
+        latency,
+    };
+    let lag = &outcome.generator.lag;
+    let generator = GeneratorReport {
+        lag_p50_ms: if lag.is_empty() {
+            0.0
+        } else {
+            measures::quantile_ms(lag, 0.5)
+        },
+        lag_p99_ms: if lag.is_empty() {
+            0.0
+        } else {
+            measures::quantile_ms(lag, 0.99)
+        },
+        lag_max_ms: measures::round3(lag.max() as f64 / 1000.0),
+        bound_ms: outcome.generator.bound_ms,
+        limited: outcome.generator.limited(),
+        cpu_seconds: measures::round3(outcome.generator.cpu_seconds),
+        peak_rss_bytes: outcome.generator.peak_rss_bytes,
+        memory_per_connection: measures::loadgen_memory_fit(&timeline).map(|f| f.slope.round()),
+    };
+
+    let mut rows = thresholds.evaluate(outcome);
+    if let Some(path) = baseline {
+        rows.extend(baseline::gate(path, &metrics)?);
+    }
+    let passed = rows.iter().all(|r| r.passed);
+
+    let delivery = &metrics.latency["delivery_latency"];
+    let measured = Measured {
+        peak_connections: outcome.peak_connections,
+        devices_per_user: if outcome.provisioning.users > 0 {
+            outcome.provisioning.devices as f64 / outcome.provisioning.users as f64
+        } else {
+            1.0
+        },
+        server_memory_per_connection: server_fit.map(|f| f.slope),
+        server_base_memory: server_fit.map(|f| f.intercept),
+        throughput: metrics.throughput,
+        delivery_p99_ms: (delivery.count > 0).then_some(delivery.p99_ms),
+        machine_memory_bytes: projection::machine_memory_bytes(),
+        sockets_per_process: projection::sockets_per_process(),
+        generator_limited: generator.limited,
+    };
+
+    Ok(Report {
+        schema_version: SCHEMA_VERSION,
+        scenario: if info.scenario.is_empty() {
+            outcome.scenario.clone()
+        } else {
+            info.scenario.clone()
+        },
+        description: info.description.clone(),
+        passed,
+        run: RunSection {
+            seed: info.seed,
+            scenario_path: info.scenario_path.clone(),
+            command: info.command.clone(),
+            started_at_ms: outcome.started_at_ms,
+            duration_s: measures::round3(outcome.duration_s),
+            loadgen_version: env!("CARGO_PKG_VERSION").to_string(),
+            baseline: baseline.map(|p| p.display().to_string()),
+        },
+        target: outcome.target.clone(),
+        metrics,
+        thresholds: rows,
+        projection: projection::project(projection, &measured),
+        audit: outcome.audit.clone(),
+        errors: outcome.errors.clone(),
+        counters: outcome.counters.clone(),
+        provisioning: outcome.provisioning.clone(),
+        generator,
+        phases: outcome.phases.clone(),
+        memory: timeline,
+    })
+}
+
+/// Writes `report.json`, `report.md`, `report.html` and one `.hlog` per latency
+/// metric into `dir` (created if needed).
+pub fn write_all(report: &Report, outcome: &Outcome, dir: &Path) -> Result<(), LoadgenError> {
+    std::fs::create_dir_all(dir).map_err(|source| LoadgenError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    write_file(&dir.join("report.json"), json::render(report)?.as_bytes())?;
+    write_file(&dir.join("report.md"), markdown::render(report).as_bytes())?;
+    write_file(
+        &dir.join("report.html"),
+        html::render(report, outcome).as_bytes(),
+    )?;
+    hlog::write_all(outcome, dir)
+}
+
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), LoadgenError> {
+    std::fs::write(path, bytes).map_err(|source| LoadgenError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A few lines for the terminal: verdict, latencies, throughput, audit.
+pub fn summary(report: &Report) -> String {
+    let m = &report.metrics;
+    let line = |name: &str| {
+        let l = m.latency.get(name).cloned().unwrap_or_default();
+        if l.count == 0 {
+            "no samples".to_string()
+        } else {
+            format!(
+                "p50 {} ms, p99 {} ms ({} samples)",
+                l.p50_ms, l.p99_ms, l.count
+            )
+        }
+    };
+    let failed: Vec<&str> = report
+        .thresholds
+        .iter()
+        .filter(|r| !r.passed)
+        .map(|r| r.expr.as_str())
+        .collect();
+    let mut out = if report.passed {
+        format!(
+            "PASSED: {} ({} thresholds held)\n",
+            report.scenario,
+            report.thresholds.len()
+        )
+    } else {
+        format!(
+            "FAILED: {} ({} of {} thresholds failed: {})\n",
+            report.scenario,
+            failed.len(),
+            report.thresholds.len(),
+            failed.join("; ")
+        )
+    };
+    out += &format!("  delivery: {}\n", line("delivery_latency"));
+    out += &format!("  ack:      {}\n", line("ack_latency"));
+    out += &format!(
+        "  throughput: {} msg/s acked ({} sent, {} acked, {} deliveries, peak {} connections)\n",
+        m.throughput, m.messages_sent, m.messages_acked, m.deliveries, m.peak_connections
+    );
+    out += &format!(
+        "  audit: {} lost, {} duplicated, {} reordered\n",
+        m.lost, m.duplicated, m.reordered
+    );
+    if report.generator.limited {
+        out += &format!(
+            "  WARNING: generator-limited (lag p99 {} ms > {} ms): results describe the generator\n",
+            report.generator.lag_p99_ms, report.generator.bound_ms
+        );
+    }
+    out
+}

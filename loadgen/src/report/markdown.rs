@@ -1,0 +1,240 @@
+//! `report.md`: the report for a pull request or a wiki page. The verdict and
+//! the threshold table come first (what a reviewer checks), then latencies,
+//! throughput, the audit, provisioning, memory, generator health and the
+//! projection with its arithmetic.
+
+use std::fmt::Write as _;
+
+use super::Report;
+use crate::outcome::LATENCY_METRICS;
+use crate::projection::thousands;
+
+/// Renders the Markdown report.
+pub fn render(r: &Report) -> String {
+    let mut s = String::new();
+    let verdict = if r.passed { "PASSED" } else { "FAILED" };
+    let _ = writeln!(s, "# {}: {verdict}\n", r.scenario);
+    if !r.description.is_empty() {
+        let _ = writeln!(s, "{}\n", r.description);
+    }
+    let durability = r.target.durability.as_deref().unwrap_or("n/a");
+    let _ = writeln!(s, "- command: `{}`", r.run.command);
+    let _ = writeln!(
+        s,
+        "- scenario file: `{}`, seed {}",
+        r.run.scenario_path, r.run.seed
+    );
+    let _ = writeln!(
+        s,
+        "- target: {} ({}), storage `{}`, durability {durability}",
+        r.target.url,
+        if r.target.embedded {
+            "embedded"
+        } else {
+            "remote"
+        },
+        r.target.storage
+    );
+    let _ = writeln!(
+        s,
+        "- measured phases: {} s, started at unix ms {}",
+        r.run.duration_s, r.run.started_at_ms
+    );
+    if let Some(b) = &r.run.baseline {
+        let _ = writeln!(s, "- baseline: `{b}`");
+    }
+
+    let _ = writeln!(s, "\n## Thresholds\n");
+    if r.thresholds.is_empty() {
+        let _ = writeln!(s, "No thresholds: nothing was gated.");
+    } else {
+        let _ = writeln!(
+            s,
+            "| | threshold | value | limit | note |\n|---|---|---|---|---|"
+        );
+        for t in &r.thresholds {
+            let mark = if t.passed { "pass" } else { "**FAIL**" };
+            let _ = writeln!(
+                s,
+                "| {mark} | `{}` | {} {} | {} {} | {} |",
+                t.expr,
+                t.value,
+                t.unit,
+                t.limit,
+                t.unit,
+                t.note.as_deref().unwrap_or("")
+            );
+        }
+    }
+
+    let _ = writeln!(s, "\n## Latency (ms)\n");
+    let _ = writeln!(s, "| metric | count | mean | p50 | p90 | p99 | p99.9 | max |\n|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, _) in LATENCY_METRICS {
+        if let Some(l) = r.metrics.latency.get(*name) {
+            let _ = writeln!(
+                s,
+                "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+                l.count, l.mean_ms, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+            );
+        }
+    }
+
+    let m = &r.metrics;
+    let c = &r.counters;
+    let _ = writeln!(s, "\n## Throughput\n");
+    let _ = writeln!(s, "| | |\n|---|---:|");
+    for (k, v) in [
+        ("messages scheduled", c.messages_scheduled),
+        ("messages sent", m.messages_sent),
+        ("messages acked", m.messages_acked),
+        ("send errors", c.send_errors),
+        ("deliveries", m.deliveries),
+        ("connects", c.connects),
+        ("connect errors", c.connect_errors),
+        ("disconnects (injected)", c.disconnects),
+        ("server closes", c.server_closes),
+        ("reconnects", c.reconnects),
+        ("syncs", c.syncs),
+        ("presence frames", c.presence_frames),
+    ] {
+        let _ = writeln!(s, "| {k} | {} |", thousands(v as f64));
+    }
+    let _ = writeln!(s, "| throughput (acked msg/s) | {} |", m.throughput);
+    let _ = writeln!(s, "| deliveries/s | {} |", m.delivery_rate);
+    if !r.errors.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nErrors by code: {}",
+            r.errors
+                .iter()
+                .map(|(k, v)| format!("`{k}` {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+
+    let a = &r.audit;
+    let _ = writeln!(s, "\n## Audit\n");
+    let _ = writeln!(
+        s,
+        "{} acked messages checked against {} expected deliveries: **{} lost, {} duplicated, {} reordered**.",
+        a.messages_checked, a.deliveries_expected, a.lost, a.duplicated, a.reordered
+    );
+    if !a.examples.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n| kind | channel | message id | user | device |\n|---|---|---:|---:|---:|"
+        );
+        for e in &a.examples {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} |",
+                e.kind, e.channel, e.id, e.user, e.device
+            );
+        }
+    }
+
+    let p = &r.provisioning;
+    let _ = writeln!(s, "\n## Provisioning\n");
+    let _ = writeln!(
+        s,
+        "{} users, {} devices, {} friendships, {} groups created in {:.2} s.",
+        p.users, p.devices, p.friendships, p.groups, p.seconds
+    );
+
+    let _ = writeln!(s, "\n## Memory\n");
+    let per_conn = m
+        .server_memory_per_connection
+        .map(|b| format!("{b} bytes"))
+        .unwrap_or_else(|| "not measured".into());
+    let _ = writeln!(
+        s,
+        "- peak connections: {}",
+        thousands(m.peak_connections as f64)
+    );
+    let _ = writeln!(
+        s,
+        "- server memory per connection: {per_conn} ({})",
+        m.server_memory_note
+    );
+
+    let g = &r.generator;
+    let _ = writeln!(s, "\n## Generator health\n");
+    let _ = writeln!(
+        s,
+        "- schedule lag p50 {} ms, p99 {} ms, max {} ms (bound {} ms): {}",
+        g.lag_p50_ms,
+        g.lag_p99_ms,
+        g.lag_max_ms,
+        g.bound_ms,
+        if g.limited {
+            "**generator-limited: the results describe the generator**"
+        } else {
+            "kept its schedule"
+        }
+    );
+    let loadgen_per_conn = g
+        .memory_per_connection
+        .map(|b| format!("{b} bytes"))
+        .unwrap_or_else(|| "not measured".into());
+    let _ = writeln!(
+        s,
+        "- CPU {} s, peak RSS {} bytes, memory per connection {loadgen_per_conn}",
+        g.cpu_seconds,
+        thousands(g.peak_rss_bytes as f64)
+    );
+
+    if !r.phases.is_empty() {
+        let _ = writeln!(s, "\n## Phases\n");
+        let _ = writeln!(s, "| phase | duration (s) | online | message rate (/s) | messages sent |\n|---|---:|---:|---:|---:|");
+        for ph in &r.phases {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} |",
+                ph.name, ph.duration_s, ph.online, ph.message_rate, ph.messages_sent
+            );
+        }
+    }
+
+    let pr = &r.projection;
+    let t = &pr.target;
+    let _ = writeln!(s, "\n## Projection\n");
+    let _ = writeln!(
+        s,
+        "Target: {} DAU, {} online at peak ({} users, {} connections), {} messages/user/day ({} messages/s at peak).\n",
+        thousands(t.dau as f64),
+        t.peak_online_share,
+        thousands(t.concurrent_users as f64),
+        thousands(t.concurrent_connections as f64),
+        t.messages_per_user_per_day,
+        thousands(t.peak_messages_per_s)
+    );
+    let _ = writeln!(
+        s,
+        "**{} servers needed, limited by {}.**\n",
+        pr.servers_needed, pr.limited_by
+    );
+    let _ = writeln!(
+        s,
+        "| limit | per server | servers | basis | arithmetic |\n|---|---:|---:|---|---|"
+    );
+    for l in &pr.limits {
+        let per = l
+            .per_server
+            .map(|v| format!("{} {}", thousands(v), l.unit))
+            .unwrap_or_else(|| "not measured".into());
+        let servers = l
+            .servers
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "n/a".into());
+        let _ = writeln!(
+            s,
+            "| {} | {per} | {servers} | {} | {} |",
+            l.name, l.basis, l.arithmetic
+        );
+    }
+    for n in &pr.notes {
+        let _ = writeln!(s, "\n- {n}");
+    }
+    s
+}

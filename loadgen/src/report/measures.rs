@@ -1,0 +1,238 @@
+//! Measures derived from an [`Outcome`]: latency summaries in milliseconds,
+//! throughput, the memory timeline and the memory-per-connection fit.
+//!
+//! They live in one place because three readers need the same numbers: the
+//! report itself, the threshold gate (`server_memory_per_connection < 8KiB`
+//! must judge exactly the figure the report prints) and the projection.
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::outcome::{MemorySample, Outcome};
+
+/// Fewer server-memory samples than this and the slope is not reported.
+pub const MIN_MEMORY_SAMPLES: usize = 3;
+/// The connection count must vary by at least this much over the samples for a
+/// slope to mean anything: a flat run measures the allocator, not connections.
+pub const MIN_CONNECTION_SPREAD: u64 = 100;
+
+/// One latency metric in the report: the `{count, p50_ms, ...}` shape of
+/// scenarios.md, plus the mean.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl LatencySummary {
+    /// Summarises a histogram of microseconds. An empty histogram is all zeros
+    /// with `count: 0`; readers must check `count` before trusting a percentile.
+    pub fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return LatencySummary::default();
+        }
+        LatencySummary {
+            count: h.len(),
+            mean_ms: round3(h.mean() / 1000.0),
+            p50_ms: quantile_ms(h, 0.5),
+            p90_ms: quantile_ms(h, 0.9),
+            p99_ms: quantile_ms(h, 0.99),
+            p999_ms: quantile_ms(h, 0.999),
+            max_ms: round3(h.max() as f64 / 1000.0),
+        }
+    }
+}
+
+/// The value at quantile `q` (0..=1) of a microsecond histogram, in ms.
+pub fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
+    round3(h.value_at_quantile(q) as f64 / 1000.0)
+}
+
+/// Rounds to three decimals: microsecond resolution for values in ms, and
+/// stable JSON (no `12.300000000000001`).
+pub fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Acknowledged messages per second over the measured phases (0 when the
+/// duration is unknown).
+pub fn throughput(outcome: &Outcome) -> f64 {
+    if outcome.duration_s > 0.0 {
+        round3(outcome.counters.messages_acked as f64 / outcome.duration_s)
+    } else {
+        0.0
+    }
+}
+
+/// Deliveries (message frames received by devices) per second.
+pub fn delivery_rate(outcome: &Outcome) -> f64 {
+    if outcome.duration_s > 0.0 {
+        round3(outcome.counters.deliveries as f64 / outcome.duration_s)
+    } else {
+        0.0
+    }
+}
+
+/// One moment of the whole run's memory timeline (all workers combined).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemoryPoint {
+    pub t_ms: u64,
+    pub connections: u64,
+    pub server_rss_bytes: Option<u64>,
+    pub loadgen_rss_bytes: u64,
+}
+
+/// Combines the merged memory samples of all workers into one timeline.
+///
+/// [`Outcome::merge`] concatenates the workers' series, each in time order, so
+/// a step back in `t_ms` marks where the next worker's series starts. At every
+/// sample time the timeline holds the sum of each worker's latest connection
+/// count and generator RSS, and the largest latest server RSS (the workers
+/// sample the same server). With one worker this is the series unchanged.
+pub fn memory_timeline(samples: &[MemorySample]) -> Vec<MemoryPoint> {
+    let mut streams: Vec<&[MemorySample]> = Vec::new();
+    let mut start = 0;
+    for i in 1..samples.len() {
+        if samples[i].t_ms < samples[i - 1].t_ms {
+            streams.push(&samples[start..i]);
+            start = i;
+        }
+    }
+    if start < samples.len() {
+        streams.push(&samples[start..]);
+    }
+    if streams.len() <= 1 {
+        return samples
+            .iter()
+            .map(|s| MemoryPoint {
+                t_ms: s.t_ms,
+                connections: s.connections,
+                server_rss_bytes: s.server_rss_bytes,
+                loadgen_rss_bytes: s.loadgen_rss_bytes,
+            })
+            .collect();
+    }
+    let mut times: Vec<u64> = samples.iter().map(|s| s.t_ms).collect();
+    times.sort_unstable();
+    times.dedup();
+    times
+        .into_iter()
+        .map(|t| {
+            let mut point = MemoryPoint {
+                t_ms: t,
+                connections: 0,
+                server_rss_bytes: None,
+                loadgen_rss_bytes: 0,
+            };
+            for stream in &streams {
+                // The latest sample of this worker at or before `t`.
+                let n = stream.partition_point(|s| s.t_ms <= t);
+                if let Some(s) = n.checked_sub(1).map(|i| &stream[i]) {
+                    point.connections += s.connections;
+                    point.loadgen_rss_bytes += s.loadgen_rss_bytes;
+                    point.server_rss_bytes = point.server_rss_bytes.max(s.server_rss_bytes);
+                }
+            }
+            point
+        })
+        .collect()
+}
+
+/// A least-squares line `y = slope * x + intercept` and how well it fits.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Fit {
+    pub slope: f64,
+    pub intercept: f64,
+    /// Coefficient of determination (1 = every sample on the line).
+    pub r2: f64,
+    pub samples: usize,
+}
+
+/// Fits `y` against `x` by least squares. `None` with fewer than
+/// [`MIN_MEMORY_SAMPLES`] points or an `x` spread under
+/// [`MIN_CONNECTION_SPREAD`].
+pub fn fit(points: &[(f64, f64)]) -> Option<Fit> {
+    if points.len() < MIN_MEMORY_SAMPLES {
+        return None;
+    }
+    let (lo, hi) = points
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), (x, _)| {
+            (lo.min(*x), hi.max(*x))
+        });
+    if hi - lo < MIN_CONNECTION_SPREAD as f64 {
+        return None;
+    }
+    let n = points.len() as f64;
+    let mean_x = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let mean_y = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mean_x).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mean_x) * (p.1 - mean_y)).sum();
+    let syy: f64 = points.iter().map(|p| (p.1 - mean_y).powi(2)).sum();
+    let slope = sxy / sxx;
+    let intercept = mean_y - slope * mean_x;
+    let r2 = if syy > 0.0 {
+        (sxy * sxy) / (sxx * syy)
+    } else {
+        1.0
+    };
+    Some(Fit {
+        slope,
+        intercept,
+        r2,
+        samples: points.len(),
+    })
+}
+
+/// Server resident memory per connected device: the slope of server RSS
+/// against connections over the run. `None` when it cannot be measured (a
+/// remote target reports no RSS, or too few samples or too little change in
+/// connections).
+pub fn server_memory_fit(timeline: &[MemoryPoint]) -> Option<Fit> {
+    let points: Vec<(f64, f64)> = timeline
+        .iter()
+        .filter_map(|p| {
+            p.server_rss_bytes
+                .map(|rss| (p.connections as f64, rss as f64))
+        })
+        .collect();
+    fit(&points)
+}
+
+/// Generator resident memory per simulated connection, fitted the same way.
+pub fn loadgen_memory_fit(timeline: &[MemoryPoint]) -> Option<Fit> {
+    let points: Vec<(f64, f64)> = timeline
+        .iter()
+        .map(|p| (p.connections as f64, p.loadgen_rss_bytes as f64))
+        .collect();
+    fit(&points)
+}
+
+/// Why the server-memory slope is missing, for the report's note.
+pub fn server_memory_gap(timeline: &[MemoryPoint]) -> String {
+    let with_rss: Vec<&MemoryPoint> = timeline
+        .iter()
+        .filter(|p| p.server_rss_bytes.is_some())
+        .collect();
+    if with_rss.is_empty() {
+        return "no server memory samples (a remote target's memory is not visible to loadgen)"
+            .into();
+    }
+    if with_rss.len() < MIN_MEMORY_SAMPLES {
+        return format!(
+            "only {} server memory samples (need {MIN_MEMORY_SAMPLES})",
+            with_rss.len()
+        );
+    }
+    let lo = with_rss.iter().map(|p| p.connections).min().unwrap_or(0);
+    let hi = with_rss.iter().map(|p| p.connections).max().unwrap_or(0);
+    format!(
+        "connections only varied from {lo} to {hi} over the samples (need a spread of \
+         {MIN_CONNECTION_SPREAD}); run a ramp phase to measure memory per connection"
+    )
+}
