@@ -23,7 +23,7 @@ enum Namespace {
     None,
     Dir(#[allow(dead_code)] tempfile::TempDir),
     Redis(Arc<store::redis::RedisStore>),
-    Postgres { url: String, schema: String },
+    Postgres(Arc<store::postgres::PostgresStore>),
 }
 
 fn unique(tag: &str) -> String {
@@ -78,10 +78,12 @@ async fn fresh(backend: &str, tag: &str) -> Option<(Arc<dyn Store>, Namespace)> 
             let schema = unique(tag).to_lowercase();
             let sep = if base.contains('?') { '&' } else { '?' };
             let url = format!("{base}{sep}schema={schema}");
-            let s = store::open(&url)
-                .await
-                .unwrap_or_else(|e| panic!("postgres at {base} unreachable: {e}"));
-            (s, Namespace::Postgres { url: base, schema })
+            let s = Arc::new(
+                store::postgres::PostgresStore::open(&url)
+                    .await
+                    .unwrap_or_else(|e| panic!("postgres at {base} unreachable: {e}")),
+            );
+            (s.clone() as Arc<dyn Store>, Namespace::Postgres(s))
         }
         other => panic!("unknown backend {other}"),
     })
@@ -92,16 +94,7 @@ impl Namespace {
         match self {
             Namespace::None | Namespace::Dir(_) => {}
             Namespace::Redis(s) => s.clear().await.expect("clear redis prefix"),
-            Namespace::Postgres { url, schema } => {
-                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                    .await
-                    .expect("connect");
-                tokio::spawn(conn);
-                client
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                    .await
-                    .expect("drop schema");
-            }
+            Namespace::Postgres(s) => s.drop_schema().await.expect("drop schema"),
         }
     }
 }

@@ -153,8 +153,8 @@ impl Store for EmbeddedStore {
     }
 
     fn durability(&self) -> String {
-        "process crash and power loss: redb Immediate commit (fsync) per group-commit batch \
-         before any ack"
+        "redb fsync per group-commit batch: survives process crash and power loss; \
+         acks only after the commit that holds the message"
             .into()
     }
 

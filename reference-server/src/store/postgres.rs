@@ -72,6 +72,7 @@ fn id(v: i64) -> u64 {
 /// The PostgreSQL-backed store.
 pub struct PostgresStore {
     pool: Pool,
+    schema: Option<String>,
     writer: mpsc::Sender<AcceptRequest>,
     durability: String,
 }
@@ -153,9 +154,23 @@ impl PostgresStore {
         tracing::info!(schema = ?schema, durability = %durability, "postgres storage open");
         Ok(Self {
             pool,
+            schema,
             writer,
             durability,
         })
+    }
+
+    /// Drops the `?schema=` this store was opened with, and everything in it (tests
+    /// and benches use a fresh schema each). Without one, it does nothing.
+    pub async fn drop_schema(&self) -> StoreResult<()> {
+        if let Some(schema) = &self.schema {
+            let client = self.client().await?;
+            client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                .await
+                .map_err(backend)?;
+        }
+        Ok(())
     }
 
     async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
