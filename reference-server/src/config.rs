@@ -22,7 +22,8 @@ pub struct Opts {
     pub listen: SocketAddr,
 
     /// Storage backend: memory, embedded:DIR, redis://HOST:PORT, postgres://...
-    #[arg(long, default_value = "memory")]
+    /// The default is durable (history is kept forever) and needs nothing installed.
+    #[arg(long, default_value = "embedded:./chatscale-data")]
     pub storage: String,
 
     /// This node's name in discovery and metrics (default: node-PID).
