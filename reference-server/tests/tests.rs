@@ -21,3 +21,5 @@ mod push;
 /// Storage conformance: every backend (memory, embedded, redis, postgres) against
 /// the same properties (ids, dedupe, inbox, history, groups, accounts, tokens...).
 mod conformance;
+/// Durability: acked messages survive `kill -9` of the server (embedded, redis, postgres).
+mod durability;
