@@ -24,6 +24,7 @@ fn main() -> ExitCode {
                 loadgen::error::exit::PASSED
             }),
             Command::Serve(server_opts) => {
+                loadgen::embedded::watch_parent();
                 let config = match server_opts.into_config() {
                     Ok(c) => c,
                     Err(e) => return Err(loadgen::error::LoadgenError::invalid(format!("--{}", e.flag), e.reason)),

@@ -1,1 +1,633 @@
-//! (being written)
+//! Scenario files: TOML, parsed and validated into a [`Scenario`] before
+//! anything starts.
+//!
+//! Parsing is two passes. serde (with `deny_unknown_fields` everywhere, through
+//! `serde_path_to_error` so a failure names its key path, `phase[1].duration`)
+//! reads the file into raw structs whose durations and rates are still strings;
+//! then [`validate`] turns them into typed values and checks every rule the run
+//! relies on (shares sum to 1, `online` within `users`, text within the
+//! protocol's limit, ...). Either pass fails with [`LoadgenError::Invalid`],
+//! exit 2, naming the field the way the file writes it. Every field has a
+//! default (docs/scenarios.md lists them), so a file names only what it changes.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::LoadgenError;
+use crate::projection::ProjectionConfig;
+use crate::thresholds::Thresholds;
+use crate::units::{parse_duration, parse_rate};
+use reference_server::protocol::{MAX_GROUP_MEMBERS, MAX_TEXT_CHARS};
+
+/// A validated scenario: what a run needs, typed.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub description: String,
+    pub seed: u64,
+    pub target: Target,
+    pub population: Population,
+    pub behavior: Behavior,
+    pub generator: Generator,
+    pub phases: Vec<Phase>,
+    /// The `[thresholds]` table as written (the report shows it).
+    pub threshold_table: BTreeMap<String, String>,
+    pub thresholds: Thresholds,
+    pub projection: ProjectionConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// A running server; `None` starts the embedded one.
+    pub url: Option<String>,
+    pub storage: String,
+    pub servers: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Population {
+    pub users: u64,
+    /// (devices per user, share of users), shares summing to 1.
+    pub devices: Vec<(u32, f64)>,
+    pub friends: f64,
+    pub groups: u64,
+    pub group_size: (u32, u32),
+}
+
+#[derive(Debug, Clone)]
+pub struct Behavior {
+    pub heartbeat_interval: Duration,
+    pub offline_after: Duration,
+    pub text_mean: f64,
+    pub text_max: usize,
+    pub group_share: f64,
+    pub reconnect_delay: (Duration, Duration),
+}
+
+#[derive(Debug, Clone)]
+pub struct Generator {
+    pub max_lag: Duration,
+    pub interval: Duration,
+    pub drain: Duration,
+    pub provision_concurrency: usize,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Phase {
+    pub name: String,
+    pub duration: Duration,
+    pub online: u64,
+    /// Sends per second (open model).
+    pub message_rate: f64,
+    /// Abrupt disconnects per second.
+    pub disconnect_rate: f64,
+}
+
+impl Scenario {
+    /// Reads and validates a scenario file. The file stem is the default name.
+    pub fn load(path: &Path) -> Result<Scenario, LoadgenError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadgenError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("scenario");
+        Scenario::parse(&text, stem)
+    }
+
+    /// Parses and validates scenario text; `default_name` is used when the file
+    /// has no `name`.
+    pub fn parse(text: &str, default_name: &str) -> Result<Scenario, LoadgenError> {
+        let value: toml::Value = toml::from_str(text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|s| line_col(text, s.start))
+                .unwrap_or_default();
+            LoadgenError::invalid(format!("scenario file{at}"), e.message().to_string())
+        })?;
+        let raw: RawScenario = serde_path_to_error::deserialize(value).map_err(|e| {
+            let mut path = e.path().to_string();
+            let inner = e.into_inner();
+            let message = inner.message().to_string();
+            // serde reports an unknown key at its parent: name the key itself.
+            if let Some(key) = message
+                .strip_prefix("unknown field `")
+                .and_then(|r| r.split('`').next())
+            {
+                path = if path == "." {
+                    key.to_string()
+                } else {
+                    format!("{path}.{key}")
+                };
+            }
+            if path == "." {
+                path = "scenario file".into();
+            }
+            LoadgenError::invalid(path, message)
+        })?;
+        validate(raw, default_name)
+    }
+
+    /// The most devices connected at once: the `online` users with the most
+    /// devices, at the phase with the most users online (an upper bound).
+    pub fn peak_devices(&self) -> u64 {
+        let online = self.phases.iter().map(|p| p.online).max().unwrap_or(0);
+        let mut left = online;
+        let mut devices = 0u64;
+        let mut shares = self.population.devices.clone();
+        shares.sort_by(|a, b| b.0.cmp(&a.0));
+        for (n, share) in shares {
+            let users = ((share * self.population.users as f64).ceil() as u64).min(left);
+            devices += users * n as u64;
+            left -= users;
+        }
+        devices
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!(" (line {line}, column {col})")
+}
+
+// ---------------------------------------------------------------------------
+// Raw file structure (strings where the file has units)
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    name: Option<String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default = "default_seed")]
+    seed: u64,
+    #[serde(default)]
+    target: RawTarget,
+    #[serde(default)]
+    population: RawPopulation,
+    #[serde(default)]
+    behavior: RawBehavior,
+    #[serde(default)]
+    generator: RawGenerator,
+    #[serde(default)]
+    phase: Vec<RawPhase>,
+    #[serde(default)]
+    thresholds: BTreeMap<String, String>,
+    #[serde(default)]
+    projection: ProjectionConfig,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTarget {
+    url: Option<String>,
+    storage: String,
+    servers: i64,
+}
+
+impl Default for RawTarget {
+    fn default() -> Self {
+        RawTarget {
+            url: None,
+            storage: "memory".into(),
+            servers: 1,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPopulation {
+    users: i64,
+    devices: BTreeMap<String, f64>,
+    friends: f64,
+    groups: i64,
+    group_size: RawRange,
+}
+
+impl Default for RawPopulation {
+    fn default() -> Self {
+        RawPopulation {
+            users: 100,
+            devices: BTreeMap::from([("1".to_string(), 1.0)]),
+            friends: 5.0,
+            groups: 0,
+            group_size: RawRange { min: 3, max: 10 },
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRange {
+    min: i64,
+    max: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBehavior {
+    heartbeat_interval: String,
+    offline_after: String,
+    text_length: RawTextLength,
+    group_share: f64,
+    reconnect_delay: RawDelay,
+}
+
+impl Default for RawBehavior {
+    fn default() -> Self {
+        RawBehavior {
+            heartbeat_interval: "5s".into(),
+            offline_after: "30s".into(),
+            text_length: RawTextLength {
+                mean: 80.0,
+                max: 1000,
+            },
+            group_share: 0.0,
+            reconnect_delay: RawDelay {
+                min: "1s".into(),
+                max: "5s".into(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTextLength {
+    mean: f64,
+    max: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelay {
+    min: String,
+    max: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawGenerator {
+    max_lag: String,
+    interval: String,
+    drain: String,
+    provision_concurrency: i64,
+    connect_timeout: String,
+}
+
+impl Default for RawGenerator {
+    fn default() -> Self {
+        RawGenerator {
+            max_lag: "50ms".into(),
+            interval: "1s".into(),
+            drain: "2s".into(),
+            provision_concurrency: 64,
+            connect_timeout: "10s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPhase {
+    name: Option<String>,
+    duration: String,
+    online: Option<i64>,
+    #[serde(default = "zero_rate")]
+    message_rate: String,
+    #[serde(default = "zero_rate")]
+    disconnect_rate: String,
+}
+
+fn zero_rate() -> String {
+    "0/s".into()
+}
+
+// ---------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------
+
+fn bad(path: impl Into<String>, reason: impl Into<String>) -> LoadgenError {
+    LoadgenError::invalid(path, reason)
+}
+
+fn duration(path: &str, s: &str) -> Result<Duration, LoadgenError> {
+    parse_duration(s).map_err(|r| bad(path, r))
+}
+
+fn positive_duration(path: &str, s: &str) -> Result<Duration, LoadgenError> {
+    let d = duration(path, s)?;
+    if d.is_zero() {
+        return Err(bad(path, format!("{s:?}: must be above 0")));
+    }
+    Ok(d)
+}
+
+fn rate(path: &str, s: &str) -> Result<f64, LoadgenError> {
+    let r = parse_rate(s).map_err(|r| bad(path, r))?;
+    if r > 1_000_000.0 {
+        return Err(bad(
+            path,
+            format!("{s:?}: more than 1,000,000/s is beyond one generator"),
+        ));
+    }
+    Ok(r)
+}
+
+/// The validation pass: raw values to typed ones, every rule checked.
+fn validate(raw: RawScenario, default_name: &str) -> Result<Scenario, LoadgenError> {
+    let name = raw.name.unwrap_or_else(|| default_name.to_string());
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    {
+        return Err(bad(
+            "name",
+            format!(
+                "{name:?}: 1-64 characters of A-Z a-z 0-9 _ . - (it names the output directory)"
+            ),
+        ));
+    }
+
+    let t = raw.target;
+    if let Some(url) = &t.url {
+        check_target_url(url).map_err(|r| bad("target.url", r))?;
+    }
+    if t.storage.trim().is_empty() {
+        return Err(bad(
+            "target.storage",
+            "must name a backend: memory, embedded:DIR, redis://..., postgres://...",
+        ));
+    }
+    if t.servers != 1 {
+        return Err(bad(
+            "target.servers",
+            format!("{}: only 1 embedded server is supported so far (an embedded cluster needs a shared backend: start the nodes yourself and pass [target] url)", t.servers),
+        ));
+    }
+
+    let p = raw.population;
+    if !(1..=10_000_000).contains(&p.users) {
+        return Err(bad(
+            "population.users",
+            format!("{}: must be 1 to 10,000,000", p.users),
+        ));
+    }
+    let users = p.users as u64;
+    let mut devices = Vec::new();
+    let mut sum = 0.0;
+    for (key, share) in &p.devices {
+        let path = format!("population.devices.{key}");
+        let n: u32 = key
+            .parse()
+            .ok()
+            .filter(|n| (1..=10).contains(n))
+            .ok_or_else(|| {
+                bad(
+                    &path,
+                    format!("{key:?}: the key is a number of devices, 1 to 10"),
+                )
+            })?;
+        if !(0.0..=1.0).contains(share) {
+            return Err(bad(&path, format!("{share}: a share is between 0 and 1")));
+        }
+        sum += share;
+        if *share > 0.0 {
+            devices.push((n, *share));
+        }
+    }
+    if (sum - 1.0).abs() > 1e-6 {
+        return Err(bad(
+            "population.devices",
+            format!("shares sum to {sum}, not 1"),
+        ));
+    }
+    if !(p.friends >= 0.0 && p.friends < users as f64) {
+        return Err(bad(
+            "population.friends",
+            format!("{}: a mean between 0 and users - 1", p.friends),
+        ));
+    }
+    if !(0..=1_000_000).contains(&p.groups) {
+        return Err(bad(
+            "population.groups",
+            format!("{}: must be 0 to 1,000,000", p.groups),
+        ));
+    }
+    let (gmin, gmax) = (p.group_size.min, p.group_size.max);
+    if gmin < 2 {
+        return Err(bad(
+            "population.group_size.min",
+            format!("{gmin}: a group has at least 2 members"),
+        ));
+    }
+    if gmax > MAX_GROUP_MEMBERS as i64 {
+        return Err(bad(
+            "population.group_size.max",
+            format!("{gmax}: a group has at most {MAX_GROUP_MEMBERS} members"),
+        ));
+    }
+    if gmin > gmax {
+        return Err(bad(
+            "population.group_size",
+            format!("min {gmin} is above max {gmax}"),
+        ));
+    }
+    if p.groups > 0 && gmin as u64 > users {
+        return Err(bad(
+            "population.group_size.min",
+            format!("{gmin}: more than the {users} users"),
+        ));
+    }
+
+    let b = raw.behavior;
+    let heartbeat_interval =
+        positive_duration("behavior.heartbeat_interval", &b.heartbeat_interval)?;
+    let offline_after = positive_duration("behavior.offline_after", &b.offline_after)?;
+    if offline_after < heartbeat_interval {
+        return Err(bad(
+            "behavior.offline_after",
+            format!(
+                "{:?} is shorter than heartbeat_interval: every user would flap offline",
+                b.offline_after
+            ),
+        ));
+    }
+    let tl = b.text_length;
+    if !(1..=MAX_TEXT_CHARS as i64).contains(&tl.max) {
+        return Err(bad(
+            "behavior.text_length.max",
+            format!(
+                "{}: must be 1 to {MAX_TEXT_CHARS} (the protocol's limit)",
+                tl.max
+            ),
+        ));
+    }
+    if !(tl.mean >= 1.0 && tl.mean <= tl.max as f64) {
+        return Err(bad(
+            "behavior.text_length.mean",
+            format!("{}: must be 1 to max ({})", tl.mean, tl.max),
+        ));
+    }
+    if !(0.0..=1.0).contains(&b.group_share) {
+        return Err(bad(
+            "behavior.group_share",
+            format!("{}: a share is between 0 and 1", b.group_share),
+        ));
+    }
+    if b.group_share > 0.0 && p.groups == 0 {
+        return Err(bad(
+            "behavior.group_share",
+            "population.groups is 0: there is no group to send to",
+        ));
+    }
+    let rmin = duration("behavior.reconnect_delay.min", &b.reconnect_delay.min)?;
+    let rmax = duration("behavior.reconnect_delay.max", &b.reconnect_delay.max)?;
+    if rmin > rmax {
+        return Err(bad(
+            "behavior.reconnect_delay",
+            format!(
+                "min {:?} is above max {:?}",
+                b.reconnect_delay.min, b.reconnect_delay.max
+            ),
+        ));
+    }
+
+    let g = raw.generator;
+    let generator = Generator {
+        max_lag: positive_duration("generator.max_lag", &g.max_lag)?,
+        interval: positive_duration("generator.interval", &g.interval)?,
+        drain: duration("generator.drain", &g.drain)?,
+        provision_concurrency: g.provision_concurrency.clamp(0, 4096) as usize,
+        connect_timeout: positive_duration("generator.connect_timeout", &g.connect_timeout)?,
+    };
+    if generator.interval < Duration::from_millis(100) {
+        return Err(bad(
+            "generator.interval",
+            format!("{:?}: at least 100ms", g.interval),
+        ));
+    }
+    if !(1..=1024).contains(&g.provision_concurrency) {
+        return Err(bad(
+            "generator.provision_concurrency",
+            format!("{}: must be 1 to 1024", g.provision_concurrency),
+        ));
+    }
+
+    if raw.phase.is_empty() {
+        return Err(bad("phase", "a scenario needs at least one [[phase]]"));
+    }
+    let mut phases = Vec::new();
+    let mut online = users;
+    for (i, rp) in raw.phase.into_iter().enumerate() {
+        let at = |field: &str| format!("phase[{i}].{field}");
+        let duration = positive_duration(&at("duration"), &rp.duration)?;
+        if duration > Duration::from_secs(24 * 3600) {
+            return Err(bad(
+                at("duration"),
+                format!("{:?}: at most 24h", rp.duration),
+            ));
+        }
+        if let Some(o) = rp.online {
+            if o < 0 || o as u64 > users {
+                return Err(bad(
+                    at("online"),
+                    format!("{o}: must be 0 to population.users ({users})"),
+                ));
+            }
+            online = o as u64;
+        }
+        let message_rate = rate(&at("message_rate"), &rp.message_rate)?;
+        if message_rate > 0.0 && p.friends == 0.0 && p.groups == 0 {
+            return Err(bad(
+                at("message_rate"),
+                "nobody to send to: population.friends and population.groups are 0",
+            ));
+        }
+        if message_rate > 0.0 && p.friends == 0.0 && b.group_share < 1.0 {
+            return Err(bad(
+                "behavior.group_share",
+                "population.friends is 0: one-to-one sends need friends; set group_share = 1",
+            ));
+        }
+        let disconnect_rate = rate(&at("disconnect_rate"), &rp.disconnect_rate)?;
+        phases.push(Phase {
+            name: rp.name.unwrap_or_else(|| format!("phase{i}")),
+            duration,
+            online,
+            message_rate,
+            disconnect_rate,
+        });
+    }
+
+    let thresholds = Thresholds::parse(&raw.thresholds)?;
+    raw.projection.validate()?;
+
+    Ok(Scenario {
+        name,
+        description: raw.description,
+        seed: raw.seed,
+        target: Target {
+            url: t.url,
+            storage: t.storage,
+            servers: 1,
+        },
+        population: Population {
+            users,
+            devices,
+            friends: p.friends,
+            groups: p.groups as u64,
+            group_size: (gmin as u32, gmax as u32),
+        },
+        behavior: Behavior {
+            heartbeat_interval,
+            offline_after,
+            text_mean: tl.mean,
+            text_max: tl.max as usize,
+            group_share: b.group_share,
+            reconnect_delay: (rmin, rmax),
+        },
+        generator,
+        phases,
+        threshold_table: raw.thresholds,
+        thresholds,
+        projection: raw.projection,
+    })
+}
+
+/// A target must be `http://HOST:PORT` on a loopback address: load traffic
+/// from this tool goes to 127.0.0.0/8 only (docs/scenarios.md says why).
+pub fn check_target_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url:?}: expected http://HOST:PORT"))?;
+    let host_port = rest.split('/').next().unwrap_or("");
+    let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+        || host == "[::1]";
+    if !loopback {
+        return Err(format!(
+            "{url:?}: load goes to loopback addresses only (127.0.0.0/8, localhost)"
+        ));
+    }
+    Ok(())
+}

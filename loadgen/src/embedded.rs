@@ -1,0 +1,184 @@
+//! The embedded server: with no target, `run` starts the reference server as a
+//! child process and stops it at the end.
+//!
+//! A child process rather than a task in this one, so the server's memory and
+//! CPU are measured apart from the generator's, and its file descriptors come
+//! from its own limit. The child is this very executable re-run with the hidden
+//! `serve` subcommand (nothing else to install or find), on a free loopback
+//! port; it prints `listening on http://HOST:PORT` once ready.
+//!
+//! Stopping: [`EmbeddedServer::stop`] sends SIGTERM (the server closes its
+//! sessions and flushes storage) and waits; `kill_on_drop` covers every early
+//! return. If this process dies without either (SIGKILL), the child notices its
+//! stdin pipe closing and exits ([`watch_parent`]), since `PR_SET_PDEATHSIG`
+//! would take `unsafe`.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::error::LoadgenError;
+
+/// Set in the child's environment: watch stdin, exit when the parent is gone.
+pub const PARENT_WATCH_ENV: &str = "CHATSCALE_LOADGEN_PARENT_WATCH";
+/// Overrides the executable started as the server (tests run from a test
+/// binary, which has no `serve` subcommand).
+pub const EXE_ENV: &str = "CHATSCALE_LOADGEN_EXE";
+/// How long the child may take to print its address.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long it may take to stop after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the embedded server is started with.
+#[derive(Debug, Clone)]
+pub struct EmbeddedConfig {
+    pub storage: String,
+    pub heartbeat_interval: Duration,
+    pub offline_after: Duration,
+}
+
+pub struct EmbeddedServer {
+    child: Child,
+    /// Our end of the child's stdin: closing it tells the child we are gone,
+    /// so it is held until the child has stopped (tokio's `wait` would close it).
+    stdin: Option<tokio::process::ChildStdin>,
+    pub pid: u32,
+    pub url: String,
+}
+
+impl EmbeddedServer {
+    /// Starts the child and waits for its `listening on` line.
+    pub async fn start(cfg: &EmbeddedConfig) -> Result<EmbeddedServer, LoadgenError> {
+        let exe = match std::env::var_os(EXE_ENV) {
+            Some(p) => p.into(),
+            None => std::env::current_exe().map_err(|e| {
+                LoadgenError::unrunnable(format!(
+                    "cannot find this executable to start the embedded server: {e}"
+                ))
+            })?,
+        };
+        let mut cmd = Command::new(&exe);
+        cmd.arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--storage", &cfg.storage])
+            // Cheap password hashing: a load test creates thousands of accounts.
+            .args([
+                "--password-hash-memory-kib",
+                "8",
+                "--password-hash-iterations",
+                "1",
+            ])
+            .args([
+                "--heartbeat-interval-ms",
+                &cfg.heartbeat_interval.as_millis().max(1).to_string(),
+            ])
+            .args([
+                "--offline-after-ms",
+                &cfg.offline_after.as_millis().max(1).to_string(),
+            ])
+            .env(PARENT_WATCH_ENV, "1")
+            // Its own process group: a terminal's Ctrl-C goes to loadgen only,
+            // which then stops the server after writing the report.
+            .process_group(0)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "warn");
+        }
+        let mut child = cmd.spawn().map_err(|e| {
+            LoadgenError::unrunnable(format!(
+                "cannot start the embedded server ({}): {e}",
+                exe.display()
+            ))
+        })?;
+        let pid = child.id().unwrap_or(0);
+        let stdin = child.stdin.take();
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| LoadgenError::unrunnable("embedded server: no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let url = tokio::time::timeout(START_TIMEOUT, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(url) = line.strip_prefix("listening on ") {
+                    return Some(url.trim().to_string());
+                }
+            }
+            None
+        })
+        .await;
+        let url = match url {
+            Ok(Some(url)) => url,
+            Ok(None) => {
+                let status = child.wait().await.ok();
+                return Err(LoadgenError::unrunnable(format!(
+                    "the embedded server exited before listening ({status:?}); storage {:?}",
+                    cfg.storage
+                )));
+            }
+            Err(_) => {
+                return Err(LoadgenError::unrunnable(
+                    "the embedded server did not start listening within 30s",
+                ))
+            }
+        };
+        // Keep reading stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        tracing::info!(%url, pid, storage = %cfg.storage, "embedded server started");
+        Ok(EmbeddedServer {
+            child,
+            stdin,
+            pid,
+            url,
+        })
+    }
+
+    /// Resident memory of the server process, in bytes.
+    pub fn rss(&self) -> Option<u64> {
+        reference_server::metrics::resident_memory_of(&self.pid.to_string())
+    }
+
+    /// SIGTERM, wait; SIGKILL if it does not stop in time.
+    pub async fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .await;
+        match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
+            Ok(_) => tracing::info!(pid = self.pid, "embedded server stopped"),
+            Err(_) => {
+                tracing::warn!(
+                    pid = self.pid,
+                    "embedded server did not stop after SIGTERM: killing it"
+                );
+                let _ = self.child.kill().await;
+            }
+        }
+        drop(self.stdin.take());
+    }
+}
+
+/// In the child (`serve`): when started by `run` (the environment says so),
+/// exit as soon as the parent's end of the stdin pipe closes, that is when the
+/// parent is gone, however it died.
+pub fn watch_parent() {
+    if std::env::var_os(PARENT_WATCH_ENV).is_none() {
+        return;
+    }
+    std::thread::spawn(|| {
+        use std::io::Read;
+        let mut buf = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+        eprintln!("embedded server: the load generator is gone; exiting");
+        std::process::exit(0);
+    });
+}

@@ -1,0 +1,147 @@
+//! Live progress on stderr, and the periodic samples taken with it (server and
+//! generator memory against connected devices).
+//!
+//! On a terminal the display is one line rewritten in place every second:
+//! phase, connected devices, messages/s, delivery p99 so far, errors. When
+//! stderr is not a terminal (CI logs) it prints one plain line every 5 s
+//! instead. Sampling runs on the same tick so the two cost one wake-up.
+
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::outcome::MemorySample;
+use crate::recorder::{Metric, Recorder};
+use crate::sim::{lock, Sim};
+
+/// Where the server's memory is read from.
+#[derive(Debug, Clone)]
+pub enum ServerMemory {
+    /// The embedded child: `/proc/PID/status`.
+    Pid(u32),
+    /// A running target: scrape `chatscale_process_resident_memory_bytes`.
+    Metrics(reqwest::Client, String),
+}
+
+impl ServerMemory {
+    pub async fn read(&self) -> Option<u64> {
+        match self {
+            ServerMemory::Pid(pid) => {
+                reference_server::metrics::resident_memory_of(&pid.to_string())
+            }
+            ServerMemory::Metrics(client, base) => {
+                let text = client
+                    .get(format!("{base}/metrics"))
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await
+                    .ok()?
+                    .text()
+                    .await
+                    .ok()?;
+                text.lines()
+                    .find(|l| l.starts_with("chatscale_process_resident_memory_bytes "))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .map(|v| v as u64)
+            }
+        }
+    }
+}
+
+/// Shared with the run: which phase is running (index into `names`).
+pub struct Progress {
+    pub phase: AtomicUsize,
+    pub names: Vec<String>,
+    pub samples: Mutex<Vec<MemorySample>>,
+}
+
+/// This process's resident memory in bytes.
+pub fn self_rss() -> u64 {
+    reference_server::metrics::resident_memory_bytes().unwrap_or(0)
+}
+
+/// Peak resident memory of this process (VmHWM), in bytes.
+pub fn self_peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// CPU time (user + system) this process has used, in seconds.
+pub fn self_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 (1-based), 11 and 12 after ')'.
+    // /proc reports them in USER_HZ, which Linux fixes at 100.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Runs until `done`: samples memory every second, prints progress.
+pub async fn run(
+    progress: Arc<Progress>,
+    sim: Arc<Sim>,
+    server: ServerMemory,
+    done: CancellationToken,
+) {
+    let rec: &Recorder = &sim.rec;
+    let tty = std::io::stderr().is_terminal();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_acked = 0;
+    let mut last_t = Instant::now();
+    let mut last_print = Instant::now();
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let connections = rec.connected.load(Relaxed);
+        let server_rss = server.read().await;
+        lock(&progress.samples).push(MemorySample {
+            t_ms: rec.elapsed_ms(),
+            connections,
+            server_rss_bytes: server_rss,
+            loadgen_rss_bytes: self_rss(),
+        });
+        let c = rec.counters.snapshot();
+        let dt = last_t.elapsed().as_secs_f64().max(0.001);
+        let rate = (c.messages_acked - last_acked) as f64 / dt;
+        last_acked = c.messages_acked;
+        last_t = Instant::now();
+        let p99 = rec
+            .quantile_so_far(Metric::DELIVERY, 0.99)
+            .map_or("-".to_string(), |us| format!("{:.1}ms", us as f64 / 1000.0));
+        let phase = progress
+            .names
+            .get(progress.phase.load(Relaxed))
+            .map_or("-", |s| s.as_str());
+        let line = format!(
+            "[{:>5.0}s] phase {phase}: {connections} devices connected, {rate:.0} msg/s acked, delivery p99 {p99}, {} sent, {} errors",
+            rec.elapsed_ms() as f64 / 1000.0,
+            c.messages_sent,
+            rec.errors_total()
+        );
+        let mut err = std::io::stderr().lock();
+        if tty {
+            let _ = write!(err, "\r\x1b[2K{line}");
+            let _ = err.flush();
+        } else if last_print.elapsed() >= Duration::from_secs(5) {
+            let _ = writeln!(err, "{line}");
+            last_print = Instant::now();
+        }
+    }
+    if tty {
+        let _ = writeln!(std::io::stderr());
+    }
+}

@@ -1,0 +1,312 @@
+//! The worker-local recorder: latency histograms, counters and error counts
+//! that every simulated device writes into directly.
+//!
+//! One `Mutex` per latency metric, each holding the histogram of the current
+//! interval; a record is a lock, an index computation and an increment (tens
+//! of nanoseconds), never a channel message per sample (goose's mistake). When
+//! a sample falls into a later interval than the current one, the current
+//! histogram is closed into the metric's interval list and added to its total:
+//! the per-interval histograms for the `.hlog` files and charts come for free,
+//! and no timer task is needed. Counters are relaxed atomics.
+//!
+//! Time is kept as Unix microseconds derived from one `Instant` taken at start
+//! ([`Clock`]), so timestamps written into a `client_msg_id` by the sender and
+//! read by a receiver compare exactly and never go backwards.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+
+use crate::outcome::{new_histogram, Counters, Interval, Outcome, LATENCY_METRICS};
+
+/// Unix time in microseconds, monotonic within this process.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    base: Instant,
+    base_unix_us: u64,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Clock {
+            base: Instant::now(),
+            base_unix_us: unix.as_micros() as u64,
+        }
+    }
+
+    pub fn unix_us(&self, at: Instant) -> u64 {
+        self.base_unix_us + at.saturating_duration_since(self.base).as_micros() as u64
+    }
+
+    pub fn now_us(&self) -> u64 {
+        self.unix_us(Instant::now())
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
+/// A latency metric, by its index in [`LATENCY_METRICS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metric(usize);
+
+impl Metric {
+    const fn named(i: usize) -> Metric {
+        Metric(i)
+    }
+    pub const DELIVERY: Metric = Metric::named(0);
+    pub const DELIVERY_1TO1: Metric = Metric::named(1);
+    pub const DELIVERY_GROUP: Metric = Metric::named(2);
+    pub const ACK: Metric = Metric::named(3);
+    pub const FANOUT: Metric = Metric::named(4);
+    pub const CONNECT: Metric = Metric::named(5);
+    pub const SYNC: Metric = Metric::named(6);
+    pub const PRESENCE: Metric = Metric::named(7);
+    pub const DELIVERY_UNCORRECTED: Metric = Metric::named(8);
+    pub const ACK_UNCORRECTED: Metric = Metric::named(9);
+
+    pub fn name(self) -> &'static str {
+        LATENCY_METRICS[self.0].0
+    }
+}
+
+struct Series {
+    /// Interval number of `current` (elapsed / interval).
+    index: u64,
+    current: Histogram<u64>,
+    done: Vec<Interval>,
+    total: Histogram<u64>,
+}
+
+impl Series {
+    fn close_current(&mut self, interval_ms: u64) {
+        if self.current.is_empty() {
+            return;
+        }
+        let _ = self.total.add(&self.current);
+        let h = std::mem::replace(&mut self.current, new_histogram());
+        self.done.push(Interval {
+            start_ms: self.index * interval_ms,
+            duration_ms: interval_ms,
+            histogram: h,
+        });
+    }
+}
+
+/// Event counts, as atomics (see [`Counters`] for their meaning).
+#[derive(Default)]
+pub struct AtomicCounters {
+    pub messages_scheduled: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub messages_acked: AtomicU64,
+    pub send_errors: AtomicU64,
+    pub deliveries: AtomicU64,
+    pub connects: AtomicU64,
+    pub connect_errors: AtomicU64,
+    pub disconnects: AtomicU64,
+    pub server_closes: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub syncs: AtomicU64,
+    pub heartbeats: AtomicU64,
+    pub presence_frames: AtomicU64,
+}
+
+/// Adds one to a counter.
+pub fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Relaxed);
+}
+
+impl AtomicCounters {
+    pub fn snapshot(&self) -> Counters {
+        let g = |c: &AtomicU64| c.load(Relaxed);
+        Counters {
+            messages_scheduled: g(&self.messages_scheduled),
+            messages_sent: g(&self.messages_sent),
+            messages_acked: g(&self.messages_acked),
+            send_errors: g(&self.send_errors),
+            deliveries: g(&self.deliveries),
+            connects: g(&self.connects),
+            connect_errors: g(&self.connect_errors),
+            disconnects: g(&self.disconnects),
+            server_closes: g(&self.server_closes),
+            reconnects: g(&self.reconnects),
+            syncs: g(&self.syncs),
+            heartbeats: g(&self.heartbeats),
+            presence_frames: g(&self.presence_frames),
+        }
+    }
+}
+
+/// Everything the devices and the scheduler record during the measured phases.
+pub struct Recorder {
+    pub clock: Clock,
+    /// Start of the measured phases; interval numbers count from here.
+    start: Instant,
+    interval_ms: u64,
+    series: Vec<Mutex<Series>>,
+    lag: Mutex<Histogram<u64>>,
+    errors: Mutex<BTreeMap<String, u64>>,
+    pub counters: AtomicCounters,
+    /// Devices connected right now, and the most at once.
+    pub connected: AtomicU64,
+    pub peak_connected: AtomicU64,
+}
+
+impl Recorder {
+    pub fn new(clock: Clock, interval: Duration) -> Self {
+        Recorder {
+            clock,
+            start: Instant::now(),
+            interval_ms: interval.as_millis().max(1) as u64,
+            series: LATENCY_METRICS
+                .iter()
+                .map(|_| {
+                    Mutex::new(Series {
+                        index: 0,
+                        current: new_histogram(),
+                        done: Vec::new(),
+                        total: new_histogram(),
+                    })
+                })
+                .collect(),
+            lag: Mutex::new(new_histogram()),
+            errors: Mutex::new(BTreeMap::new()),
+            counters: AtomicCounters::default(),
+            connected: AtomicU64::new(0),
+            peak_connected: AtomicU64::new(0),
+        }
+    }
+
+    /// Milliseconds since the measured phases started.
+    pub fn elapsed_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// Records a latency in microseconds (clamped to the histogram's range).
+    pub fn record(&self, metric: Metric, micros: u64) {
+        let index = self.elapsed_ms() / self.interval_ms;
+        let mut s = self.series[metric.0]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if index > s.index {
+            s.close_current(self.interval_ms);
+            s.index = index;
+        }
+        s.current.saturating_record(micros.max(1));
+    }
+
+    /// Records how late the generator ran a piece of scheduled work.
+    pub fn record_lag(&self, late: Duration) {
+        let mut lag = self.lag.lock().unwrap_or_else(|e| e.into_inner());
+        lag.saturating_record((late.as_micros() as u64).max(1));
+    }
+
+    /// Counts an error by code (`connect`, `rate_limited`, `closed_1008`, ...).
+    pub fn error(&self, code: &str) {
+        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        match errors.get_mut(code) {
+            Some(n) => *n += 1,
+            None => {
+                errors.insert(code.to_string(), 1);
+            }
+        }
+    }
+
+    pub fn errors_total(&self) -> u64 {
+        self.errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .sum()
+    }
+
+    pub fn device_connected(&self) {
+        let now = self.connected.fetch_add(1, Relaxed) + 1;
+        self.peak_connected.fetch_max(now, Relaxed);
+    }
+
+    pub fn device_disconnected(&self) {
+        self.connected.fetch_sub(1, Relaxed);
+    }
+
+    /// A quantile (in µs) of everything recorded so far for a metric.
+    pub fn quantile_so_far(&self, metric: Metric, q: f64) -> Option<u64> {
+        let s = self.series[metric.0]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut h = s.total.clone();
+        let _ = h.add(&s.current);
+        (!h.is_empty()).then(|| h.value_at_quantile(q))
+    }
+
+    /// Moves everything recorded into `outcome` (histograms, intervals,
+    /// counters, errors, lag, peak connections).
+    pub fn drain_into(&self, outcome: &mut Outcome) {
+        for (i, (name, _)) in LATENCY_METRICS.iter().enumerate() {
+            let mut s = self.series[i].lock().unwrap_or_else(|e| e.into_inner());
+            s.close_current(self.interval_ms);
+            s.current = new_histogram();
+            let total = std::mem::replace(&mut s.total, new_histogram());
+            let done = std::mem::take(&mut s.done);
+            let _ = outcome
+                .histograms
+                .entry(name.to_string())
+                .or_insert_with(new_histogram)
+                .add(&total);
+            outcome
+                .intervals
+                .entry(name.to_string())
+                .or_default()
+                .extend(done);
+        }
+        let lag = std::mem::replace(
+            &mut *self.lag.lock().unwrap_or_else(|e| e.into_inner()),
+            new_histogram(),
+        );
+        let _ = outcome.generator.lag.add(&lag);
+        outcome.counters.merge(&self.counters.snapshot());
+        for (code, n) in std::mem::take(&mut *self.errors.lock().unwrap_or_else(|e| e.into_inner()))
+        {
+            *outcome.errors.entry(code).or_default() += n;
+        }
+        outcome.peak_connections = outcome
+            .peak_connections
+            .max(self.peak_connected.load(Relaxed));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_land_in_totals_and_intervals() {
+        let r = Recorder::new(Clock::new(), Duration::from_millis(100));
+        r.record(Metric::ACK, 1_000);
+        r.record(Metric::ACK, 2_000);
+        r.error("connect");
+        r.error("connect");
+        let mut o = Outcome::new("t", 50.0);
+        r.drain_into(&mut o);
+        assert_eq!(o.histograms["ack_latency"].len(), 2);
+        assert_eq!(
+            o.intervals["ack_latency"]
+                .iter()
+                .map(|i| i.histogram.len())
+                .sum::<u64>(),
+            2
+        );
+        assert_eq!(o.errors["connect"], 2);
+        assert_eq!(Metric::FANOUT.name(), "fanout_latency");
+        assert_eq!(Metric::ACK_UNCORRECTED.name(), "ack_latency_uncorrected");
+    }
+}
