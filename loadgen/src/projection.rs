@@ -133,6 +133,10 @@ pub struct Projection {
     pub servers_needed: u64,
     /// The limit that sets `servers_needed`.
     pub limited_by: String,
+    /// True when `limited_by` rests on a capacity the run only bounded from
+    /// below (the message rate it carried, not the most it could carry):
+    /// `servers_needed` is then an upper bound, safe but possibly generous.
+    pub upper_bound: bool,
     pub target: ProjectionTarget,
     pub limits: Vec<Limit>,
     /// Caveats: what the run was too small or too constrained to show.
@@ -170,7 +174,7 @@ pub fn project(config: &ProjectionConfig, m: &Measured) -> Projection {
         servers: Some(div_ceil(concurrent_connections as f64, sockets as f64)),
         basis: "per-process descriptor limit (one server process per machine)".into(),
         arithmetic: format!(
-            "{} users x {} devices/user = {} connections; / {} sockets per process = {} servers",
+            "{} users x {} devices/user = {} connections; / {} sockets per process = {} server(s)",
             thousands(concurrent_users as f64),
             round2(devices_per_user),
             thousands(concurrent_connections as f64),
@@ -212,9 +216,13 @@ pub fn project(config: &ProjectionConfig, m: &Measured) -> Projection {
                 best
             }
         });
+    let upper_bound = limits
+        .iter()
+        .any(|l| l.name == limited_by && l.basis.contains("lower bound"));
     Projection {
         servers_needed,
         limited_by,
+        upper_bound,
         target,
         limits,
         notes,
@@ -261,7 +269,7 @@ fn memory_limit(m: &Measured, connections: u64) -> Limit {
         basis: "fitted slope of server RSS against connections".into(),
         arithmetic: format!(
             "({} bytes x {USABLE_MEMORY_SHARE} usable - {} bytes base) / {} bytes per connection = {} connections \
-             per server; {} connections / {} = {servers} servers",
+             per server; {} connections / {} = {servers} server(s)",
             thousands(total as f64),
             thousands(base),
             thousands(slope.round()),
@@ -307,7 +315,7 @@ fn message_limit(
         basis: "achieved throughput (a lower bound on capacity)".into(),
         arithmetic: format!(
             "{} DAU x {} messages/day / 86,400 s x {PEAK_TO_AVERAGE} peak/average = {} messages/s; / {} per server \
-             = {servers} servers",
+             = {servers} server(s)",
             thousands(config.dau as f64),
             config.messages_per_user_per_day,
             thousands(peak_rate),

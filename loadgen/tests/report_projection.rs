@@ -65,7 +65,10 @@ fn memory_and_messages_limit_when_they_are_tighter() {
     let mut m = measured();
     m.throughput = 100.0;
     let p = project(&ProjectionConfig::default(), &m);
-    assert_eq!((p.servers_needed, p.limited_by.as_str()), (463, "messages"));
+    assert_eq!(
+        (p.servers_needed, p.limited_by.as_str(), p.upper_bound),
+        (463, "messages", true)
+    );
 }
 
 #[test]

@@ -276,8 +276,9 @@ pub fn render(r: &Report, outcome: &Outcome) -> String {
     let pr = &r.projection;
     let _ = write!(
         s,
-        "<h2>Projection</h2><p><b>{} servers needed, limited by {}</b> for {} DAU ({} concurrent connections, {} messages/s at peak).</p>",
+        "<h2>Projection</h2><p><b>{} servers needed{}, limited by {}</b> for {} DAU ({} concurrent connections, {} messages/s at peak).</p>",
         pr.servers_needed,
+        if pr.upper_bound { " (an upper bound)" } else { "" },
         escape(&pr.limited_by),
         thousands(pr.target.dau as f64),
         thousands(pr.target.concurrent_connections as f64),

@@ -211,8 +211,14 @@ pub fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "**{} servers needed, limited by {}.**\n",
-        pr.servers_needed, pr.limited_by
+        "**{} servers needed{}, limited by {}.**\n",
+        pr.servers_needed,
+        if pr.upper_bound {
+            " (an upper bound)"
+        } else {
+            ""
+        },
+        pr.limited_by
     );
     let _ = writeln!(
         s,
@@ -233,8 +239,9 @@ pub fn render(r: &Report) -> String {
             l.name, l.basis, l.arithmetic
         );
     }
+    s.push('\n');
     for n in &pr.notes {
-        let _ = writeln!(s, "\n- {n}");
+        let _ = writeln!(s, "- {n}");
     }
     s
 }
