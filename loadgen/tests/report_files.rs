@@ -11,8 +11,11 @@ use loadgen::outcome::LATENCY_METRICS;
 
 use crate::report_support::{base64_decode, build_report, synthetic_outcome, DELIVERY_INTERVALS};
 
-/// Reads an interval log: (start seconds, duration seconds, histogram) per interval.
-fn read_hlog(bytes: &[u8]) -> (Option<f64>, Vec<(f64, f64, Histogram<u64>)>) {
+/// One interval of a log: start and duration in seconds, and its histogram.
+type LoggedInterval = (f64, f64, Histogram<u64>);
+
+/// Reads an interval log: its BaseTime (seconds) and its intervals.
+fn read_hlog(bytes: &[u8]) -> (Option<f64>, Vec<LoggedInterval>) {
     let mut base = None;
     let mut out = Vec::new();
     for entry in IntervalLogIterator::new(bytes) {
