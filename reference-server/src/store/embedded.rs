@@ -396,6 +396,35 @@ impl Store for EmbeddedStore {
     }
 
     async fn accept(&self, msg: NewMessage<'_>) -> StoreResult<Accepted> {
+        // A resend is answered from a read transaction, without a commit (dedupe
+        // records are never removed, so a committed one is final). The writer
+        // checks again, for two first sends racing each other.
+        let (from, cmid) = (msg.from, msg.client_msg_id.to_string());
+        let seen = self
+            .read(move |txn| {
+                let dedupe = txn.open_table(DEDUPE).map_err(backend)?;
+                let Some(v) = dedupe.get((from, cmid.as_str())).map_err(backend)? else {
+                    return Ok(None);
+                };
+                let (channel, id, sender_seq) = v.value();
+                let messages = txn.open_table(MESSAGES).map_err(backend)?;
+                let ts = messages
+                    .get((channel, id))
+                    .map_err(backend)?
+                    .map_or(0, |v| v.value().2);
+                Ok(Some(Accepted {
+                    channel: channel.to_string(),
+                    id,
+                    ts,
+                    sender_seq,
+                    recipients: Vec::new(),
+                    duplicate: true,
+                }))
+            })
+            .await?;
+        if let Some(first) = seen {
+            return Ok(first);
+        }
         let owned = OwnedMessage {
             channel: msg.channel.to_string(),
             members: msg.members.to_vec(),

@@ -28,12 +28,12 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::{mpsc, oneshot};
 
 mod schema;
 mod writer;
-use schema::migrate;
+use schema::{migrate, split_schema};
 use tokio_postgres::{NoTls, Row};
 use writer::{writer_loop, AcceptRequest};
 
@@ -77,23 +77,6 @@ pub struct PostgresStore {
     durability: String,
 }
 
-/// Splits our own `schema=` query parameter off a PostgreSQL URL.
-fn split_schema(url: &str) -> StoreResult<(String, Option<String>)> {
-    let (base, schema) = super::take_query_param(url, "schema");
-    if let Some(s) = &schema {
-        // It becomes an identifier in `CREATE SCHEMA` and `search_path`: keep it plain.
-        let plain = !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if !plain {
-            return Err(StoreError::Backend(format!(
-                "postgres: schema {s:?} must be [a-z0-9_]+"
-            )));
-        }
-    }
-    Ok((base, schema))
-}
-
 impl PostgresStore {
     /// Connects, applies the migrations and starts the writer task.
     pub async fn open(url: &str) -> StoreResult<Self> {
@@ -119,8 +102,12 @@ impl PostgresStore {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
+        // A caller waits at most this long for a free connection, then fails.
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(std::time::Duration::from_secs(10)))
+            .create_timeout(Some(std::time::Duration::from_secs(5)))
             .build()
             .map_err(backend)?;
         let mut client = pool.get().await.map_err(backend)?;
@@ -471,6 +458,25 @@ impl Store for PostgresStore {
     }
 
     async fn accept(&self, msg: NewMessage<'_>) -> StoreResult<Accepted> {
+        // A resend is answered by one indexed read, without joining a commit batch
+        // (dedupe rows are never removed). The function checks again under locks.
+        let seen = self
+            .query(
+                "SELECT channel_id, message_id, sender_seq, ts FROM dedupe \
+                 WHERE user_id = $1 AND client_msg_id = $2",
+                &[&big(msg.from), &msg.client_msg_id],
+            )
+            .await?;
+        if let Some(r) = seen.first() {
+            return Ok(Accepted {
+                channel: r.get(0),
+                id: id(r.get(1)),
+                ts: id(r.get(3)),
+                sender_seq: id(r.get(2)),
+                recipients: Vec::new(),
+                duplicate: true,
+            });
+        }
         let mut members: Vec<i64> = Vec::with_capacity(msg.members.len());
         for &m in msg.members {
             if !members.contains(&big(m)) {

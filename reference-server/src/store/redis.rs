@@ -124,6 +124,13 @@ impl RedisStore {
             .with_connection_config(|c| {
                 c.connection_timeout = std::time::Duration::from_secs(5);
             })
+            // A command never waits forever: the caller gets a backend error.
+            .with_performance_config(|p| {
+                p.default_command_timeout = std::time::Duration::from_secs(10);
+            })
+            // A dropped connection is re-opened (the first one still fails fast,
+            // so a wrong URL is reported at start-up).
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
             .build_pool(POOL_SIZE)
             .map_err(backend)?;
         pool.init().await.map_err(backend)?;

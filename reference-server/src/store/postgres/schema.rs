@@ -1,7 +1,7 @@
 //! The PostgreSQL backend's schema, as versioned migrations applied at open.
 
 use super::backend;
-use crate::store::StoreResult;
+use crate::store::{StoreError, StoreResult};
 
 /// Versioned migrations; append, never edit one that has shipped.
 const MIGRATIONS: &[&str] = &[include_str!("001_init.sql")];
@@ -36,4 +36,21 @@ pub(super) async fn migrate(client: &mut deadpool_postgres::Object) -> StoreResu
         tracing::info!(version, "postgres migration applied");
     }
     txn.commit().await.map_err(backend)
+}
+
+/// Splits our own `schema=` query parameter off a PostgreSQL URL.
+pub(super) fn split_schema(url: &str) -> StoreResult<(String, Option<String>)> {
+    let (base, schema) = crate::store::take_query_param(url, "schema");
+    if let Some(s) = &schema {
+        // It becomes an identifier in `CREATE SCHEMA` and `search_path`: keep it plain.
+        let plain = !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !plain {
+            return Err(StoreError::Backend(format!(
+                "postgres: schema {s:?} must be [a-z0-9_]+"
+            )));
+        }
+    }
+    Ok((base, schema))
 }
