@@ -27,10 +27,14 @@ chatscale_pg_port="${CHATSCALE_POSTGRES_PORT:-5440}"
 chatscale_services_log() { echo "services: $*" >&2; }
 
 chatscale_pg_bin() {
-    # The newest installed server version (Debian 12 ships 15).
-    local bin
-    bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
-    [ -n "$bin" ] && [ -x "$bin/initdb" ] && echo "$bin"
+    # The newest installed server version (Debian 12 ships 15). No pipeline, so that
+    # a caller running under `set -euo pipefail` (as .ci/run does) is not stopped
+    # when PostgreSQL is not installed yet.
+    local d bin=""
+    for d in /usr/lib/postgresql/*/bin; do
+        if [ -x "$d/initdb" ]; then bin="$d"; fi
+    done
+    [ -n "$bin" ] && echo "$bin"
 }
 
 chatscale_services_install() {
@@ -114,13 +118,13 @@ chatscale_pg_start() {
 chatscale_services_stop() {
     local bin
     if [ -f "$chatscale_services_dir/redis/redis.pid" ]; then
-        redis-cli -h 127.0.0.1 -p "$chatscale_redis_port" shutdown nosave >/dev/null 2>&1
+        redis-cli -h 127.0.0.1 -p "$chatscale_redis_port" shutdown nosave >/dev/null 2>&1 || true
         rm -f "$chatscale_services_dir/redis/redis.pid"
     fi
-    bin="$(chatscale_pg_bin)"
+    bin="$(chatscale_pg_bin)" || bin=""
     if [ -n "$bin" ] && [ -f "$chatscale_services_dir/pg/postmaster.pid" ]; then
         chatscale_as_postgres "$bin/pg_ctl" -D "$chatscale_services_dir/pg" -m fast -w stop \
-            >/dev/null 2>&1
+            >/dev/null 2>&1 || true
     fi
 }
 
