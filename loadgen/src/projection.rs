@@ -24,6 +24,8 @@ const RESERVED_DESCRIPTORS: u64 = 100;
 /// Share of the machine's memory a server may fill with connections; the rest
 /// is headroom for the OS, page cache and bursts.
 pub const USABLE_MEMORY_SHARE: f64 = 0.8;
+/// Below this r² the memory fit is called weak in the report.
+pub const WEAK_FIT_R2: f64 = 0.5;
 /// Peak-hour message rate over the daily average. Chat traffic follows the
 /// waking day; twice the average is the usual planning figure.
 pub const PEAK_TO_AVERAGE: f64 = 2.0;
@@ -86,6 +88,8 @@ pub struct Measured {
     pub server_memory_per_connection: Option<f64>,
     /// Server memory with no connections (the fit's intercept), bytes.
     pub server_base_memory: Option<f64>,
+    /// Goodness of that fit (r², 0..=1).
+    pub server_memory_r2: Option<f64>,
     /// Acknowledged messages per second the run carried.
     pub throughput: f64,
     /// Delivery p99 at that throughput, ms (`None`: no deliveries).
@@ -266,7 +270,15 @@ fn memory_limit(m: &Measured, connections: u64) -> Limit {
         per_server: Some(per_server),
         unit: "connections".into(),
         servers: Some(servers),
-        basis: "fitted slope of server RSS against connections".into(),
+        basis: match m.server_memory_r2 {
+            Some(r2) if r2 < WEAK_FIT_R2 => format!(
+                "fitted slope of server RSS against connections, a weak fit (r2 {r2:.2}): \
+                 memory grew with something else too (stored messages, caches); a ramp \
+                 phase with no messages measures connections alone"
+            ),
+            Some(r2) => format!("fitted slope of server RSS against connections (r2 {r2:.2})"),
+            None => "fitted slope of server RSS against connections".into(),
+        },
         arithmetic: format!(
             "({} bytes x {USABLE_MEMORY_SHARE} usable - {} bytes base) / {} bytes per connection = {} connections \
              per server; {} connections / {} = {servers} server(s)",

@@ -136,6 +136,11 @@ fn a_missing_or_malformed_baseline_is_invalid() {
     let not_report = dir.path().join("other.json");
     std::fs::write(&not_report, r#"{"metrics": {"lost": 0}}"#).unwrap();
     for bad in [dir.path().join("missing.json"), not_json, not_report] {
+        // Checked before a run as well as after it.
+        assert!(matches!(
+            report::baseline::Baseline::load(&bad),
+            Err(LoadgenError::Invalid { .. })
+        ));
         match gated(&synthetic_outcome(), &bad) {
             Err(LoadgenError::Invalid { path, reason }) => {
                 assert_eq!(path, "--baseline");

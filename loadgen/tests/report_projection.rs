@@ -13,6 +13,7 @@ fn measured() -> Measured {
         devices_per_user: 1.3,
         server_memory_per_connection: Some(10_000.0),
         server_base_memory: Some(50_000_000.0),
+        server_memory_r2: Some(0.98),
         throughput: 2_000.0,
         delivery_p99_ms: Some(12.5),
         machine_memory_bytes: Some(24 * GIB),
@@ -61,6 +62,14 @@ fn memory_and_messages_limit_when_they_are_tighter() {
     // (25,769,803,776 x 0.8 - 50,000,000) / 2,000,000 = 10,282 per server; 1.3M / 10,282 = 127.
     assert_eq!(limit(&p, "memory").per_server, Some(10_282.0));
     assert_eq!((p.servers_needed, p.limited_by.as_str()), (127, "memory"));
+    assert!(limit(&p, "memory").basis.contains("r2 0.98"));
+    m.server_memory_r2 = Some(0.2);
+    let p = project(&ProjectionConfig::default(), &m);
+    assert!(
+        limit(&p, "memory").basis.contains("weak fit"),
+        "{:?}",
+        limit(&p, "memory")
+    );
 
     let mut m = measured();
     m.throughput = 100.0;

@@ -61,74 +61,114 @@ pub fn number(report: &Value, pointer: &str) -> Option<f64> {
         .and_then(Value::as_f64)
 }
 
-/// The gate's rows for the current metrics against the baseline at `path`.
-pub fn gate(path: &Path, current: &Metrics) -> Result<Vec<ThresholdRow>, LoadgenError> {
-    let base = read_report(path, "--baseline")?;
-    let need = |pointer: &str| {
-        number(&base, pointer).ok_or_else(|| {
-            LoadgenError::invalid(
-                "--baseline",
-                format!("{} has no number at {pointer}", resolve(path).display()),
-            )
-        })
-    };
-    let mut rows = Vec::new();
-    for metric in ["delivery_latency", "ack_latency"] {
-        let base_p99 = need(&format!("metrics/{metric}/p99_ms"))?;
-        // A baseline that recorded nothing for this metric gates nothing.
-        let base_count = number(&base, &format!("metrics/{metric}/count")).unwrap_or(1.0);
-        if base_count == 0.0 {
-            continue;
+/// The figures of a baseline report that the gate compares.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Baseline {
+    /// (metric, samples, p99 in ms) for delivery and ack latency.
+    pub latency: Vec<(&'static str, f64, f64)>,
+    /// Acked messages per second; `None` in reports that predate the field.
+    pub throughput: Option<f64>,
+    /// (name, count) for lost, duplicated, reordered.
+    pub audit: Vec<(&'static str, f64)>,
+}
+
+impl Baseline {
+    /// Reads the baseline at `path` (a report.json or a directory holding one).
+    /// Missing, unreadable or lacking a figure the gate needs: `Invalid {
+    /// path: "--baseline" }`. `loadgen run` can call this before a run starts,
+    /// so a typo in the path costs nothing.
+    pub fn load(path: &Path) -> Result<Baseline, LoadgenError> {
+        let base = read_report(path, "--baseline")?;
+        let need = |pointer: &str| {
+            number(&base, pointer).ok_or_else(|| {
+                LoadgenError::invalid(
+                    "--baseline",
+                    format!("{} has no number at {pointer}", resolve(path).display()),
+                )
+            })
+        };
+        let mut latency = Vec::new();
+        for metric in ["delivery_latency", "ack_latency"] {
+            let p99 = need(&format!("metrics/{metric}/p99_ms"))?;
+            // A hand-written baseline without a count is taken to have samples.
+            let count = number(&base, &format!("metrics/{metric}/count")).unwrap_or(1.0);
+            latency.push((metric, count, p99));
         }
-        let limit = (base_p99 * LATENCY_FACTOR).max(base_p99 + LATENCY_FLOOR_MS);
-        let now = current.latency.get(metric).cloned().unwrap_or_default();
-        let expr = format!("{metric}.p99 <= baseline*{LATENCY_FACTOR}");
-        let note = format!("baseline p99 {base_p99} ms; limit max(x{LATENCY_FACTOR}, +{LATENCY_FLOOR_MS} ms) = {limit:.3} ms");
-        rows.push(if now.count == 0 {
-            ThresholdRow {
-                expr,
-                value: 0.0,
-                passed: false,
-                unit: "ms".into(),
-                limit,
-                note: Some(format!("no {metric} samples in this run; {note}")),
+        let mut audit = Vec::new();
+        for name in ["lost", "duplicated", "reordered"] {
+            audit.push((name, need(&format!("metrics/{name}"))?));
+        }
+        let throughput = number(&base, "metrics/throughput");
+        Ok(Baseline {
+            latency,
+            throughput,
+            audit,
+        })
+    }
+
+    /// The gate's rows for the current metrics.
+    pub fn rows(&self, current: &Metrics) -> Vec<ThresholdRow> {
+        let mut rows = Vec::new();
+        for &(metric, base_count, base_p99) in &self.latency {
+            // A baseline that recorded nothing for this metric gates nothing.
+            if base_count == 0.0 {
+                continue;
             }
-        } else {
-            ThresholdRow {
-                expr,
-                value: now.p99_ms,
-                passed: now.p99_ms <= limit,
+            let limit = (base_p99 * LATENCY_FACTOR).max(base_p99 + LATENCY_FLOOR_MS);
+            let now = current.latency.get(metric).cloned().unwrap_or_default();
+            let note = format!(
+                "baseline p99 {base_p99} ms; limit max(x{LATENCY_FACTOR}, +{LATENCY_FLOOR_MS} ms) \
+                 = {limit:.3} ms"
+            );
+            let (value, passed, note) = if now.count == 0 {
+                (
+                    0.0,
+                    false,
+                    format!("no {metric} samples in this run; {note}"),
+                )
+            } else {
+                (now.p99_ms, now.p99_ms <= limit, note)
+            };
+            rows.push(ThresholdRow {
+                expr: format!("{metric}.p99 <= baseline*{LATENCY_FACTOR}"),
+                value,
+                passed,
                 unit: "ms".into(),
                 limit,
                 note: Some(note),
-            }
-        });
+            });
+        }
+        if let Some(base_tp) = self.throughput.filter(|t| *t > 0.0) {
+            let limit = base_tp * THROUGHPUT_FACTOR;
+            rows.push(ThresholdRow {
+                expr: format!("throughput >= baseline*{THROUGHPUT_FACTOR}"),
+                value: current.throughput,
+                passed: current.throughput >= limit,
+                unit: "per_s".into(),
+                limit,
+                note: Some(format!("baseline throughput {base_tp} messages/s")),
+            });
+        }
+        for &(name, base_n) in &self.audit {
+            let now = match name {
+                "lost" => current.lost,
+                "duplicated" => current.duplicated,
+                _ => current.reordered,
+            } as f64;
+            rows.push(ThresholdRow {
+                expr: format!("{name} <= baseline"),
+                value: now,
+                passed: now <= base_n,
+                unit: "count".into(),
+                limit: base_n,
+                note: Some(format!("baseline {name} {base_n}")),
+            });
+        }
+        rows
     }
-    if let Some(base_tp) = number(&base, "metrics/throughput").filter(|t| *t > 0.0) {
-        let limit = base_tp * THROUGHPUT_FACTOR;
-        rows.push(ThresholdRow {
-            expr: format!("throughput >= baseline*{THROUGHPUT_FACTOR}"),
-            value: current.throughput,
-            passed: current.throughput >= limit,
-            unit: "per_s".into(),
-            limit,
-            note: Some(format!("baseline throughput {base_tp} messages/s")),
-        });
-    }
-    for (name, now) in [
-        ("lost", current.lost),
-        ("duplicated", current.duplicated),
-        ("reordered", current.reordered),
-    ] {
-        let base_n = need(&format!("metrics/{name}"))?;
-        rows.push(ThresholdRow {
-            expr: format!("{name} <= baseline"),
-            value: now as f64,
-            passed: now as f64 <= base_n,
-            unit: "count".into(),
-            limit: base_n,
-            note: Some(format!("baseline {name} {base_n}")),
-        });
-    }
-    Ok(rows)
+}
+
+/// The gate's rows for the current metrics against the baseline at `path`.
+pub fn gate(path: &Path, current: &Metrics) -> Result<Vec<ThresholdRow>, LoadgenError> {
+    Ok(Baseline::load(path)?.rows(current))
 }

@@ -191,7 +191,11 @@ pub fn render(r: &Report) -> String {
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {} | {} |",
-                ph.name, ph.duration_s, ph.online, ph.message_rate, ph.messages_sent
+                ph.name,
+                (ph.duration_s * 10.0).round() / 10.0,
+                ph.online,
+                ph.message_rate,
+                ph.messages_sent
             );
         }
     }

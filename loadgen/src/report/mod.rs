@@ -209,6 +209,7 @@ pub fn build(
         },
         server_memory_per_connection: server_fit.map(|f| f.slope),
         server_base_memory: server_fit.map(|f| f.intercept),
+        server_memory_r2: server_fit.map(|f| f.r2),
         throughput: metrics.throughput,
         delivery_p99_ms: (delivery.count > 0).then_some(delivery.p99_ms),
         machine_memory_bytes: projection::machine_memory_bytes(),
