@@ -236,3 +236,69 @@ pub fn server_memory_gap(timeline: &[MemoryPoint]) -> String {
          {MIN_CONNECTION_SPREAD}); run a ramp phase to measure memory per connection"
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(t_ms: u64, connections: u64, server: u64, loadgen: u64) -> MemorySample {
+        MemorySample {
+            t_ms,
+            connections,
+            server_rss_bytes: Some(server),
+            loadgen_rss_bytes: loadgen,
+        }
+    }
+
+    #[test]
+    fn merged_workers_become_one_timeline() {
+        // Two workers' series, concatenated the way Outcome::merge does.
+        let samples = [
+            sample(0, 0, 100, 10),
+            sample(1000, 50, 150, 20),
+            sample(2000, 100, 200, 30),
+            sample(500, 10, 120, 5),
+            sample(1500, 60, 180, 6),
+        ];
+        let t = memory_timeline(&samples);
+        let at = |ms: u64| t.iter().find(|p| p.t_ms == ms).unwrap();
+        assert_eq!(t.len(), 5);
+        // At 1500 ms: worker 1's 1000 ms sample plus worker 2's 1500 ms sample.
+        assert_eq!(at(1500).connections, 110);
+        assert_eq!(at(1500).loadgen_rss_bytes, 26);
+        assert_eq!(at(1500).server_rss_bytes, Some(180));
+        // Before worker 2's first sample only worker 1 counts.
+        assert_eq!(at(0).connections, 0);
+        assert_eq!(at(2000).connections, 160);
+    }
+
+    #[test]
+    fn one_worker_is_unchanged_and_the_fit_is_exact_on_a_line() {
+        let samples: Vec<MemorySample> = (0..5)
+            .map(|i| sample(i * 100, i * 100, 1_000 + i * 100 * 7, 0))
+            .collect();
+        let t = memory_timeline(&samples);
+        assert_eq!(t.len(), 5);
+        let f = server_memory_fit(&t).unwrap();
+        assert!((f.slope - 7.0).abs() < 1e-9 && (f.intercept - 1_000.0).abs() < 1e-6);
+        assert!((f.r2 - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn too_few_samples_or_too_little_spread_is_not_measured() {
+        let flat: Vec<MemorySample> = (0..10).map(|i| sample(i, 500 + i, 1_000 + i, 0)).collect();
+        let t = memory_timeline(&flat);
+        assert_eq!(server_memory_fit(&t), None);
+        assert!(server_memory_gap(&t).contains("only varied from 500 to 509"));
+        let two = memory_timeline(&flat[..2]);
+        assert!(server_memory_gap(&two).contains("only 2 server memory samples"));
+        let remote: Vec<MemoryPoint> = t
+            .iter()
+            .map(|p| MemoryPoint {
+                server_rss_bytes: None,
+                ..p.clone()
+            })
+            .collect();
+        assert!(server_memory_gap(&remote).contains("remote target"));
+    }
+}
