@@ -141,7 +141,7 @@ impl Scenario {
         let mut left = online;
         let mut devices = 0u64;
         let mut shares = self.population.devices.clone();
-        shares.sort_by(|a, b| b.0.cmp(&a.0));
+        shares.sort_by_key(|s| std::cmp::Reverse(s.0));
         for (n, share) in shares {
             let users = ((share * self.population.users as f64).ceil() as u64).min(left);
             devices += users * n as u64;

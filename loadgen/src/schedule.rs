@@ -199,7 +199,7 @@ impl Scheduler {
             wake = [next_send, next_drop, Some(now + TICK), Some(end)]
                 .into_iter()
                 .flatten()
-                .filter(|&t| t < end || t == end)
+                .filter(|&t| t <= end)
                 .min()
                 .unwrap_or(end);
             tokio::select! {

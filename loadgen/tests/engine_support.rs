@@ -83,11 +83,12 @@ async fn relay(
     start: Instant,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut uri = String::new();
-    let client = tokio_tungstenite::accept_hdr_async(tcp, |req: &Request, resp: Response| {
+    #[allow(clippy::result_large_err)] // the handshake callback's signature is tungstenite's
+    let callback = |req: &Request, resp: Response| {
         uri = req.uri().to_string();
         Ok(resp)
-    })
-    .await?;
+    };
+    let client = tokio_tungstenite::accept_hdr_async(tcp, callback).await?;
     let (server, _) = tokio_tungstenite::connect_async(format!("ws://{upstream}{uri}")).await?;
     let (mut c_tx, mut c_rx) = client.split();
     let (mut s_tx, mut s_rx) = server.split();

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# loadgen footprint: holds 10,000 connected devices against one embedded server
+# (scenarios/capacity-10k.toml) and prints what one simulated device costs the
+# generator: resident memory per connected device and CPU time per delivered
+# message, with the server's memory per connection beside them.
+#
+#   benches/loadgen-footprint.sh [SCENARIO.toml] [extra loadgen run flags...]
+#
+# Memory per device is the least-squares slope of loadgen's resident memory
+# against connected devices over the per-second samples (the report's
+# generator.memory_per_connection), cross-checked by peak RSS / peak devices
+# (an upper bound: it includes the fixed cost of the process and histograms).
+# CPU per delivered message is the generator's CPU seconds over the phases
+# (heartbeats, connects and all) divided by deliveries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scenario="${1:-scenarios/capacity-10k.toml}"
+shift || true
+out="reports/runs/footprint-$(date -u +%Y%m%d-%H%M%S)"
+cargo build --release -q -p loadgen
+status=0
+./target/release/loadgen run "$scenario" --out "$out" "$@" || status=$?
+report="$out/report.json"
+[ -f "$report" ] || { echo "no report (loadgen exit $status)"; exit "$status"; }
+jq -r '
+  def kib: . / 1024 | . * 100 | round / 100;
+  "scenario:                         \(.scenario) (loadgen exit '"$status"')",
+  "peak connected devices:           \(.metrics.peak_connections)",
+  "loadgen memory per device:        \(.generator.memory_per_connection // "n/a" | if type == "number" then (kib | tostring) + " KiB (slope)" else . end)",
+  "loadgen peak RSS / peak devices:  \((.generator.peak_rss_bytes / ([.metrics.peak_connections, 1] | max)) | kib) KiB (upper bound)",
+  "loadgen CPU seconds:              \(.generator.cpu_seconds * 100 | round / 100)",
+  "deliveries:                       \(.metrics.deliveries)",
+  "CPU per delivered message:        \(if .metrics.deliveries > 0 then (.generator.cpu_seconds / .metrics.deliveries * 1e6 | round | tostring) + " us" else "n/a" end)",
+  "server memory per connection:     \(.metrics.server_memory_per_connection // "n/a" | if type == "number" then (kib | tostring) + " KiB" else . end)",
+  "generator lag p99:                \(.generator.lag_p99_ms) ms (limited: \(.generator.limited))",
+  "delivery p50 / p99:               \(.metrics.delivery_latency.p50_ms) / \(.metrics.delivery_latency.p99_ms) ms",
+  "report:                           '"$out"'"
+' "$report"
+exit "$status"
