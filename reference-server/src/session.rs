@@ -14,6 +14,8 @@
 //! Every client frame is handled in order, so a burst of sends from one device is
 //! acked and numbered in the order it was sent.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,11 +51,14 @@ pub async fn upgrade(State(app): State<Arc<App>>, auth: Auth, ws: Upgrade) -> Re
         .max_message_size(cfg.max_frame_bytes)
         .max_frame_size(cfg.max_frame_bytes);
     let session_app = app.clone();
-    ws.on_upgrade(move |socket| {
+    ws.on_upgrade(move |socket| async move {
+        // A task of its own, rather than running inside axum's upgrade task: that
+        // task's future also holds the upgrade machinery, which an idle
+        // connection would otherwise carry for its whole life.
         let app = session_app.clone();
         session_app
             .sessions
-            .track_future(run(app, socket, auth.owner, auth.token))
+            .spawn(run(app, socket, auth.owner, auth.token));
     })
 }
 
@@ -75,7 +80,7 @@ async fn run(app: Arc<App>, mut socket: WebSocket, owner: TokenOwner, token: Str
             code,
             reason: Utf8Bytes::from_static(reason),
         };
-        let _ = tokio::time::timeout(CLOSE_GRACE, socket.send(WsMessage::Close(Some(frame)))).await;
+        Box::pin(close_with(&mut socket, frame)).await;
     }
 
     app.hub.unregister(owner.user_id, conn);
@@ -94,26 +99,8 @@ async fn session(
     owner: TokenOwner,
     token: &str,
 ) -> Option<(u16, &'static str)> {
-    let head = match app.store.inbox_head(owner.user_id).await {
-        Ok(seq) => seq,
-        Err(e) => {
-            tracing::warn!(user_id = owner.user_id, cause = %e, "reading inbox head failed");
-            return Some((1011, "storage unavailable"));
-        }
-    };
-    let hello = ServerFrame::Hello {
-        user_id: owner.user_id,
-        device_id: owner.device_id,
-        seq: head,
-        heartbeat_interval_ms: app.config.heartbeat_interval.as_millis() as u64,
-        offline_after_ms: app.config.offline_after.as_millis() as u64,
-    };
-    if socket
-        .send(WsMessage::Text(hello.to_json().into()))
-        .await
-        .is_err()
-    {
-        return None;
+    if let Err(close) = Box::pin(hello(app, socket, owner)).await {
+        return close;
     }
     let mut batch = Vec::with_capacity(0);
     loop {
@@ -124,12 +111,14 @@ async fn session(
                 if let Some(reason) = outbox.take(&mut batch, WRITE_BATCH) {
                     return Some((reason.code(), reason.text()));
                 }
-                let write = async {
+                // Boxed: the idle state of this future (what every connection
+                // holds) should not be as large as the busy path.
+                let write = Box::pin(async {
                     for frame in batch.drain(..) {
                         socket.feed(WsMessage::Text(frame)).await?;
                     }
                     socket.flush().await
-                };
+                });
                 tokio::select! {
                     r = write => if r.is_err() { return None },
                     reason = closing(outbox) => return Some((reason.code(), reason.text())),
@@ -147,7 +136,7 @@ async fn session(
                     Some(Err(e)) if is_too_large(&e) => {
                         let err = ServerFrame::error(None, ErrorCode::TooLarge, "frame over the server's frame limit");
                         app.metrics.error(ErrorCode::TooLarge);
-                        let _ = socket.send(WsMessage::Text(err.to_json().into())).await;
+                        send_text(socket, err.to_json()).await;
                         return Some((1009, "frame too large"));
                     }
                     Some(Err(_)) => return None,
@@ -155,9 +144,9 @@ async fn session(
                 };
                 match msg {
                     WsMessage::Text(text) => {
-                        let (reply, end) = handle(app, owner, token, &text).await;
+                        let (reply, end) = Box::pin(handle(app, owner, token, &text)).await;
                         if let Some(reply) = reply {
-                            if socket.send(WsMessage::Text(reply.into())).await.is_err() {
+                            if !send_text(socket, reply).await {
                                 return None;
                             }
                         }
@@ -168,7 +157,7 @@ async fn session(
                     WsMessage::Binary(_) => {
                         app.metrics.error(ErrorCode::BadRequest);
                         let err = ServerFrame::error(None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames");
-                        if socket.send(WsMessage::Text(err.to_json().into())).await.is_err() {
+                        if !send_text(socket, err.to_json()).await {
                             return None;
                         }
                     }
@@ -179,6 +168,57 @@ async fn session(
             }
         }
     }
+}
+
+/// Sends the `hello` frame: `Err` carries what to close with (if anything).
+async fn hello(
+    app: &App,
+    socket: &mut WebSocket,
+    owner: TokenOwner,
+) -> Result<(), Option<(u16, &'static str)>> {
+    let head = match app.store.inbox_head(owner.user_id).await {
+        Ok(seq) => seq,
+        Err(e) => {
+            tracing::warn!(user_id = owner.user_id, cause = %e, "reading inbox head failed");
+            return Err(Some((1011, "storage unavailable")));
+        }
+    };
+    let hello = ServerFrame::Hello {
+        user_id: owner.user_id,
+        device_id: owner.device_id,
+        seq: head,
+        heartbeat_interval_ms: app.config.heartbeat_interval.as_millis() as u64,
+        offline_after_ms: app.config.offline_after.as_millis() as u64,
+    };
+    if send_text(socket, hello.to_json()).await {
+        Ok(())
+    } else {
+        Err(None)
+    }
+}
+
+/// Writes one text frame; false if the connection is gone. Boxed so that the
+/// session's idle state does not carry a send future's space.
+fn send_text<'a>(
+    socket: &'a mut WebSocket,
+    text: String,
+) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+    Box::pin(async move { socket.send(WsMessage::Text(text.into())).await.is_ok() })
+}
+
+/// Sends a close frame and waits (briefly) for the peer's answer, so the
+/// closing handshake completes and the peer reads the frame before the socket goes.
+async fn close_with(socket: &mut WebSocket, frame: CloseFrame) {
+    let handshake = async {
+        socket.send(WsMessage::Close(Some(frame))).await?;
+        while let Some(msg) = socket.recv().await {
+            if matches!(msg?, WsMessage::Close(_)) {
+                break;
+            }
+        }
+        Ok::<_, axum::Error>(())
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, handshake).await;
 }
 
 /// Resolves once the outbox is marked to close.
