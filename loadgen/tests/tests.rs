@@ -9,3 +9,4 @@ mod report_baseline; // the --baseline gate: pass, regressions, noise floor, bad
 mod engine_support; // shared: a server behind a fault-injecting WebSocket proxy, in-process runs
 mod engine_scenarios; // scenario files: all of scenarios/ parse, defaults, every validation error
 mod engine_runs; // end-to-end runs: exit codes, audit faults, open model under a stall, embedded child
+mod report_merge; // merging run directories: read back exactly, shards add up, thresholds re-judged

@@ -14,6 +14,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
 use hdrhistogram::serialization::V2DeflateSerializer;
 
+use super::merge::GENERATOR_LAG_LOG;
 use crate::error::LoadgenError;
 use crate::outcome::{Interval, Outcome, LATENCY_METRICS};
 
@@ -25,9 +26,14 @@ const LEGEND: &str =
 /// histogram becomes a single interval spanning the run, so no file that has
 /// data is empty.
 pub fn render(metric: &str, outcome: &Outcome) -> Result<Vec<u8>, String> {
+    let total = if metric == GENERATOR_LAG_LOG {
+        Some(&outcome.generator.lag)
+    } else {
+        outcome.histograms.get(metric)
+    };
     let intervals: Vec<Interval> = match outcome.intervals.get(metric) {
         Some(list) if !list.is_empty() => list.clone(),
-        _ => match outcome.histograms.get(metric) {
+        _ => match total {
             Some(h) if !h.is_empty() => vec![Interval {
                 start_ms: 0,
                 duration_ms: (outcome.duration_s * 1000.0).round() as u64,
@@ -81,9 +87,15 @@ pub fn render(metric: &str, outcome: &Outcome) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// Writes `NAME.hlog` into `dir` for every name of [`LATENCY_METRICS`].
+/// Writes `NAME.hlog` into `dir` for every name of [`LATENCY_METRICS`], and
+/// `generator_lag.hlog` (how late the generator ran scheduled work, one
+/// interval), which `loadgen merge` needs to judge a merged run's generator.
 pub fn write_all(outcome: &Outcome, dir: &Path) -> Result<(), LoadgenError> {
-    for (metric, _) in LATENCY_METRICS {
+    let names = LATENCY_METRICS
+        .iter()
+        .map(|(n, _)| *n)
+        .chain([GENERATOR_LAG_LOG]);
+    for metric in names {
         let path = dir.join(format!("{metric}.hlog"));
         let bytes = render(metric, outcome).map_err(|e| LoadgenError::Io {
             path: path.clone(),

@@ -8,7 +8,8 @@
 //! the same numbers: `report.md` for a pull request, `report.html` with charts
 //! for a person, and one HdrHistogram interval log per latency metric for
 //! HdrHistogram's own tools. One file per format below; `measures` derives the
-//! figures every reader shares; `baseline` is the regression gate.
+//! figures every reader shares; `baseline` is the regression gate; `merge`
+//! rebuilds outcomes from run directories and merges shards into one report.
 
 pub mod baseline;
 pub mod hlog;
@@ -16,6 +17,7 @@ pub mod html;
 pub mod json;
 pub mod markdown;
 pub mod measures;
+pub mod merge;
 mod svg;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,174 @@
+//! Merging shard reports (`loadgen merge DIR...`): runs made on several machines,
+//! or several runs of one scenario, combined into one report as if one
+//! generator had made them all.
+//!
+//! A run directory holds everything a merge needs, losslessly: `report.json` has
+//! the counters, audit, errors, memory timeline and generator figures, and the
+//! `.hlog` interval logs hold every latency sample (and the generator's schedule
+//! lag) as HdrHistograms. [`read_outcome`] rebuilds an [`Outcome`] from one
+//! directory, [`merge`] merges them with [`Outcome::merge`] (histograms add
+//! exactly) and judges the result again with the first report's thresholds and
+//! projection, so a merged report is built by the same code as any other.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+use hdrhistogram::serialization::Deserializer;
+use hdrhistogram::Histogram;
+
+use super::{json, Report, RunInfo};
+use crate::error::LoadgenError;
+use crate::outcome::{new_histogram, Interval, MemorySample, Outcome, LATENCY_METRICS};
+use crate::projection::ProjectionConfig;
+use crate::thresholds::Thresholds;
+
+/// The interval log of the generator's schedule lag, beside the latency logs.
+pub const GENERATOR_LAG_LOG: &str = "generator_lag";
+
+/// The intervals of one `.hlog` file, in file order.
+pub fn read_hlog(path: &Path) -> Result<Vec<Interval>, LoadgenError> {
+    let invalid = |reason: String| LoadgenError::invalid(path.display().to_string(), reason);
+    let bytes = std::fs::read(path).map_err(|e| invalid(format!("cannot read: {e}")))?;
+    let mut out = Vec::new();
+    for entry in IntervalLogIterator::new(&bytes) {
+        let entry =
+            entry.map_err(|e| invalid(format!("not an HdrHistogram interval log: {e:?}")))?;
+        let LogEntry::Interval(iv) = entry else {
+            continue;
+        };
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(iv.encoded_histogram())
+            .map_err(|e| {
+                invalid(format!(
+                    "interval at {:?}: bad base64: {e}",
+                    iv.start_timestamp()
+                ))
+            })?;
+        let h: Histogram<u64> = Deserializer::new()
+            .deserialize(&mut Cursor::new(raw))
+            .map_err(|e| invalid(format!("interval at {:?}: {e:?}", iv.start_timestamp())))?;
+        out.push(Interval {
+            start_ms: iv.start_timestamp().as_millis() as u64,
+            duration_ms: iv.duration().as_millis() as u64,
+            histogram: h,
+        });
+    }
+    Ok(out)
+}
+
+/// Rebuilds the outcome a run directory was written from. Every latency
+/// metric's `.hlog` must be there; the generator-lag log is optional (older
+/// runs lack it, and then the generator's lag reads as empty).
+pub fn read_outcome(dir: &Path) -> Result<(Report, Outcome), LoadgenError> {
+    let report = json::read(dir)?;
+    let mut o = Outcome::new(report.scenario.clone(), report.generator.bound_ms);
+    o.started_at_ms = report.run.started_at_ms;
+    o.duration_s = report.run.duration_s;
+    for (metric, _) in LATENCY_METRICS {
+        let intervals = read_hlog(&dir.join(format!("{metric}.hlog")))?;
+        let total = o
+            .histograms
+            .entry(metric.to_string())
+            .or_insert_with(new_histogram);
+        for iv in &intervals {
+            total.add(&iv.histogram).map_err(|e| {
+                LoadgenError::invalid(dir.display().to_string(), format!("{metric}: {e:?}"))
+            })?;
+        }
+        o.intervals.insert(metric.to_string(), intervals);
+    }
+    let lag_log = dir.join(format!("{GENERATOR_LAG_LOG}.hlog"));
+    if lag_log.is_file() {
+        for iv in read_hlog(&lag_log)? {
+            let _ = o.generator.lag.add(&iv.histogram);
+        }
+    }
+    o.generator.cpu_seconds = report.generator.cpu_seconds;
+    o.generator.peak_rss_bytes = report.generator.peak_rss_bytes;
+    o.counters = report.counters.clone();
+    o.errors = report.errors.clone();
+    o.audit = report.audit.clone();
+    o.peak_connections = report.metrics.peak_connections;
+    o.memory = report
+        .memory
+        .iter()
+        .map(|p| MemorySample {
+            t_ms: p.t_ms,
+            connections: p.connections,
+            server_rss_bytes: p.server_rss_bytes,
+            loadgen_rss_bytes: p.loadgen_rss_bytes,
+        })
+        .collect();
+    o.provisioning = report.provisioning.clone();
+    o.phases = report.phases.clone();
+    o.target = report.target.clone();
+    Ok((report, o))
+}
+
+/// The threshold table a report was judged by, recovered from its rows
+/// (`"delivery_latency.p99 < 50ms"` -> key and limit); baseline rows are left
+/// out (a merge takes its own `--baseline`).
+pub fn thresholds_of(report: &Report) -> Result<Thresholds, LoadgenError> {
+    let table: BTreeMap<String, String> = report
+        .thresholds
+        .iter()
+        .filter(|row| !row.expr.contains("baseline"))
+        .filter_map(|row| {
+            row.expr
+                .split_once(' ')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    Thresholds::parse(&table)
+}
+
+/// Merges run directories into one report, written to `out` in every format.
+/// The first report supplies the scenario, thresholds and projection target.
+pub fn merge(
+    dirs: &[PathBuf],
+    out: &Path,
+    baseline: Option<&Path>,
+) -> Result<Report, LoadgenError> {
+    let Some((first_dir, rest)) = dirs.split_first() else {
+        return Err(LoadgenError::invalid(
+            "merge",
+            "name at least one run directory",
+        ));
+    };
+    let (first, mut merged) = read_outcome(first_dir)?;
+    for dir in rest {
+        let (_, o) = read_outcome(dir)?;
+        merged.merge(&o);
+    }
+    let info = RunInfo {
+        scenario: first.scenario.clone(),
+        description: first.description.clone(),
+        seed: first.run.seed,
+        scenario_path: first.run.scenario_path.clone(),
+        command: format!(
+            "loadgen merge {}",
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+    };
+    let target = &first.projection.target;
+    let projection = ProjectionConfig {
+        dau: target.dau,
+        peak_online_share: target.peak_online_share,
+        messages_per_user_per_day: target.messages_per_user_per_day,
+    };
+    let report = super::build(
+        &info,
+        &thresholds_of(&first)?,
+        &projection,
+        &merged,
+        baseline,
+    )?;
+    super::write_all(&report, &merged, out)?;
+    Ok(report)
+}
