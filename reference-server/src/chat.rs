@@ -47,6 +47,8 @@ pub struct App {
     pub sessions: TaskTracker,
     /// The WebSocket URLs that discovery hands out.
     pub servers: Vec<String>,
+    /// Connections this node accepts before answering upgrades `503 overloaded`.
+    pub max_connections: usize,
     channel_locks: Box<[tokio::sync::Mutex<()>]>,
     hasher: RandomState,
 }
@@ -59,6 +61,12 @@ impl App {
         shutdown: CancellationToken,
     ) -> Self {
         let metrics = Arc::new(Metrics::default());
+        let max_connections = match config.max_connections {
+            0 => (crate::server::raise_fd_limit() as usize)
+                .saturating_sub(256)
+                .max(1),
+            n => n,
+        };
         App {
             hub: Arc::new(Hub::new(metrics.clone())),
             presence: Arc::new(Presence::new(config.offline_after)),
@@ -76,6 +84,7 @@ impl App {
             store,
             shutdown,
             sessions: TaskTracker::new(),
+            max_connections,
             servers,
             channel_locks: (0..CHANNEL_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))

@@ -75,6 +75,20 @@ pub struct Opts {
     #[arg(long, default_value_t = 512)]
     pub ws_read_buffer_bytes: usize,
 
+    /// Sends a connection may make per second, sustained (0 = no limit); past it
+    /// a `send` is answered `rate_limited` and nothing is stored.
+    #[arg(long, default_value_t = 200)]
+    pub send_rate_per_sec: u32,
+
+    /// Sends a connection may make in a burst above the sustained rate.
+    #[arg(long, default_value_t = 1000)]
+    pub send_burst: u32,
+
+    /// Most WebSocket connections this node holds; past it an upgrade is answered
+    /// `503 overloaded` (0 = the open-file limit less 256 for everything else).
+    #[arg(long, default_value_t = 0)]
+    pub max_connections: usize,
+
     /// Token lifetime in seconds (0 = until logout). An expired token gets 401.
     #[arg(long, default_value_t = 30 * 24 * 3600)]
     pub token_ttl_secs: u64,
@@ -97,6 +111,9 @@ pub struct Config {
     pub max_frame_bytes: usize,
     pub ws_read_buffer_bytes: usize,
     pub token_ttl: Option<Duration>,
+    pub send_rate_per_sec: u32,
+    pub send_burst: u32,
+    pub max_connections: usize,
 }
 
 /// A flag value that cannot be used; the message names the flag.
@@ -163,6 +180,9 @@ impl Opts {
             max_frame_bytes: self.max_frame_bytes,
             ws_read_buffer_bytes: self.ws_read_buffer_bytes.max(64),
             token_ttl: (self.token_ttl_secs > 0).then(|| Duration::from_secs(self.token_ttl_secs)),
+            send_rate_per_sec: self.send_rate_per_sec,
+            send_burst: self.send_burst.max(1),
+            max_connections: self.max_connections,
         })
     }
 }

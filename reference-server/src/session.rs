@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
@@ -42,6 +42,17 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// `GET /v1/ws`: authenticate (401 before the upgrade), then run a session.
 pub async fn upgrade(State(app): State<Arc<App>>, auth: Auth, ws: Upgrade) -> Response {
     let cfg = &app.config;
+    let open = app
+        .metrics
+        .connections
+        .load(std::sync::atomic::Ordering::Relaxed) as usize;
+    if open >= app.max_connections || app.shutdown.is_cancelled() {
+        let e = app.count(ApiError::new(
+            ErrorCode::Overloaded,
+            "this node is at its connection limit; try another server from discovery",
+        ));
+        return e.into_response();
+    }
     let ws = ws
         .read_buffer_size(cfg.ws_read_buffer_bytes)
         // Write each frame out at once (no coalescing buffer kept per connection);
@@ -103,6 +114,7 @@ async fn session(
         return close;
     }
     let mut batch = Vec::with_capacity(0);
+    let mut allowance = SendAllowance::new(app.config.send_rate_per_sec, app.config.send_burst);
     loop {
         tokio::select! {
             biased;
@@ -144,7 +156,7 @@ async fn session(
                 };
                 match msg {
                     WsMessage::Text(text) => {
-                        let (reply, end) = Box::pin(handle(app, owner, token, &text)).await;
+                        let (reply, end) = Box::pin(handle(app, owner, token, &text, &mut allowance)).await;
                         if let Some(reply) = reply {
                             if !send_text(socket, reply).await {
                                 return None;
@@ -245,7 +257,13 @@ fn is_too_large(e: &axum::Error) -> bool {
 }
 
 /// Handles one text frame; returns the reply (if any) and whether to end the session.
-async fn handle(app: &App, owner: TokenOwner, token: &str, text: &str) -> (Option<String>, bool) {
+async fn handle(
+    app: &App,
+    owner: TokenOwner,
+    token: &str,
+    text: &str,
+    allowance: &mut SendAllowance,
+) -> (Option<String>, bool) {
     let frame: ClientFrame = match serde_json::from_str(text) {
         Ok(f) => f,
         Err(e) => {
@@ -282,6 +300,13 @@ async fn handle(app: &App, owner: TokenOwner, token: &str, text: &str) -> (Optio
             client_msg_id,
             text,
         } => {
+            if !allowance.take() {
+                let e = ApiError::new(
+                    ErrorCode::RateLimited,
+                    "sending faster than this connection's allowance; slow down",
+                );
+                return (reply(req, Err(e)), false);
+            }
             let r = app
                 .send(owner, &to, &client_msg_id, &text)
                 .await
@@ -313,5 +338,43 @@ async fn handle(app: &App, owner: TokenOwner, token: &str, text: &str) -> (Optio
             Ok(()) => (req.map(|r| format!(r#"{{"type":"ack","req":{r}}}"#)), true),
             Err(e) => (reply(req, Err(e)), false),
         },
+    }
+}
+
+/// A token bucket for `send` frames: `rate` per second sustained, `burst` at once.
+/// Two numbers per connection; refilled lazily when a send arrives.
+struct SendAllowance {
+    tokens: f32,
+    last: Option<std::time::Instant>,
+    rate: f32,
+    burst: f32,
+}
+
+impl SendAllowance {
+    fn new(rate: u32, burst: u32) -> Self {
+        SendAllowance {
+            tokens: burst as f32,
+            last: None,
+            rate: rate as f32,
+            burst: burst as f32,
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        let now = std::time::Instant::now();
+        if let Some(last) = self.last {
+            self.tokens =
+                (self.tokens + now.duration_since(last).as_secs_f32() * self.rate).min(self.burst);
+        }
+        self.last = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 }

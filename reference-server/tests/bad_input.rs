@@ -156,3 +156,41 @@ async fn a_frame_over_the_limit_closes_with_1009() {
         .await;
     assert_eq!(wa.close_code().await, Some(1009));
 }
+
+#[tokio::test]
+async fn sending_past_the_allowance_is_rate_limited_and_not_stored() {
+    let s = TestServer::with(|c| {
+        c.send_rate_per_sec = 1;
+        c.send_burst = 3;
+    })
+    .await;
+    let a = s.user("rl").await;
+    let b = s.user("rm").await;
+    let mut wa = a.connect().await;
+    for i in 1..=3 {
+        assert!(matches!(
+            wa.send_to(i, json!({"user": b.user_id}), &format!("r{i}"), "x")
+                .await,
+            ServerFrame::Ack { .. }
+        ));
+    }
+    expect_error(
+        wa.send_to(4, json!({"user": b.user_id}), "r4", "x").await,
+        Some(4),
+        "rate_limited",
+    );
+    still_open(&mut wa).await;
+    let mut wb = b.connect().await;
+    assert_eq!(wb.sync_all(0, 10).await.len(), 3);
+}
+
+#[tokio::test]
+async fn past_the_connection_limit_upgrades_get_503_overloaded() {
+    let s = TestServer::with(|c| c.max_connections = 1).await;
+    let a = s.user("cl").await;
+    let _first = a.connect().await;
+    let err = tokio_tungstenite::connect_async(format!("{}?token={}", a.ws_url, a.token))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("503"), "{err}");
+}
