@@ -126,6 +126,9 @@ pub struct Limit {
     pub servers: Option<u64>,
     /// Where `per_server` comes from, and how far to trust it.
     pub basis: String,
+    /// `per_server` is only a lower bound on one server's capacity (the run
+    /// did not push it to its ceiling), so `servers` is an upper bound.
+    pub lower_bound: bool,
     /// The arithmetic, in words and numbers.
     pub arithmetic: String,
 }
@@ -177,6 +180,7 @@ pub fn project(config: &ProjectionConfig, m: &Measured) -> Projection {
         unit: "connections".into(),
         servers: Some(div_ceil(concurrent_connections as f64, sockets as f64)),
         basis: "per-process descriptor limit (one server process per machine)".into(),
+        lower_bound: false,
         arithmetic: format!(
             "{} users x {} devices/user = {} connections; / {} sockets per process = {} server(s)",
             thousands(concurrent_users as f64),
@@ -220,9 +224,7 @@ pub fn project(config: &ProjectionConfig, m: &Measured) -> Projection {
                 best
             }
         });
-    let upper_bound = limits
-        .iter()
-        .any(|l| l.name == limited_by && l.basis.contains("lower bound"));
+    let upper_bound = limits.iter().any(|l| l.name == limited_by && l.lower_bound);
     Projection {
         servers_needed,
         limited_by,
@@ -240,6 +242,7 @@ fn memory_limit(m: &Measured, connections: u64) -> Limit {
         unit: "connections".into(),
         servers: None,
         basis: "not measured".into(),
+        lower_bound: false,
         arithmetic: why,
     };
     let Some(slope) = m.server_memory_per_connection else {
@@ -270,6 +273,7 @@ fn memory_limit(m: &Measured, connections: u64) -> Limit {
         per_server: Some(per_server),
         unit: "connections".into(),
         servers: Some(servers),
+        lower_bound: false,
         basis: match m.server_memory_r2 {
             Some(r2) if r2 < WEAK_FIT_R2 => format!(
                 "fitted slope of server RSS against connections, a weak fit (r2 {r2:.2}): \
@@ -305,6 +309,7 @@ fn message_limit(
             unit: "messages_per_s".into(),
             servers: None,
             basis: "not measured".into(),
+            lower_bound: false,
             arithmetic: "the run acknowledged no messages: add a phase with a message_rate".into(),
         };
     }
@@ -325,6 +330,7 @@ fn message_limit(
         unit: "messages_per_s".into(),
         servers: Some(servers),
         basis: "achieved throughput (a lower bound on capacity)".into(),
+        lower_bound: true,
         arithmetic: format!(
             "{} DAU x {} messages/day / 86,400 s x {PEAK_TO_AVERAGE} peak/average = {} messages/s; / {} per server \
              = {servers} server(s)",

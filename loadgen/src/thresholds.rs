@@ -66,11 +66,14 @@ impl Op {
     ];
 
     pub fn symbol(self) -> &'static str {
-        Op::ALL
-            .iter()
-            .find(|(_, op)| *op == self)
-            .map(|(s, _)| *s)
-            .unwrap_or("?")
+        match self {
+            Op::Lt => "<",
+            Op::Le => "<=",
+            Op::Eq => "==",
+            Op::Ne => "!=",
+            Op::Ge => ">=",
+            Op::Gt => ">",
+        }
     }
 
     pub fn holds(self, value: f64, limit: f64) -> bool {

@@ -41,6 +41,7 @@ fn the_default_target_is_limited_by_connections() {
     assert_eq!(limit(&p, "memory").servers, Some(1));
     // ceil(46,296.3 / 2,000) = 24.
     assert_eq!(limit(&p, "messages").servers, Some(24));
+    assert!(limit(&p, "messages").lower_bound && !limit(&p, "memory").lower_bound);
     assert_eq!(
         (p.servers_needed, p.limited_by.as_str()),
         (66, "connections")
