@@ -4,13 +4,15 @@
 //!
 //! **Atomic accept.** The whole accept runs in the server, in one PL/pgSQL function
 //! (`chatscale_accept`, installed by the migrations), so it costs one round trip:
+//! a resend is answered from the dedupe table before any lock (dedupe rows are
+//! final, and a call that writes nothing costs its batch no WAL flush); otherwise
 //! it locks the rows of the members (and the sender) in id order with
 //! `SELECT ... FOR UPDATE` (one global lock order, so two accepts cannot deadlock),
-//! checks the dedupe table, bumps the channel's head with an upsert (which locks the
-//! channel row: ids stay gap-free and in commit order), and appends the message to
-//! every member's inbox with that member's next seq (`users.inbox_head`). Nothing in
-//! it raises on a domain outcome (a duplicate, an unknown member): it returns a
-//! status instead, so that one message cannot abort a batch.
+//! checks the dedupe table again, bumps the channel's head with an upsert (which
+//! locks the channel row: ids stay gap-free and in commit order), and appends the
+//! message to every member's inbox with that member's next seq (`users.inbox_head`).
+//! Nothing in it raises on a domain outcome (a duplicate, an unknown member): it
+//! returns a status instead, so that one message cannot abort a batch.
 //!
 //! **Group commit.** Accepts go to one writer task that owns its own connection: it
 //! takes every accept waiting (up to [`MAX_BATCH`]), pipelines their function calls
@@ -458,25 +460,6 @@ impl Store for PostgresStore {
     }
 
     async fn accept(&self, msg: NewMessage<'_>) -> StoreResult<Accepted> {
-        // A resend is answered by one indexed read, without joining a commit batch
-        // (dedupe rows are never removed). The function checks again under locks.
-        let seen = self
-            .query(
-                "SELECT channel_id, message_id, sender_seq, ts FROM dedupe \
-                 WHERE user_id = $1 AND client_msg_id = $2",
-                &[&big(msg.from), &msg.client_msg_id],
-            )
-            .await?;
-        if let Some(r) = seen.first() {
-            return Ok(Accepted {
-                channel: r.get(0),
-                id: id(r.get(1)),
-                ts: id(r.get(3)),
-                sender_seq: id(r.get(2)),
-                recipients: Vec::new(),
-                duplicate: true,
-            });
-        }
         let mut members: Vec<i64> = Vec::with_capacity(msg.members.len());
         for &m in msg.members {
             if !members.contains(&big(m)) {

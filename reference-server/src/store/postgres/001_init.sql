@@ -67,8 +67,14 @@ DECLARE
     d RECORD;
     found_users INT;
 BEGIN
-    PERFORM 1 FROM users u WHERE u.id = ANY (p_members || p_from) ORDER BY u.id FOR UPDATE;
+    -- A resend first, without locks: dedupe rows are final once committed, and a
+    -- call that writes nothing makes its batch's commit free (no WAL flush).
     SELECT * INTO d FROM dedupe x WHERE x.user_id = p_from AND x.client_msg_id = p_cmid;
+    IF NOT FOUND THEN
+        PERFORM 1 FROM users u WHERE u.id = ANY (p_members || p_from) ORDER BY u.id FOR UPDATE;
+        -- Again under the sender's lock: a concurrent first send may have committed.
+        SELECT * INTO d FROM dedupe x WHERE x.user_id = p_from AND x.client_msg_id = p_cmid;
+    END IF;
     IF FOUND THEN
         o_status := 1; o_channel := d.channel_id; o_id := d.message_id; o_ts := d.ts;
         o_sender_seq := d.sender_seq;

@@ -3,7 +3,7 @@
 
 use futures_util::future::join_all;
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::{NoTls, Row, Statement};
 
 use super::{backend, MAX_BATCH};
 use crate::store::{StoreError, StoreResult};
@@ -31,6 +31,8 @@ pub(super) async fn writer_loop(
     mut queue: mpsc::Receiver<AcceptRequest>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // Prepared once per connection (again after a reconnect).
+    let mut stmt: Option<Statement> = None;
     while let Some(first) = queue.recv().await {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -44,12 +46,22 @@ pub(super) async fn writer_loop(
                 Ok((c, conn)) => {
                     tokio::spawn(conn);
                     client = c;
+                    stmt = None;
                 }
                 Err(e) => tracing::error!(cause = %e, "postgres writer cannot reconnect"),
             }
         }
         let size = batch.len();
-        match commit_batch(&mut client, &batch).await {
+        if stmt.is_none() {
+            stmt = client.prepare(ACCEPT_SQL).await.ok();
+        }
+        let result = match &stmt {
+            Some(stmt) => commit_batch(&mut client, stmt, &batch).await,
+            None => Err(StoreError::Backend(
+                "postgres: cannot prepare accept".into(),
+            )),
+        };
+        match result {
             Ok(rows) => {
                 for (request, row) in batch.drain(..).zip(rows) {
                     let _ = request.done.send(Ok(row));
@@ -67,13 +79,13 @@ pub(super) async fn writer_loop(
 
 async fn commit_batch(
     client: &mut tokio_postgres::Client,
+    stmt: &Statement,
     batch: &[AcceptRequest],
 ) -> StoreResult<Vec<Row>> {
     let txn = client.transaction().await.map_err(backend)?;
-    let stmt = txn.prepare(ACCEPT_SQL).await.map_err(backend)?;
     // Issued together, the calls are pipelined on the connection and still run in
     // order, so a batch costs about one round trip plus one commit.
-    let (txn_ref, stmt_ref) = (&txn, &stmt);
+    let (txn_ref, stmt_ref) = (&txn, stmt);
     let calls = batch.iter().map(|r| async move {
         txn_ref
             .query_one(
