@@ -22,7 +22,7 @@ tr.fail td{background:#ffebe9}.note{color:#666;font-size:12px}svg.chart{display:
 svg .grid{stroke:#eee}svg .frame{fill:none;stroke:#999}svg .tick,svg .legend{font-size:11px;fill:#444}\
 svg .axis{font-size:12px;fill:#222}svg .title{font-size:13px;font-weight:600}svg .empty{fill:#999}code{font-size:12px}";
 
-/// Quantiles of the distribution chart, plotted at log10(1/(1-q)).
+/// Labelled quantiles of the distribution chart, plotted at log10(1/(1-q)).
 const SPECTRUM: &[(f64, &str)] = &[
     (0.0, "0%"),
     (0.5, "50%"),
@@ -203,9 +203,14 @@ pub fn render(r: &Report, outcome: &Outcome) -> String {
         .filter(|(name, _)| !name.ends_with("_uncorrected"))
         .map(|(name, h)| Series {
             name: name.to_string(),
-            points: SPECTRUM
-                .iter()
-                .map(|(q, _)| (spectrum_x(*q), h.value_at_quantile(*q) as f64 / 1000.0))
+            // Ten points per decade of the axis (0%, 20.6%, 36.9%, ... 99.999%)
+            // so the curve shows its shape between the labelled percentiles.
+            points: (0..=50)
+                .map(|i| {
+                    let x = f64::from(i) / 10.0;
+                    let q = 1.0 - 10f64.powf(-x);
+                    (x, h.value_at_quantile(q) as f64 / 1000.0)
+                })
                 .collect(),
         })
         .collect();
