@@ -1,4 +1,4 @@
-//! The command line: `loadgen run`, `loadgen compare`, and the hidden
+//! The command line: `loadgen run`, `loadgen compare`, `loadgen merge`, and the hidden
 //! `loadgen serve` that runs the reference server in this process (how `run`
 //! starts its embedded server as a child process without a second binary to
 //! find: it re-executes itself with `serve`).
@@ -23,6 +23,19 @@ pub enum Command {
         /// report.json files (or directories holding one).
         #[arg(required = true, num_args = 2..)]
         reports: Vec<PathBuf>,
+    },
+    /// Merge the run directories of several workers or machines into one report
+    /// (histograms merge exactly; thresholds are judged on the merged result).
+    Merge {
+        /// Run directories (each with report.json and its .hlog files).
+        #[arg(required = true, num_args = 1..)]
+        dirs: Vec<PathBuf>,
+        /// Output directory for the merged report (default: reports/runs/merged-TIMESTAMP/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// A baseline report.json to gate the merged result against.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
     },
     /// Internal: run the reference server in this process (used by `run`).
     #[command(hide = true)]

@@ -23,6 +23,23 @@ fn main() -> ExitCode {
                 print!("{table}");
                 loadgen::error::exit::PASSED
             }),
+            Command::Merge { dirs, out, baseline } => {
+                let out = out.unwrap_or_else(|| {
+                    let stamp = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    std::path::PathBuf::from(format!("reports/runs/merged-{stamp}"))
+                });
+                loadgen::report::merge::merge(&dirs, &out, baseline.as_deref()).map(|report| {
+                    println!("{}", loadgen::report::summary(&report));
+                    println!("report: {}", out.display());
+                    if report.passed {
+                        loadgen::error::exit::PASSED
+                    } else {
+                        loadgen::error::exit::FAILED
+                    }
+                })
+            }
             Command::Serve(server_opts) => {
                 loadgen::embedded::watch_parent();
                 let config = match server_opts.into_config() {
