@@ -380,6 +380,7 @@ async fn metrics(State(app): AppState) -> Response {
         app.hub.devices_online(),
         app.presence.online_users(),
         app.store.kind(),
+        &app.store.durability(),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -43,7 +43,13 @@ impl Metrics {
 
     /// Renders every metric. `devices_online` and `users_online` come from the
     /// hub and presence, which own those numbers.
-    pub fn render(&self, devices_online: usize, users_online: usize, storage: &str) -> String {
+    pub fn render(
+        &self,
+        devices_online: usize,
+        users_online: usize,
+        storage: &str,
+        durability: &str,
+    ) -> String {
         let mut out = String::with_capacity(4096);
         let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
             let _ = writeln!(
@@ -146,6 +152,17 @@ impl Metrics {
             out,
             "chatscale_storage_accept_seconds_count{{storage=\"{storage}\"}} {}",
             get(&self.storage_accept_count)
+        );
+        let label = |v: &str| {
+            v.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', " ")
+        };
+        let _ = writeln!(
+            out,
+            "# HELP chatscale_storage_info The storage backend and what an acked message survives.\n# TYPE chatscale_storage_info gauge\nchatscale_storage_info{{storage=\"{}\",durability=\"{}\"}} 1",
+            label(storage),
+            label(durability)
         );
         let _ = writeln!(out, "# HELP chatscale_errors_total Error answers by protocol code.\n# TYPE chatscale_errors_total counter");
         for (code, n) in ErrorCode::ALL.iter().zip(&self.errors) {

@@ -400,5 +400,6 @@ async fn presence_query_health_and_metrics() {
         s.metric(name).await;
     }
     assert_eq!(s.metric("chatscale_connections").await, 1.0);
+    assert_eq!(s.metric("chatscale_storage_info{storage=\"memory\",durability=\"none: an acked message lives in process memory only\"}").await, 1.0);
     assert!(s.metric("chatscale_process_resident_memory_bytes").await > 0.0);
 }
