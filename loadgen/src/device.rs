@@ -16,7 +16,7 @@
 //! socket, so timer lateness (recorded as generator lag) measures the
 //! generator, not a burst of frames.
 //!
-//! Memory per device is kept small: a 1 KiB read buffer and no write buffer
+//! Memory per device is kept small: a 512-byte read buffer and no write buffer
 //! in the WebSocket, state boxed once, maps allocated only when traffic flows.
 
 use std::collections::{BTreeSet, HashMap};
@@ -148,7 +148,9 @@ pub async fn run(sim: Arc<Sim>, d: u32, state: Option<Box<DeviceState>>) {
                 return;
             }
         }
-        if let End::Reconnect = connection(&sim, d, &mut st).await {
+        // Boxed: the connect handshake and the session are large futures; only
+        // the one running is allocated, not the largest of them inside every task.
+        if let End::Reconnect = Box::pin(connection(&sim, d, &mut st)).await {
             let (lo, hi) = sim.behavior.reconnect_delay;
             let delay = if hi > lo {
                 st.rng.random_range(lo..=hi)
@@ -189,7 +191,7 @@ struct Conn {
 
 fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(1024)
+        .read_buffer_size(512)
         .write_buffer_size(0)
         .max_write_buffer_size(4 * 1024 * 1024)
         .max_message_size(Some(64 << 20))
@@ -199,9 +201,9 @@ async fn connection(sim: &Sim, d: u32, st: &mut DeviceState) -> End {
     let dev = &sim.pop.devices[d as usize];
     let rec = &sim.rec;
     let t0 = Instant::now();
-    let url = format!("{}?token={}", sim.pop.ws_url, dev.token);
-    let connect = tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true);
-    let first = async {
+    let first = Box::pin(async {
+        let url = format!("{}?token={}", sim.pop.ws_url, dev.token);
+        let connect = tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true);
         let (mut ws, _) = connect.await.map_err(|e| e.to_string())?;
         loop {
             match ws.next().await {
@@ -215,7 +217,7 @@ async fn connection(sim: &Sim, d: u32, st: &mut DeviceState) -> End {
                 None => return Err("closed before hello".into()),
             }
         }
-    };
+    });
     let (mut ws, head) = tokio::select! {
         _ = sim.stop_all.cancelled() => return End::Stop,
         r = tokio::time::timeout(sim.connect_timeout, first) => match r {
@@ -588,5 +590,42 @@ mod tests {
         let mut b = Bits::default();
         b.set(130);
         assert!(b.get(130) && !b.get(129));
+    }
+}
+#[cfg(test)]
+mod footprint {
+    use std::time::Duration;
+
+    use crate::recorder::{Clock, Recorder};
+    use crate::scenario::Scenario;
+    use crate::sim::Sim;
+
+    /// Per-device memory is mostly the task's future: keep the always-live part
+    /// small (the connection is boxed, and allocated only while connected).
+    #[test]
+    fn a_device_task_is_small() {
+        let s = Scenario::parse("[[phase]]\nduration = \"1s\"\n", "t").unwrap();
+        let rec = Recorder::new(Clock::new(), Duration::from_secs(1));
+        let sim = Sim::new(
+            Default::default(),
+            rec,
+            s.behavior,
+            Duration::from_secs(1),
+            1,
+        );
+        let mut st = super::DeviceState::new(1, 0);
+        let conn = super::connection(&sim, 0, &mut st);
+        assert!(
+            std::mem::size_of_val(&conn) < 3 * 1024,
+            "connection future: {} bytes",
+            std::mem::size_of_val(&conn)
+        );
+        drop(conn);
+        let task = super::run(sim, 0, None);
+        assert!(
+            std::mem::size_of_val(&task) < 1024,
+            "device task: {} bytes",
+            std::mem::size_of_val(&task)
+        );
     }
 }

@@ -79,6 +79,15 @@ impl Metric {
     }
 }
 
+/// A histogram for one interval: same precision as the totals, but sized to
+/// the values it has seen (it grows on demand), since a run keeps one per
+/// metric per interval and most hold only small values.
+fn interval_histogram() -> Histogram<u64> {
+    let mut h = Histogram::new(3).expect("3 significant digits are valid");
+    h.auto(true);
+    h
+}
+
 struct Series {
     /// Interval number of `current` (elapsed / interval).
     index: u64,
@@ -93,7 +102,7 @@ impl Series {
             return;
         }
         let _ = self.total.add(&self.current);
-        let h = std::mem::replace(&mut self.current, new_histogram());
+        let h = std::mem::replace(&mut self.current, interval_histogram());
         self.done.push(Interval {
             start_ms: self.index * interval_ms,
             duration_ms: interval_ms,
@@ -172,7 +181,7 @@ impl Recorder {
                 .map(|_| {
                     Mutex::new(Series {
                         index: 0,
-                        current: new_histogram(),
+                        current: interval_histogram(),
                         done: Vec::new(),
                         total: new_histogram(),
                     })
@@ -201,7 +210,8 @@ impl Recorder {
             s.close_current(self.interval_ms);
             s.index = index;
         }
-        s.current.saturating_record(micros.max(1));
+        // Clamped to the totals' range (1 µs to 1 h) so every interval adds into them.
+        s.current.saturating_record(micros.clamp(1, 3_600_000_000));
     }
 
     /// Records how late the generator ran a piece of scheduled work.
@@ -254,7 +264,7 @@ impl Recorder {
         for (i, (name, _)) in LATENCY_METRICS.iter().enumerate() {
             let mut s = self.series[i].lock().unwrap_or_else(|e| e.into_inner());
             s.close_current(self.interval_ms);
-            s.current = new_histogram();
+            s.current = interval_histogram();
             let total = std::mem::replace(&mut s.total, new_histogram());
             let done = std::mem::take(&mut s.done);
             let _ = outcome
