@@ -11,7 +11,7 @@
 //! small scripts for the same reason. Scripts are sent by SHA (`EVALSHA`) and
 //! loaded again if the server forgot them.
 //!
-//! **Key layout** (`P` is the prefix, `cs:` by default; `docs/storage.md` has the
+//! **Key layout** (`P` is the `?prefix=` value, `cs` by default; `docs/storage.md` has the
 //! table). Ids are gap-free, so every read computes the exact fields it needs
 //! and fetches them with one `HMGET`, never a scan:
 //! - `P:chead` hash channel -> highest id; `P:ch:{channel}` hash id -> message JSON;
