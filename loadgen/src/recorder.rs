@@ -211,7 +211,8 @@ impl Recorder {
             s.index = index;
         }
         // Clamped to the totals' range (1 µs to 1 h) so every interval adds into them.
-        s.current.saturating_record(micros.clamp(1, 3_600_000_000));
+        // `record`, not `saturating_record`: the latter clamps instead of growing.
+        let _ = s.current.record(micros.clamp(1, 3_600_000_000));
     }
 
     /// Records how late the generator ran a piece of scheduled work.
@@ -302,12 +303,14 @@ mod tests {
     fn records_land_in_totals_and_intervals() {
         let r = Recorder::new(Clock::new(), Duration::from_millis(100));
         r.record(Metric::ACK, 1_000);
-        r.record(Metric::ACK, 2_000);
+        r.record(Metric::ACK, 2_000_000);
         r.error("connect");
         r.error("connect");
         let mut o = Outcome::new("t", 50.0);
         r.drain_into(&mut o);
         assert_eq!(o.histograms["ack_latency"].len(), 2);
+        // Interval histograms grow to fit: a 2 s sample is not clamped.
+        assert!(o.histograms["ack_latency"].max() >= 1_999_000);
         assert_eq!(
             o.intervals["ack_latency"]
                 .iter()

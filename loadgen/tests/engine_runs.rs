@@ -165,6 +165,16 @@ async fn an_unreachable_target_exits_3_and_bad_input_exits_2() {
     let mut o = opts(path.clone(), dir.path().join("out"));
     o.target = Some("http://192.0.2.1:80".into());
     assert_eq!(run(o).await.0, 2, "load goes to loopback only");
+    // More devices than one process may open sockets for: refused before it starts.
+    let huge = scenario(
+        dir.path(),
+        "huge",
+        None,
+        "[population]\nusers = 10000000\ndevices = { 10 = 1.0 }\n[[phase]]\nduration = \"1s\"\n",
+    );
+    let (code, msg) = run(opts(huge, dir.path().join("out"))).await;
+    assert_eq!(code, 3, "{msg}");
+    assert!(msg.as_str().unwrap().contains("file descriptors"), "{msg}");
     let bad = scenario(
         dir.path(),
         "bad",
