@@ -101,7 +101,10 @@ fn channel_name(sim: &Sim, sender: u32, to: To) -> String {
 }
 
 /// Runs the audit. Devices must be stopped (their state parked) first.
-pub async fn audit(sim: &Arc<Sim>, concurrency: usize) -> Audit {
+/// `owns(user)`: this process drives that user (every user in a single
+/// process); a duplicate stored in an inbox is counted by the owner only, so
+/// workers auditing overlapping inboxes do not count it twice.
+pub async fn audit(sim: &Arc<Sim>, concurrency: usize, owns: impl Fn(u32) -> bool) -> Audit {
     let ledger = std::mem::take(&mut *lock(&sim.ledger));
     let mut audit = std::mem::take(&mut *lock(&sim.findings));
     let pop = &sim.pop;
@@ -182,7 +185,7 @@ pub async fn audit(sim: &Arc<Sim>, concurrency: usize) -> Audit {
         let mut map = HashMap::with_capacity(recs.len());
         for &(c, id, seq) in recs {
             if let Some(&other) = map.get(&(c, id)) {
-                if other != seq {
+                if other != seq && owns(u) {
                     // Stored twice for this user: every device of it holds two copies.
                     audit.duplicated += pop.users[u as usize].devices.len() as u64;
                 }

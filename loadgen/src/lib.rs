@@ -16,6 +16,7 @@
 //! - [`recorder`]: worker-local latency histograms (per interval), counters, errors.
 //! - [`audit`]: the end-of-run check for lost, duplicated and reordered messages.
 //! - [`progress`]: live progress on stderr, memory and CPU sampling.
+//! - [`workers`]: `--workers N`: worker processes, each driving a share of the users.
 //! - [`outcome`]: what a run measured; merges exactly across workers.
 //! - [`thresholds`], [`projection`], [`report`], [`compare`]: judging and
 //!   presenting outcomes.
@@ -37,3 +38,4 @@ pub mod schedule;
 pub mod sim;
 pub mod thresholds;
 pub mod units;
+pub mod workers;

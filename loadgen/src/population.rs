@@ -20,6 +20,7 @@ use reference_server::protocol::{
     CreateGroupRequest, CreateGroupResponse, LoginRequest, LoginResponse, SignupRequest,
     SignupResponse, UserRef,
 };
+use serde::{Deserialize, Serialize};
 
 use crate::error::LoadgenError;
 use crate::outcome::Provisioning;
@@ -28,7 +29,7 @@ use crate::scenario::Population as PopulationSpec;
 const PASSWORD: &str = "loadgen-password";
 
 /// One simulated user.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct User {
     /// Server user id (0 until provisioned).
     pub id: u64,
@@ -41,14 +42,14 @@ pub struct User {
 }
 
 /// One device of a user: a login, hence a token.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Device {
     pub user: u32,
     pub device_id: u64,
     pub token: String,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Group {
     /// `g:N` once created.
     pub channel: String,
@@ -56,7 +57,7 @@ pub struct Group {
     pub members: Vec<u32>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Population {
     pub users: Vec<User>,
     pub devices: Vec<Device>,
@@ -140,6 +141,27 @@ pub fn plan(spec: &PopulationSpec, seed: u64) -> Population {
         });
     }
     pop
+}
+
+impl Population {
+    /// Writes the provisioned population (ids, tokens, channels) for worker processes.
+    pub fn save(&self, path: &std::path::Path) -> Result<(), LoadgenError> {
+        let io = |source| LoadgenError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+        serde_json::to_writer(file, self).map_err(|e| io(e.into()))
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Population, LoadgenError> {
+        let io = |source| LoadgenError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
+        serde_json::from_reader(file).map_err(|e| io(e.into()))
+    }
 }
 
 fn username(nonce: &str, u: usize) -> String {

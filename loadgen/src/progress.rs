@@ -87,15 +87,17 @@ pub fn self_cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// Runs until `done`: samples memory every second, prints progress.
+/// Runs until `done`: samples memory every second, prints progress (when
+/// `show`; a worker process only samples).
 pub async fn run(
     progress: Arc<Progress>,
     sim: Arc<Sim>,
     server: ServerMemory,
+    show: bool,
     done: CancellationToken,
 ) {
     let rec: &Recorder = &sim.rec;
-    let tty = std::io::stderr().is_terminal();
+    let tty = show && std::io::stderr().is_terminal();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_acked = 0;
@@ -136,7 +138,7 @@ pub async fn run(
         if tty {
             let _ = write!(err, "\r\x1b[2K{line}");
             let _ = err.flush();
-        } else if last_print.elapsed() >= Duration::from_secs(5) {
+        } else if show && last_print.elapsed() >= Duration::from_secs(5) {
             let _ = writeln!(err, "{line}");
             last_print = Instant::now();
         }

@@ -8,9 +8,10 @@
 //! watch otherwise). The first Ctrl-C ends the phases early and still writes
 //! the report; the second exits at once.
 //!
-//! One process is one worker: the engine produces one [`Outcome`] and the
-//! report half judges it; several workers would each produce one and merge them
-//! with [`Outcome::merge`] (not implemented yet: `--workers` must be 1).
+//! One process is one worker: [`simulate`] produces one [`Outcome`] and
+//! [`finish`] judges it and writes the report. With `--workers N` the
+//! [`crate::workers`] parent starts N worker processes and merges their
+//! outcomes with [`Outcome::merge`] before judging.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -22,11 +23,12 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::RunOpts;
 use crate::embedded::{EmbeddedConfig, EmbeddedServer};
 use crate::error::{exit, LoadgenError};
-use crate::outcome::{Outcome, TargetInfo};
+use crate::outcome::{Outcome, Provisioning, TargetInfo};
+use crate::population::Population;
 use crate::progress::{self, Progress, ServerMemory};
 use crate::recorder::{Clock, Metric, Recorder};
 use crate::report::{self, RunInfo};
-use crate::scenario::{check_target_url, Scenario};
+use crate::scenario::{check_target_url, Phase, Scenario};
 use crate::schedule::Scheduler;
 use crate::sim::{lock, Sim};
 use crate::{audit, population};
@@ -37,12 +39,13 @@ const FD_SLACK: u64 = 256;
 /// `loadgen run`: returns the exit status (0 passed, 1 a threshold failed,
 /// 3 generator-limited), or the error that stopped the run (2 or 3).
 pub async fn run(opts: RunOpts) -> Result<u8, LoadgenError> {
-    if opts.workers != 1 {
+    if opts.workers == 0 || opts.workers > 64 {
         return Err(LoadgenError::invalid(
             "--workers",
-            format!("{}: only 1 worker process is implemented so far; run one loadgen per machine (each within its descriptor limit) instead", opts.workers),
+            format!("{}: must be 1 to 64", opts.workers),
         ));
     }
+    let role = crate::workers::Role::from_env()?;
     let scenario = Scenario::load(&opts.scenario)?;
     let target = match &opts.target {
         Some(url) => {
@@ -64,10 +67,17 @@ pub async fn run(opts: RunOpts) -> Result<u8, LoadgenError> {
         .storage
         .clone()
         .unwrap_or_else(|| scenario.target.storage.clone());
-    check_descriptors(&scenario)?;
+    check_descriptors(&scenario, role.as_ref().map_or(opts.workers, |r| r.count))?;
 
     let stop = CancellationToken::new();
     tokio::spawn(watch_ctrl_c(stop.clone()));
+    if let Some(role) = role {
+        // A worker process of a multi-process run: the parent made the server
+        // and the population; drive this worker's share of the users.
+        let base =
+            target.ok_or_else(|| LoadgenError::invalid("--target", "a worker needs the target"))?;
+        return crate::workers::run_worker(&opts, &scenario, &base, role, &stop).await;
+    }
 
     let server = match &target {
         Some(_) => None,
@@ -98,20 +108,26 @@ pub async fn run(opts: RunOpts) -> Result<u8, LoadgenError> {
         Some(s) => ServerMemory::Pid(s.pid),
         None => ServerMemory::Metrics(population::http_client(1)?, base.clone()),
     };
-    let result = drive(&opts, &scenario, &base, info, memory, &stop).await;
+    let result = if opts.workers > 1 {
+        crate::workers::run_parent(&opts, &scenario, &base, info, memory, &stop).await
+    } else {
+        drive(&opts, &scenario, &base, info, memory, &stop).await
+    };
     if let Some(server) = server {
         server.stop().await;
     }
     result
 }
 
-/// Fails with exit 3 when the scenario needs more sockets than this process may open.
-fn check_descriptors(scenario: &Scenario) -> Result<(), LoadgenError> {
+/// Fails with exit 3 when the scenario needs more sockets than each process may open.
+fn check_descriptors(scenario: &Scenario, workers: u32) -> Result<(), LoadgenError> {
     let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
-    let need = scenario.peak_devices() + FD_SLACK + scenario.generator.provision_concurrency as u64;
+    let need = scenario.peak_devices().div_ceil(workers as u64)
+        + FD_SLACK
+        + scenario.generator.provision_concurrency as u64;
     if need > limit {
         return Err(LoadgenError::unrunnable(format!(
-            "the scenario needs up to {need} file descriptors (one socket per connected device, plus {FD_SLACK}) but this process may open {limit}: lower the phases' `online`, or split the load over several loadgen processes or machines (--workers is a later issue)"
+            "the scenario needs up to {need} file descriptors per process (one socket per connected device, plus {FD_SLACK}) but a process may open {limit}: use more --workers, lower the phases' `online`, or split the load over several machines"
         )));
     }
     Ok(())
@@ -141,6 +157,29 @@ async fn drive(
     memory: ServerMemory,
     stop: &CancellationToken,
 ) -> Result<u8, LoadgenError> {
+    let (pop, provisioning) = provision(scenario, base).await?;
+    let owned = (0..pop.users.len() as u32).collect();
+    let mut outcome = simulate(
+        scenario,
+        pop,
+        scenario.seed,
+        owned,
+        &scenario.phases,
+        memory,
+        true,
+        stop,
+    )
+    .await;
+    outcome.provisioning = provisioning;
+    outcome.target = target;
+    finish(opts, scenario, &outcome, true)
+}
+
+/// Creates the scenario's population on the server.
+pub(crate) async fn provision(
+    scenario: &Scenario,
+    base: &str,
+) -> Result<(Population, Provisioning), LoadgenError> {
     let concurrency = scenario.generator.provision_concurrency;
     let client = population::http_client(concurrency)?;
     population::wait_healthy(&client, base).await?;
@@ -158,24 +197,39 @@ async fn drive(
         provisioning.seconds,
         scenario.phases.len()
     );
+    Ok((pop, provisioning))
+}
 
+/// Runs the phases with the users in `owned`, drains, stops the devices and
+/// audits: everything one worker measures. `show`: print live progress.
+#[allow(clippy::too_many_arguments)] // one call site per mode; a struct would only rename them
+pub(crate) async fn simulate(
+    scenario: &Scenario,
+    pop: Population,
+    seed: u64,
+    owned: Vec<u32>,
+    phases: &[Phase],
+    memory: ServerMemory,
+    show: bool,
+    stop: &CancellationToken,
+) -> Outcome {
+    let concurrency = scenario.generator.provision_concurrency;
     let mut outcome = Outcome::new(
         &scenario.name,
         scenario.generator.max_lag.as_secs_f64() * 1000.0,
     );
-    outcome.provisioning = provisioning;
-    outcome.target = target;
     let clock = Clock::new();
+    let mine: std::collections::HashSet<u32> = owned.iter().copied().collect();
     let sim = Sim::new(
         pop,
         Recorder::new(clock, scenario.generator.interval),
         scenario.behavior.clone(),
         scenario.generator.connect_timeout,
-        scenario.seed,
+        seed,
     );
     let progress = Arc::new(Progress {
         phase: AtomicUsize::new(0),
-        names: scenario.phases.iter().map(|p| p.name.clone()).collect(),
+        names: phases.iter().map(|p| p.name.clone()).collect(),
         samples: Mutex::new(Vec::new()),
     });
     let progress_done = CancellationToken::new();
@@ -183,14 +237,15 @@ async fn drive(
         progress.clone(),
         sim.clone(),
         memory,
+        show,
         progress_done.clone(),
     ));
 
     let cpu_before = progress::self_cpu_seconds();
     outcome.started_at_ms = clock.now_us() / 1000;
     let started = Instant::now();
-    let mut scheduler = Scheduler::new(sim.clone());
-    for (i, phase) in scenario.phases.iter().enumerate() {
+    let mut scheduler = Scheduler::new(sim.clone(), owned);
+    for (i, phase) in phases.iter().enumerate() {
         progress.phase.store(i, Relaxed);
         let done = scheduler.run_phase(phase, stop).await;
         outcome.phases.push(done);
@@ -223,16 +278,27 @@ async fn drive(
     for (_, (sched, last)) in std::mem::take(&mut *lock(&sim.fanout)) {
         sim.rec.record(Metric::FANOUT, last.saturating_sub(sched));
     }
-    eprintln!("auditing: reading the inbox of every member");
+    if show {
+        eprintln!("auditing: reading the inbox of every member");
+    }
     let audit_started = Instant::now();
-    outcome.audit = audit::audit(&sim, concurrency).await;
+    outcome.audit = audit::audit(&sim, concurrency, |u| mine.contains(&u)).await;
     tracing::info!(
         seconds = audit_started.elapsed().as_secs_f64(),
         "audit done"
     );
     sim.rec.drain_into(&mut outcome);
     outcome.generator.peak_rss_bytes = progress::self_peak_rss();
+    outcome
+}
 
+/// Judges the outcome, writes the report, prints the summary; the exit status.
+pub(crate) fn finish(
+    opts: &RunOpts,
+    scenario: &Scenario,
+    outcome: &Outcome,
+    show: bool,
+) -> Result<u8, LoadgenError> {
     let info = RunInfo {
         scenario: scenario.name.clone(),
         description: scenario.description.clone(),
@@ -244,19 +310,22 @@ async fn drive(
         &info,
         &scenario.thresholds,
         &scenario.projection,
-        &outcome,
+        outcome,
         opts.baseline.as_deref(),
     )?;
     let dir = opts
         .out
         .clone()
         .unwrap_or_else(|| default_out_dir(&scenario.name));
-    report::write_all(&report, &outcome, &dir)?;
+    report::write_all(&report, outcome, &dir)?;
+    if !show {
+        return Ok(exit::PASSED);
+    }
     println!("{}", report::summary(&report));
     println!("report: {}", dir.display());
     if outcome.generator.limited() {
         eprintln!(
-            "the generator could not keep its schedule (lag p99 {:.1}ms > {:.0}ms): these results measure the generator, not the server; give it fewer devices or a lower rate",
+            "the generator could not keep its schedule (lag p99 {:.1}ms > {:.0}ms): these results measure the generator, not the server; give it fewer devices or a lower rate, or more --workers",
             outcome.generator.lag.value_at_quantile(0.99) as f64 / 1000.0,
             outcome.generator.bound_ms
         );
@@ -270,7 +339,7 @@ async fn drive(
 }
 
 /// `reports/runs/NAME-YYYYMMDD-HHMMSS/` (UTC).
-fn default_out_dir(name: &str) -> PathBuf {
+pub(crate) fn default_out_dir(name: &str) -> PathBuf {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()

@@ -56,9 +56,11 @@ pub fn text_len(rng: &mut StdRng, b: &Behavior) -> u32 {
 }
 
 impl Scheduler {
-    pub fn new(sim: Arc<Sim>) -> Self {
+    /// A scheduler driving the users in `owned` (all of them in a single
+    /// process; one worker's share otherwise).
+    pub fn new(sim: Arc<Sim>, owned: Vec<u32>) -> Self {
         let mut picks = StdRng::seed_from_u64(sim.seed ^ 0x7069_636b);
-        let mut offline: Vec<u32> = (0..sim.pop.users.len() as u32).collect();
+        let mut offline = owned;
         offline.shuffle(&mut picks);
         // Popping from the end: reverse so the drawn order is kept.
         offline.reverse();

@@ -1,7 +1,7 @@
 //! End-to-end runs of the engine against a real server: exit statuses 0/1/2/3,
 //! the audit catching each fault the proxy injects (and nothing on a clean
-//! run), the open model keeping its rate through a stalled server, and the
-//! embedded server started as a child of the real binary.
+//! run), the open model keeping its rate through a stalled server, the
+//! embedded server started as a child of the real binary, and `--workers`.
 
 use std::time::Duration;
 
@@ -160,7 +160,7 @@ async fn an_unreachable_target_exits_3_and_bad_input_exits_2() {
     assert!(msg.as_str().unwrap().contains("unreachable"), "{msg}");
 
     let mut o = opts(path.clone(), dir.path().join("out"));
-    o.workers = 2;
+    o.workers = 0;
     assert_eq!(run(o).await.0, 2);
     let mut o = opts(path.clone(), dir.path().join("out"));
     o.target = Some("http://192.0.2.1:80".into());
@@ -219,4 +219,47 @@ fn the_binary_runs_the_embedded_server_and_exits_0() {
         r["memory"].as_array().is_some_and(|m| !m.is_empty()),
         "server memory sampled"
     );
+}
+
+/// `--workers 2`: two worker processes share the users; the parent merges
+/// their outcomes into one report, audited as a whole.
+#[test]
+fn two_workers_merge_into_one_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "{}\n[thresholds]\n\"lost\" = \"== 0\"\n",
+        steady("30/s", 2, "1/s")
+    );
+    let path = scenario(dir.path(), "workers", None, &body);
+    let out = dir.path().join("out");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "run",
+            path.to_str().unwrap(),
+            "--workers",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "warn")
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let read = |p: std::path::PathBuf| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let r = read(out.join("report.json"));
+    let w0 = read(out.join("workers/worker-0/report.json"));
+    let w1 = read(out.join("workers/worker-1/report.json"));
+    let acked = |r: &serde_json::Value| num(r, &["metrics", "messages_acked"]);
+    assert!(acked(&w0) > 0.0 && acked(&w1) > 0.0, "both workers sent");
+    assert_eq!(acked(&r), acked(&w0) + acked(&w1), "counters add");
+    assert_eq!(
+        num(&r, &["metrics", "delivery_latency", "count"]),
+        num(&w0, &["metrics", "delivery_latency", "count"])
+            + num(&w1, &["metrics", "delivery_latency", "count"]),
+        "histograms add"
+    );
+    assert_eq!(num(&r, &["metrics", "lost"]), 0.0);
+    assert!(num(&r, &["audit", "messages_checked"]) > 0.0);
 }

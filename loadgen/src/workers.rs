@@ -1,0 +1,279 @@
+//! `--workers N`: one run spread over N worker processes on this machine.
+//!
+//! One process can hold only as many sockets as its descriptor limit allows
+//! (about 19,900 here), and one tokio runtime's timers start to lag long before
+//! a large population is driven. So the parent process makes the server (or
+//! reaches the target) and the population once, writes the provisioned
+//! population (ids, tokens, channels) to `OUT/workers/population.json`, and
+//! re-executes itself N times as `run SCENARIO --target URL --out
+//! OUT/workers/worker-I` with `CHATSCALE_LOADGEN_WORKER=I/N`. Worker I drives
+//! the users whose index is I modulo N: its share of each phase's `online` and
+//! 1/N of each rate, with its own seed, and audits the messages it sent
+//! (reading every member's inbox, wherever that member is driven). Each worker
+//! writes an ordinary run directory; the parent reads them back
+//! ([`crate::report::merge::read_outcome`]), merges them exactly
+//! ([`Outcome::merge`]), and judges the merged outcome like any other. The
+//! parent itself samples the server's memory against the total connection count
+//! (from `/metrics`) and the workers' summed memory, so per-connection figures
+//! stay right.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::RunOpts;
+use crate::error::LoadgenError;
+use crate::outcome::{MemorySample, Outcome, TargetInfo};
+use crate::population::Population;
+use crate::progress::ServerMemory;
+use crate::run::{default_out_dir, finish, provision, simulate};
+use crate::scenario::{Phase, Scenario};
+
+/// `I/N`: this process is worker I of N.
+pub const WORKER_ENV: &str = "CHATSCALE_LOADGEN_WORKER";
+/// Path of the provisioned population a worker loads.
+pub const POPULATION_ENV: &str = "CHATSCALE_LOADGEN_POPULATION";
+
+/// This process's place in a multi-process run.
+#[derive(Debug, Clone)]
+pub struct Role {
+    pub index: u32,
+    pub count: u32,
+    pub population: PathBuf,
+}
+
+impl Role {
+    /// The role the parent gave this process, if it is a worker.
+    pub fn from_env() -> Result<Option<Role>, LoadgenError> {
+        let Some(spec) = std::env::var_os(WORKER_ENV) else {
+            return Ok(None);
+        };
+        let bad = || LoadgenError::invalid(WORKER_ENV, format!("{spec:?}: expected I/N"));
+        let spec_str = spec.to_str().ok_or_else(bad)?;
+        let (i, n) = spec_str.split_once('/').ok_or_else(bad)?;
+        let (index, count): (u32, u32) =
+            (i.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        let population = std::env::var_os(POPULATION_ENV)
+            .map(PathBuf::from)
+            .ok_or_else(|| {
+                LoadgenError::invalid(POPULATION_ENV, "a worker needs the population file")
+            })?;
+        Ok(Some(Role {
+            index,
+            count,
+            population,
+        }))
+    }
+
+    pub fn owns(&self, user: u32) -> bool {
+        user % self.count == self.index
+    }
+}
+
+/// The phases as one worker runs them: its share of `online`, 1/N of the rates.
+pub fn share(phases: &[Phase], owned: usize, users: usize, count: u32) -> Vec<Phase> {
+    phases
+        .iter()
+        .map(|p| Phase {
+            name: p.name.clone(),
+            duration: p.duration,
+            online: ((p.online as f64 * owned as f64 / users.max(1) as f64).round() as u64)
+                .min(owned as u64),
+            message_rate: p.message_rate / count as f64,
+            disconnect_rate: p.disconnect_rate / count as f64,
+        })
+        .collect()
+}
+
+/// Worker side: drive this worker's users, write its run directory.
+pub async fn run_worker(
+    opts: &RunOpts,
+    scenario: &Scenario,
+    base: &str,
+    role: Role,
+    stop: &CancellationToken,
+) -> Result<u8, LoadgenError> {
+    let pop = Population::load(&role.population)?;
+    let owned: Vec<u32> = (0..pop.users.len() as u32)
+        .filter(|&u| role.owns(u))
+        .collect();
+    let phases = share(&scenario.phases, owned.len(), pop.users.len(), role.count);
+    let seed = scenario.seed ^ (role.index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let memory = ServerMemory::Metrics(crate::population::http_client(1)?, base.to_string());
+    let mut outcome = simulate(scenario, pop, seed, owned, &phases, memory, false, stop).await;
+    outcome.target = TargetInfo {
+        url: base.to_string(),
+        embedded: false,
+        storage: format!("worker {}/{}", role.index, role.count),
+        durability: None,
+    };
+    finish(opts, scenario, &outcome, false)
+}
+
+fn worker_exe() -> Result<PathBuf, LoadgenError> {
+    match std::env::var_os(crate::embedded::EXE_ENV) {
+        Some(p) => Ok(p.into()),
+        None => std::env::current_exe().map_err(|e| {
+            LoadgenError::unrunnable(format!("cannot find this executable to start workers: {e}"))
+        }),
+    }
+}
+
+/// A value of the target's `/metrics`.
+async fn scrape(client: &reqwest::Client, base: &str, name: &str) -> Option<f64> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let prefix = format!("{name} ");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Parent side: provision, start the workers, sample, merge, judge.
+pub async fn run_parent(
+    opts: &RunOpts,
+    scenario: &Scenario,
+    base: &str,
+    target: TargetInfo,
+    memory: ServerMemory,
+    stop: &CancellationToken,
+) -> Result<u8, LoadgenError> {
+    let (pop, provisioning) = provision(scenario, base).await?;
+    let out = opts
+        .out
+        .clone()
+        .unwrap_or_else(|| default_out_dir(&scenario.name));
+    let work = out.join("workers");
+    std::fs::create_dir_all(&work).map_err(|source| LoadgenError::Io {
+        path: work.clone(),
+        source,
+    })?;
+    let pop_path = work.join("population.json");
+    pop.save(&pop_path)?;
+    drop(pop);
+
+    let exe = worker_exe()?;
+    let n = opts.workers;
+    let mut children: Vec<Child> = Vec::new();
+    for i in 0..n {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("run")
+            .arg(&opts.scenario)
+            .args(["--target", base])
+            .arg("--out")
+            .arg(worker_dir(&work, i));
+        cmd.env(WORKER_ENV, format!("{i}/{n}"))
+            .env(POPULATION_ENV, &pop_path)
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true);
+        children.push(
+            cmd.spawn()
+                .map_err(|e| LoadgenError::unrunnable(format!("cannot start worker {i}: {e}")))?,
+        );
+    }
+    eprintln!("{n} workers started");
+    let pids: Vec<String> = children
+        .iter()
+        .filter_map(|c| c.id())
+        .map(|p| p.to_string())
+        .collect();
+
+    // Sample until every worker is done; forward a Ctrl-C the workers did not see.
+    let client = crate::population::http_client(1)?;
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    let mut waits: Vec<_> = children.iter_mut().map(|c| Box::pin(c.wait())).collect();
+    let mut statuses = vec![None; waits.len()];
+    let mut forwarded = false;
+    let mut last_print = Instant::now();
+    while statuses.iter().any(Option::is_none) {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.cancelled(), if !forwarded => {
+                forwarded = true;
+                for pid in &pids {
+                    let _ = Command::new("kill").args(["-INT", pid]).status().await;
+                }
+            }
+        }
+        for (i, w) in waits.iter_mut().enumerate() {
+            if statuses[i].is_none() {
+                if let Some(r) = futures_util::FutureExt::now_or_never(w.as_mut()) {
+                    statuses[i] = Some(r.ok().and_then(|s| s.code()));
+                }
+            }
+        }
+        let connections = scrape(&client, base, "chatscale_connections")
+            .await
+            .unwrap_or(0.0) as u64;
+        let loadgen_rss = pids
+            .iter()
+            .filter_map(|p| reference_server::metrics::resident_memory_of(p))
+            .sum();
+        samples.push(MemorySample {
+            t_ms: started.elapsed().as_millis() as u64,
+            connections,
+            server_rss_bytes: memory.read().await,
+            loadgen_rss_bytes: loadgen_rss,
+        });
+        if last_print.elapsed() >= Duration::from_secs(5) {
+            let acked = scrape(&client, base, "chatscale_messages_accepted_total")
+                .await
+                .unwrap_or(0.0);
+            eprintln!("[{:>5.0}s] {n} workers: {connections} connections on the server, {acked:.0} messages accepted", started.elapsed().as_secs_f64());
+            last_print = Instant::now();
+        }
+    }
+    drop(waits);
+    for (i, status) in statuses.iter().enumerate() {
+        if *status != Some(Some(0)) {
+            return Err(LoadgenError::unrunnable(format!(
+                "worker {i} failed (exit status {status:?}); its output is in {}",
+                worker_dir(&work, i as u32).display()
+            )));
+        }
+    }
+
+    let mut merged: Option<Outcome> = None;
+    let mut phases_sent = vec![0u64; scenario.phases.len()];
+    for i in 0..n {
+        let (_, o) = crate::report::merge::read_outcome(&worker_dir(&work, i))?;
+        for (k, p) in o.phases.iter().enumerate().take(phases_sent.len()) {
+            phases_sent[k] += p.messages_sent;
+        }
+        match &mut merged {
+            None => merged = Some(o),
+            Some(m) => m.merge(&o),
+        }
+    }
+    let mut outcome = merged.ok_or_else(|| LoadgenError::unrunnable("no worker outcome"))?;
+    for (k, p) in outcome.phases.iter_mut().enumerate() {
+        p.online = scenario.phases.get(k).map_or(p.online, |s| s.online);
+        p.message_rate = scenario
+            .phases
+            .get(k)
+            .map_or(p.message_rate, |s| s.message_rate);
+        p.messages_sent = phases_sent.get(k).copied().unwrap_or(0);
+    }
+    outcome.memory = samples;
+    outcome.provisioning = provisioning;
+    outcome.target = target;
+    finish(opts, scenario, &outcome, true)
+}
+
+fn worker_dir(work: &Path, i: u32) -> PathBuf {
+    work.join(format!("worker-{i}"))
+}
