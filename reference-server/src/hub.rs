@@ -27,8 +27,11 @@ struct Conn {
     outbox: Arc<Outbox>,
 }
 
+/// One shard: users to their open connections.
+type Shard = RwLock<HashMap<UserId, Vec<Conn>>>;
+
 pub struct Hub {
-    shards: Box<[RwLock<HashMap<UserId, Vec<Conn>>>]>,
+    shards: Box<[Shard]>,
     next_conn: AtomicU64,
     metrics: Arc<Metrics>,
 }
@@ -51,7 +54,7 @@ impl Hub {
         }
     }
 
-    fn shard(&self, user: UserId) -> &RwLock<HashMap<UserId, Vec<Conn>>> {
+    fn shard(&self, user: UserId) -> &Shard {
         &self.shards[(user as usize) % SHARDS]
     }
 
