@@ -12,109 +12,14 @@
 //! unreachable service fail them.
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::sync::Arc;
 
 use reference_server::protocol::UserId;
 use reference_server::store::{self, NewMessage, Store, StoreError, TokenOwner};
 
-/// Where a fresh store lives, kept until the property is done, then removed.
-enum Namespace {
-    None,
-    Dir(#[allow(dead_code)] tempfile::TempDir),
-    Redis(Arc<store::redis::RedisStore>),
-    Postgres(Arc<store::postgres::PostgresStore>),
-}
-
-fn unique(tag: &str) -> String {
-    format!("t{}_{tag}_{:x}", std::process::id(), rand::random::<u64>())
-}
-
-/// The URL of a service from the environment, or `None` (test skipped) when it is
-/// not set and services are not required.
-pub fn service_url(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("CHATSCALE_REQUIRE_SERVICES").as_deref() == Ok("1") => {
-            panic!("{var} is not set but CHATSCALE_REQUIRE_SERVICES=1 (source .ci/services.sh)")
-        }
-        _ => {
-            eprintln!("skipped: set {var} (or `source .ci/services.sh`) to run this test");
-            None
-        }
-    }
-}
-
-/// A fresh, empty store of the named backend, or `None` if its service is not set up.
-async fn fresh(backend: &str, tag: &str) -> Option<(Arc<dyn Store>, Namespace)> {
-    Some(match backend {
-        "memory" => (
-            store::open("memory").await.expect("memory"),
-            Namespace::None,
-        ),
-        "embedded" => {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let url = format!("embedded:{}", dir.path().display());
-            (
-                store::open(&url).await.expect("open embedded"),
-                Namespace::Dir(dir),
-            )
-        }
-        "redis" => {
-            let url = format!(
-                "{}?prefix={}",
-                service_url("CHATSCALE_REDIS_URL")?,
-                unique(tag)
-            );
-            let s = Arc::new(
-                store::redis::RedisStore::open(&url)
-                    .await
-                    .unwrap_or_else(|e| panic!("redis at {url} unreachable: {e}")),
-            );
-            (s.clone() as Arc<dyn Store>, Namespace::Redis(s))
-        }
-        "postgres" => {
-            let base = service_url("CHATSCALE_POSTGRES_URL")?;
-            let schema = unique(tag).to_lowercase();
-            let sep = if base.contains('?') { '&' } else { '?' };
-            let url = format!("{base}{sep}schema={schema}");
-            let s = Arc::new(
-                store::postgres::PostgresStore::open(&url)
-                    .await
-                    .unwrap_or_else(|e| panic!("postgres at {base} unreachable: {e}")),
-            );
-            (s.clone() as Arc<dyn Store>, Namespace::Postgres(s))
-        }
-        other => panic!("unknown backend {other}"),
-    })
-}
-
-impl Namespace {
-    async fn remove(self) {
-        match self {
-            Namespace::None | Namespace::Dir(_) => {}
-            Namespace::Redis(s) => s.clear().await.expect("clear redis prefix"),
-            Namespace::Postgres(s) => s.drop_schema().await.expect("drop schema"),
-        }
-    }
-}
-
-/// Runs one property on a fresh store of `backend`.
-async fn run<F, Fut>(backend: &str, tag: &str, property: F)
-where
-    F: FnOnce(Arc<dyn Store>) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let Some((store, ns)) = fresh(backend, tag).await else {
-        return;
-    };
-    assert_eq!(store.kind(), backend);
-    assert!(!store.durability().is_empty());
-    property(store.clone()).await;
-    store.flush().await.expect("flush");
-    drop(store);
-    ns.remove().await;
-}
+mod backends;
+use backends::run;
+pub use backends::service_url;
 
 async fn users(s: &dyn Store, n: usize) -> Vec<UserId> {
     let mut ids = Vec::with_capacity(n);
@@ -252,6 +157,57 @@ async fn dedupe(s: Arc<dyn Store>) {
     );
     assert_eq!(s.inbox_head(u[0]).await.expect("head"), 2);
     assert_eq!(s.inbox_head(u[1]).await.expect("head"), 2);
+}
+
+/// Racing resends of one client_msg_id: exactly one is new, all get its answer.
+async fn dedupe_race(s: Arc<dyn Store>) {
+    let u = users(&*s, 2).await;
+    let ch = format!("dm:{}:{}", u[0], u[1]);
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (s, u, ch) = (s.clone(), u.clone(), ch.clone());
+        tasks.push(tokio::spawn(async move {
+            s.accept(msg(&ch, &u, u[0], "same")).await.expect("accept")
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.expect("task"));
+    }
+    assert_eq!(
+        answers.iter().filter(|a| !a.duplicate).count(),
+        1,
+        "stored once"
+    );
+    for a in &answers {
+        assert_eq!(
+            (a.channel.as_str(), a.id, a.sender_seq),
+            (ch.as_str(), 1, 1)
+        );
+    }
+    assert_eq!(s.inbox_head(u[1]).await.expect("head"), 1);
+}
+
+/// Racing adds to a group never pass its limit.
+async fn group_limit_race(s: Arc<dyn Store>) {
+    let u = users(&*s, 12).await;
+    let g = s.create_group("race", &u[..1], 5).await.expect("create");
+    let mut tasks = Vec::new();
+    for &m in &u[1..] {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move { s.add_member(g, m, 5).await }));
+    }
+    let (mut added, mut full) = (0, 0);
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(()) => added += 1,
+            Err(StoreError::GroupFull) => full += 1,
+            Err(e) => panic!("add_member: {e}"),
+        }
+    }
+    assert_eq!((added, full), (4, 7));
+    let members = s.group_members(g).await.expect("members").expect("group");
+    assert_eq!(members.len(), 5);
 }
 
 /// Inbox reads after a cursor, in pages, per user.
@@ -570,7 +526,7 @@ macro_rules! conformance {
 }
 
 conformance!(memory, embedded, redis, postgres; (
-    gap_free_ids, dedupe, inbox_cursors, history_paging, groups, accounts,
+    gap_free_ids, dedupe, dedupe_race, group_limit_race, inbox_cursors, history_paging, groups, accounts,
     tokens_and_devices, friends, presence
 ));
 

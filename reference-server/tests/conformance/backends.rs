@@ -1,0 +1,106 @@
+//! The backends the conformance suite runs on, each in a fresh namespace: a new
+//! in-memory store, a new embedded database in a temp dir, a random Redis key
+//! prefix, a random PostgreSQL schema; removed again after the property.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use reference_server::store::{self, Store};
+
+/// Where a fresh store lives, kept until the property is done, then removed.
+enum Namespace {
+    None,
+    Dir(#[allow(dead_code)] tempfile::TempDir),
+    Redis(Arc<store::redis::RedisStore>),
+    Postgres(Arc<store::postgres::PostgresStore>),
+}
+
+fn unique(tag: &str) -> String {
+    format!("t{}_{tag}_{:x}", std::process::id(), rand::random::<u64>())
+}
+
+/// The URL of a service from the environment, or `None` (test skipped) when it is
+/// not set and services are not required.
+pub fn service_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CHATSCALE_REQUIRE_SERVICES").as_deref() == Ok("1") => {
+            panic!("{var} is not set but CHATSCALE_REQUIRE_SERVICES=1 (source .ci/services.sh)")
+        }
+        _ => {
+            eprintln!("skipped: set {var} (or `source .ci/services.sh`) to run this test");
+            None
+        }
+    }
+}
+
+/// A fresh, empty store of the named backend, or `None` if its service is not set up.
+async fn fresh(backend: &str, tag: &str) -> Option<(Arc<dyn Store>, Namespace)> {
+    Some(match backend {
+        "memory" => (
+            store::open("memory").await.expect("memory"),
+            Namespace::None,
+        ),
+        "embedded" => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let url = format!("embedded:{}", dir.path().display());
+            (
+                store::open(&url).await.expect("open embedded"),
+                Namespace::Dir(dir),
+            )
+        }
+        "redis" => {
+            let url = format!(
+                "{}?prefix={}",
+                service_url("CHATSCALE_REDIS_URL")?,
+                unique(tag)
+            );
+            let s = Arc::new(
+                store::redis::RedisStore::open(&url)
+                    .await
+                    .unwrap_or_else(|e| panic!("redis at {url} unreachable: {e}")),
+            );
+            (s.clone() as Arc<dyn Store>, Namespace::Redis(s))
+        }
+        "postgres" => {
+            let base = service_url("CHATSCALE_POSTGRES_URL")?;
+            let schema = unique(tag).to_lowercase();
+            let sep = if base.contains('?') { '&' } else { '?' };
+            let url = format!("{base}{sep}schema={schema}");
+            let s = Arc::new(
+                store::postgres::PostgresStore::open(&url)
+                    .await
+                    .unwrap_or_else(|e| panic!("postgres at {base} unreachable: {e}")),
+            );
+            (s.clone() as Arc<dyn Store>, Namespace::Postgres(s))
+        }
+        other => panic!("unknown backend {other}"),
+    })
+}
+
+impl Namespace {
+    async fn remove(self) {
+        match self {
+            Namespace::None | Namespace::Dir(_) => {}
+            Namespace::Redis(s) => s.clear().await.expect("clear redis prefix"),
+            Namespace::Postgres(s) => s.drop_schema().await.expect("drop schema"),
+        }
+    }
+}
+
+/// Runs one property on a fresh store of `backend`.
+pub(super) async fn run<F, Fut>(backend: &str, tag: &str, property: F)
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some((store, ns)) = fresh(backend, tag).await else {
+        return;
+    };
+    assert_eq!(store.kind(), backend);
+    assert!(!store.durability().is_empty());
+    property(store.clone()).await;
+    store.flush().await.expect("flush");
+    drop(store);
+    ns.remove().await;
+}
