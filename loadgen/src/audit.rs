@@ -28,7 +28,7 @@ use futures_util::SinkExt;
 use reference_server::protocol::{ChannelId, ClientFrame, ServerFrame};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::device::Rec;
+use crate::inbox::Rec;
 use crate::outcome::{Audit, AuditExample};
 use crate::sim::{chan_key, lock, Sim, To};
 

@@ -19,20 +19,20 @@
 //! Memory per device is kept small: a 512-byte read buffer and no write buffer
 //! in the WebSocket, state boxed once, maps allocated only when traffic flows.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use reference_server::protocol::{ClientFrame, Message, Recipient, ServerFrame, Status};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::inbox::{Bits, DeviceState, Pending};
 use crate::recorder::{inc, Metric};
 use crate::sim::{chan_key, decode_msg_id, encode_msg_id, lock, text_of, Cmd, SendJob, Sim, To};
 
@@ -42,90 +42,6 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 const GAP_GRACE: Duration = Duration::from_millis(250);
 /// Page size of a `sync`.
 const SYNC_LIMIT: u32 = 500;
-
-/// A growable bit set over sequence numbers.
-#[derive(Debug, Default, Clone)]
-pub struct Bits(Vec<u64>);
-
-impl Bits {
-    pub fn get(&self, i: u64) -> bool {
-        self.0
-            .get((i / 64) as usize)
-            .is_some_and(|w| w & (1 << (i % 64)) != 0)
-    }
-    pub fn set(&mut self, i: u64) {
-        let w = (i / 64) as usize;
-        if w >= self.0.len() {
-            self.0.resize(w + 1, 0);
-        }
-        self.0[w] |= 1 << (i % 64);
-    }
-}
-
-/// A message a device holds: (channel key, id, seq).
-pub type Rec = (u64, u64, u64);
-
-#[derive(Debug)]
-struct Pending {
-    req: i64,
-    job: SendJob,
-    actual_us: u64,
-}
-
-/// What a device knows, kept across its connections (and parked while offline).
-#[derive(Debug)]
-pub struct DeviceState {
-    /// Highest contiguous inbox seq received.
-    pub cursor: u64,
-    /// Seqs received above the cursor (holes below them).
-    above: BTreeSet<u64>,
-    seen: Bits,
-    /// Every message this device holds: live, by sync, or its own acked sends.
-    pub recs: Vec<Rec>,
-    pending: Vec<Pending>,
-    connections: u64,
-    next_req: i64,
-    rng: SmallRng,
-}
-
-impl DeviceState {
-    fn new(seed: u64, d: u32) -> Self {
-        DeviceState {
-            cursor: 0,
-            above: BTreeSet::new(),
-            seen: Bits::default(),
-            recs: Vec::new(),
-            pending: Vec::new(),
-            connections: 0,
-            next_req: 1,
-            rng: SmallRng::seed_from_u64(seed ^ (d as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
-        }
-    }
-
-    fn req(&mut self) -> i64 {
-        self.next_req += 1;
-        self.next_req
-    }
-
-    /// Moves the cursor over a received seq.
-    fn advance(&mut self, seq: u64) {
-        if seq <= self.cursor {
-            return;
-        }
-        self.above.insert(seq);
-        while self.above.remove(&(self.cursor + 1)) {
-            self.cursor += 1;
-        }
-    }
-
-    fn has_gap(&self) -> bool {
-        !self.above.is_empty()
-    }
-
-    fn jittered(&mut self, d: Duration) -> Duration {
-        d.mul_f64(self.rng.random_range(0.9..1.1))
-    }
-}
 
 /// Why a connection ended.
 enum End {
@@ -472,14 +388,7 @@ async fn on_frame(
             // highest it returned that it did not return does not exist.
             conn.syncing = None;
             inc(&rec.counters.syncs);
-            if conn.sync_high > st.cursor {
-                st.cursor = conn.sync_high;
-                let cursor = st.cursor;
-                st.above.retain(|&s| s > cursor);
-                while st.above.remove(&(st.cursor + 1)) {
-                    st.cursor += 1;
-                }
-            }
+            st.settle(conn.sync_high);
             conn.sync_high = 0;
             if let Some(t0) = conn.catching_up.take() {
                 rec.record(Metric::SYNC, t0.elapsed().as_micros() as u64);
@@ -574,25 +483,6 @@ fn receive(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_cursor_is_the_highest_contiguous_seq() {
-        let mut st = DeviceState::new(1, 0);
-        st.advance(1);
-        st.advance(3);
-        assert_eq!(st.cursor, 1);
-        assert!(st.has_gap());
-        st.advance(2);
-        assert_eq!(st.cursor, 3);
-        assert!(!st.has_gap());
-        let mut b = Bits::default();
-        b.set(130);
-        assert!(b.get(130) && !b.get(129));
-    }
-}
-#[cfg(test)]
 mod footprint {
     use std::time::Duration;
 
@@ -613,7 +503,7 @@ mod footprint {
             Duration::from_secs(1),
             1,
         );
-        let mut st = super::DeviceState::new(1, 0);
+        let mut st = crate::inbox::DeviceState::new(1, 0);
         let conn = super::connection(&sim, 0, &mut st);
         assert!(
             std::mem::size_of_val(&conn) < 3 * 1024,

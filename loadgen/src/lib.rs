@@ -12,6 +12,7 @@
 //! - [`population`]: accounts, devices, friendships and groups, from the seed.
 //! - [`sim`]: the simulation's shared state: device slots, the acked-message ledger.
 //! - [`device`]: one simulated device (a tokio task over one WebSocket at a time).
+//! - [`inbox`]: a device's cursor, the messages it holds, its unacked sends.
 //! - [`schedule`]: the open-model schedule: phases, ramp, Poisson sends and drops.
 //! - [`recorder`]: worker-local latency histograms (per interval), counters, errors.
 //! - [`audit`]: the end-of-run check for lost, duplicated and reordered messages.
@@ -26,6 +27,7 @@ pub mod compare;
 pub mod device;
 pub mod embedded;
 pub mod error;
+pub mod inbox;
 pub mod outcome;
 pub mod population;
 pub mod progress;

@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::device::DeviceState;
+use crate::inbox::DeviceState;
 use crate::outcome::{Audit, AuditExample};
 use crate::population::Population;
 use crate::recorder::Recorder;
