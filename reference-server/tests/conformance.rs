@@ -18,8 +18,8 @@ use reference_server::protocol::UserId;
 use reference_server::store::{self, NewMessage, Store, StoreError, TokenOwner};
 
 mod backends;
-use backends::run;
 pub use backends::service_url;
+use backends::{run, run_two_nodes};
 
 async fn users(s: &dyn Store, n: usize) -> Vec<UserId> {
     let mut ids = Vec::with_capacity(n);
@@ -506,6 +506,60 @@ async fn presence(s: Arc<dyn Store>) {
         s.users(&u).await.expect("users")[0].last_active_at,
         Some(3_000)
     );
+}
+
+/// Two nodes on one shared store, 4 senders each into one group: ids exactly
+/// 1..=400 and gap-free inboxes (the atomicity holds across connections).
+async fn two_nodes(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    let members = users(&*a, 8).await;
+    let group = a
+        .create_group("g", &members, 100)
+        .await
+        .expect("create_group");
+    let channel = format!("g:{group}");
+    let mut tasks = Vec::new();
+    for (t, &from) in members.iter().enumerate() {
+        let s = if t % 2 == 0 { a.clone() } else { b.clone() };
+        let (members, channel) = (members.clone(), channel.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50 {
+                let cmid = format!("{t}-{i}");
+                s.accept(msg(&channel, &members, from, &cmid))
+                    .await
+                    .expect("accept");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("sender task");
+    }
+    let page = b.history(&channel, None, None, 500).await.expect("history");
+    assert_eq!(
+        page.iter().map(|m| m.id).collect::<Vec<_>>(),
+        (1..=400).collect::<Vec<u64>>()
+    );
+    for &m in &members {
+        let ids: Vec<u64> = whole_inbox(&*a, m, 100)
+            .await
+            .iter()
+            .map(|(_, id)| *id)
+            .collect();
+        assert_eq!(
+            ids,
+            (1..=400).collect::<Vec<u64>>(),
+            "inbox in id order, each once"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_two_nodes() {
+    run_two_nodes("redis", "two_nodes", two_nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_nodes() {
+    run_two_nodes("postgres", "two_nodes", two_nodes).await;
 }
 
 /// One test per (backend, property): `conformance::redis::dedupe`, ...

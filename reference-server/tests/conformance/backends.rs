@@ -34,12 +34,14 @@ pub fn service_url(var: &str) -> Option<String> {
     }
 }
 
-/// A fresh, empty store of the named backend, or `None` if its service is not set up.
-async fn fresh(backend: &str, tag: &str) -> Option<(Arc<dyn Store>, Namespace)> {
+/// A fresh, empty store of the named backend and its URL, or `None` if its
+/// service is not set up.
+async fn fresh(backend: &str, tag: &str) -> Option<(Arc<dyn Store>, Namespace, String)> {
     Some(match backend {
         "memory" => (
             store::open("memory").await.expect("memory"),
             Namespace::None,
+            "memory".to_string(),
         ),
         "embedded" => {
             let dir = tempfile::tempdir().expect("temp dir");
@@ -47,6 +49,7 @@ async fn fresh(backend: &str, tag: &str) -> Option<(Arc<dyn Store>, Namespace)> 
             (
                 store::open(&url).await.expect("open embedded"),
                 Namespace::Dir(dir),
+                url,
             )
         }
         "redis" => {
@@ -60,7 +63,7 @@ async fn fresh(backend: &str, tag: &str) -> Option<(Arc<dyn Store>, Namespace)> 
                     .await
                     .unwrap_or_else(|e| panic!("redis at {url} unreachable: {e}")),
             );
-            (s.clone() as Arc<dyn Store>, Namespace::Redis(s))
+            (s.clone() as Arc<dyn Store>, Namespace::Redis(s), url)
         }
         "postgres" => {
             let base = service_url("CHATSCALE_POSTGRES_URL")?;
@@ -72,7 +75,7 @@ async fn fresh(backend: &str, tag: &str) -> Option<(Arc<dyn Store>, Namespace)> 
                     .await
                     .unwrap_or_else(|e| panic!("postgres at {base} unreachable: {e}")),
             );
-            (s.clone() as Arc<dyn Store>, Namespace::Postgres(s))
+            (s.clone() as Arc<dyn Store>, Namespace::Postgres(s), url)
         }
         other => panic!("unknown backend {other}"),
     })
@@ -94,7 +97,7 @@ where
     F: FnOnce(Arc<dyn Store>) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let Some((store, ns)) = fresh(backend, tag).await else {
+    let Some((store, ns, _)) = fresh(backend, tag).await else {
         return;
     };
     assert_eq!(store.kind(), backend);
@@ -102,5 +105,23 @@ where
     property(store.clone()).await;
     store.flush().await.expect("flush");
     drop(store);
+    ns.remove().await;
+}
+
+/// Runs a property on two stores opened on the same namespace, as two server
+/// nodes sharing one Redis or PostgreSQL would.
+pub(super) async fn run_two_nodes<F, Fut>(backend: &str, tag: &str, property: F)
+where
+    F: FnOnce(Arc<dyn Store>, Arc<dyn Store>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some((first, ns, url)) = fresh(backend, tag).await else {
+        return;
+    };
+    let second = store::open(&url)
+        .await
+        .expect("a second node on the same store");
+    property(first.clone(), second.clone()).await;
+    drop((first, second));
     ns.remove().await;
 }
