@@ -125,3 +125,52 @@ where
     drop((first, second));
     ns.remove().await;
 }
+
+#[tokio::test]
+async fn open_rejects_bad_urls() {
+    assert!(matches!(
+        store::open("mysql://x").await,
+        Err(store::OpenError::Unknown(_))
+    ));
+    assert!(matches!(
+        store::open("embedded:").await,
+        Err(store::OpenError::Failed { .. })
+    ));
+}
+
+#[tokio::test]
+async fn embedded_keeps_data_across_reopen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("embedded:{}", dir.path().display());
+    {
+        let s = store::open(&url).await.expect("open");
+        let u = super::users(&*s, 2).await;
+        s.accept(super::msg("dm:1:2", &u, u[0], "a"))
+            .await
+            .expect("accept");
+        s.set_last_active(u[0], 9).await.expect("presence");
+        s.flush().await.expect("flush");
+    }
+    // The writer thread lets go of the file once the last handle is gone.
+    let mut tries = 0;
+    let s = loop {
+        match store::open(&url).await {
+            Ok(s) => break s,
+            Err(e) if tries > 100 => panic!("reopen failed: {e}"),
+            Err(_) => tries += 1,
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        s.history("dm:1:2", None, None, 10)
+            .await
+            .expect("history")
+            .len(),
+        1
+    );
+    assert_eq!(s.inbox_head(1).await.expect("head"), 1);
+    assert_eq!(
+        s.users(&[1]).await.expect("users")[0].last_active_at,
+        Some(9)
+    );
+}
