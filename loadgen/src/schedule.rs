@@ -27,6 +27,8 @@ use crate::recorder::inc;
 use crate::scenario::{Behavior, Phase};
 use crate::sim::{Cmd, SendJob, Sim, To};
 
+/// Online users tried when looking for a sender with a connected device.
+const PICK_TRIES: usize = 8;
 /// How often the ramp is re-evaluated when nothing else is due.
 const TICK: Duration = Duration::from_millis(20);
 
@@ -102,22 +104,29 @@ impl Scheduler {
     }
 
     /// A device of a random online user: a connected one if it has any.
+    /// A connected device of a random online user. A user whose devices are all
+    /// between a drop and their reconnect is passed over (a few tries), so a send
+    /// waits for a reconnect only when almost nobody is connected: what it
+    /// measures is the server, not the scenario's own reconnect delay.
     fn pick_device(&mut self) -> Option<(u32, u32)> {
         if self.online.is_empty() {
             return None;
         }
-        let u = self.online[self.picks.random_range(0..self.online.len())];
-        let devices = &self.sim.pop.users[u as usize].devices;
-        let connected: Vec<u32> = devices
-            .iter()
-            .copied()
-            .filter(|&d| self.sim.is_connected(d))
-            .collect();
-        let d = match connected.len() {
-            0 => devices[self.picks.random_range(0..devices.len())],
-            n => connected[self.picks.random_range(0..n)],
-        };
-        Some((u, d))
+        let mut fallback = None;
+        for _ in 0..PICK_TRIES {
+            let u = self.online[self.picks.random_range(0..self.online.len())];
+            let devices = &self.sim.pop.users[u as usize].devices;
+            let connected: Vec<u32> = devices
+                .iter()
+                .copied()
+                .filter(|&d| self.sim.is_connected(d))
+                .collect();
+            if !connected.is_empty() {
+                return Some((u, connected[self.picks.random_range(0..connected.len())]));
+            }
+            fallback.get_or_insert((u, devices[self.picks.random_range(0..devices.len())]));
+        }
+        fallback
     }
 
     fn issue_send(&mut self, sched: Instant) {
