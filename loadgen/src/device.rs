@@ -103,6 +103,8 @@ struct Conn {
     /// Set until the first catch-up after connecting is done.
     catching_up: Option<Instant>,
     gap_deadline: Option<tokio::time::Instant>,
+    /// The server's presence timeout, from `hello` (dates offline changes).
+    offline_after_ms: u64,
 }
 
 fn ws_config() -> WebSocketConfig {
@@ -124,7 +126,11 @@ async fn connection(sim: &Sim, d: u32, st: &mut DeviceState) -> End {
         loop {
             match ws.next().await {
                 Some(Ok(WsMessage::Text(t))) => match serde_json::from_str::<ServerFrame>(&t) {
-                    Ok(ServerFrame::Hello { seq, .. }) => return Ok((ws, seq)),
+                    Ok(ServerFrame::Hello {
+                        seq,
+                        offline_after_ms,
+                        ..
+                    }) => return Ok((ws, (seq, offline_after_ms))),
                     _ => return Err("first frame is not hello".to_string()),
                 },
                 Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
@@ -134,7 +140,7 @@ async fn connection(sim: &Sim, d: u32, st: &mut DeviceState) -> End {
             }
         }
     });
-    let (mut ws, head) = tokio::select! {
+    let (mut ws, (head, offline_after_ms)) = tokio::select! {
         _ = sim.stop_all.cancelled() => return End::Stop,
         r = tokio::time::timeout(sim.connect_timeout, first) => match r {
             Ok(Ok(x)) => x,
@@ -160,7 +166,7 @@ async fn connection(sim: &Sim, d: u32, st: &mut DeviceState) -> End {
     let slot = &sim.slots[d as usize];
     slot.connected.store(true, Relaxed);
     rec.device_connected();
-    let end = session(sim, d, st, &mut ws, head, t0).await;
+    let end = session(sim, d, st, &mut ws, (head, offline_after_ms), t0).await;
     slot.connected.store(false, Relaxed);
     rec.device_disconnected();
     end
@@ -203,12 +209,15 @@ async fn session(
     d: u32,
     st: &mut DeviceState,
     ws: &mut Ws,
-    head: u64,
+    (head, offline_after_ms): (u64, u64),
     t0: Instant,
 ) -> End {
     let rec = &sim.rec;
     let slot = &sim.slots[d as usize];
-    let mut conn = Conn::default();
+    let mut conn = Conn {
+        offline_after_ms,
+        ..Conn::default()
+    };
     if head > st.cursor {
         conn.catching_up = Some(t0);
         if !start_sync(ws, st, &mut conn, st.cursor).await {
@@ -405,7 +414,7 @@ async fn on_frame(
                 // timeout ran out after the last heartbeat (offline).
                 let caused_ms = match status {
                     Status::Online => at_ms,
-                    Status::Offline => at_ms + sim.behavior.offline_after.as_millis() as u64,
+                    Status::Offline => at_ms + conn.offline_after_ms,
                 };
                 let now_ms = rec.clock.now_us() / 1000;
                 rec.record(Metric::PRESENCE, now_ms.saturating_sub(caused_ms) * 1000);
