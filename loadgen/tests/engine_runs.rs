@@ -263,3 +263,61 @@ fn two_workers_merge_into_one_report() {
     assert_eq!(num(&r, &["metrics", "lost"]), 0.0);
     assert!(num(&r, &["audit", "messages_checked"]) > 0.0);
 }
+
+/// The first Ctrl-C (SIGINT) ends the phases early, still audits and writes
+/// the report, and stops the embedded server.
+#[test]
+fn ctrl_c_stops_the_run_and_still_writes_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "{}\n[thresholds]\n\"lost\" = \"== 0\"\n",
+        steady("20/s", 60, "0/s")
+    );
+    let path = scenario(dir.path(), "interrupted", None, &body);
+    let out = dir.path().join("out");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "run",
+            path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    // Bounded wait: the run must end long before its 60 s phase would.
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(40),
+            "still running after Ctrl-C"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(0));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert!(
+        num(&r, &["run", "duration_s"]) < 30.0,
+        "the phases ended early"
+    );
+    assert!(num(&r, &["metrics", "messages_acked"]) > 0.0);
+    let addr = r["target"]["url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "the embedded server is stopped"
+    );
+}
