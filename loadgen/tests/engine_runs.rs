@@ -321,3 +321,21 @@ fn ctrl_c_stops_the_run_and_still_writes_the_report() {
         "the embedded server is stopped"
     );
 }
+
+/// A generator that cannot keep its schedule (here: a lag bound no timer can
+/// meet) says so in the report and exits 3, so it is never taken for a slow server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generator_limited_run_exits_3() {
+    let t = target(Fault::None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "name = \"limited\"\n[target]\nurl = \"{}\"\n{SMALL}\n[generator]\nmax_lag = \"1us\"\ndrain = \"200ms\"\n[[phase]]\nduration = \"1s\"\nonline = 8\nmessage_rate = \"20/s\"\n",
+        t.url
+    );
+    let path = dir.path().join("limited.toml");
+    std::fs::write(&path, text).unwrap();
+    let (code, r) = run(opts(path, dir.path().join("out"))).await;
+    assert_eq!(code, 3, "{r}");
+    assert_eq!(r["generator"]["limited"], true);
+    t.server.stop().await.unwrap();
+}
