@@ -260,10 +260,16 @@ async fn session(
                     }
                     return close(ws).await;
                 }
-                for cmd in cmds {
+                let mut cmds = cmds.into_iter();
+                while let Some(cmd) = cmds.next() {
                     match cmd {
                         Cmd::Drop => {
                             inc(&rec.counters.disconnects);
+                            // Commands after the drop wait for the next connection.
+                            let mut ctl = lock(&slot.ctl);
+                            for cmd in cmds.rev() {
+                                ctl.cmds.push_front(cmd);
+                            }
                             // Drop the socket without a close frame: an abrupt loss.
                             return End::Reconnect;
                         }
