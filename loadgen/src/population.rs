@@ -297,6 +297,15 @@ pub async fn provision(
             "login at {base} handed out no chat server"
         )));
     }
+    // Discovery may hand out another host than the target: load still goes to
+    // loopback only.
+    let as_http = pop.ws_url.replacen("ws://", "http://", 1);
+    crate::scenario::check_target_url(&as_http).map_err(|r| {
+        LoadgenError::unrunnable(format!(
+            "login at {base} handed out the chat server {}: {r}",
+            pop.ws_url
+        ))
+    })?;
 
     let token_of = |u: u32| {
         pop.devices[pop.users[u as usize].devices[0] as usize]
