@@ -161,9 +161,9 @@ impl EmbeddedServer {
     }
 }
 
-/// In the child (`serve`): when started by `run` (the environment says so),
-/// exit as soon as the parent's end of the stdin pipe closes, that is when the
-/// parent is gone, however it died.
+/// In a child (`serve`, or a worker of `run --workers`): when its parent asked
+/// for it (the environment says so), exit as soon as the parent's end of the
+/// stdin pipe closes, that is when the parent is gone, however it died.
 pub fn watch_parent() {
     if std::env::var_os(PARENT_WATCH_ENV).is_none() {
         return;
@@ -178,7 +178,10 @@ pub fn watch_parent() {
                 Ok(_) => continue,
             }
         }
-        eprintln!("embedded server: the load generator is gone; exiting");
+        eprintln!(
+            "loadgen child {}: the parent process is gone; exiting",
+            std::process::id()
+        );
         std::process::exit(0);
     });
 }

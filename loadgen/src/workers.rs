@@ -98,6 +98,7 @@ pub async fn run_worker(
     role: Role,
     stop: &CancellationToken,
 ) -> Result<u8, LoadgenError> {
+    crate::embedded::watch_parent();
     let pop = Population::load(&role.population)?;
     let owned: Vec<u32> = (0..pop.users.len() as u32)
         .filter(|&u| role.owns(u))
@@ -178,6 +179,12 @@ pub async fn run_parent(
         cmd.env(WORKER_ENV, format!("{i}/{n}"))
             .env(POPULATION_ENV, &pop_path)
             .stdout(std::process::Stdio::null())
+            // Own process group: a terminal's Ctrl-C reaches the parent only,
+            // which forwards one (a second would make a worker exit unreported).
+            .process_group(0)
+            // The worker exits when this pipe closes: when the parent is gone.
+            .env(crate::embedded::PARENT_WATCH_ENV, "1")
+            .stdin(std::process::Stdio::piped())
             .kill_on_drop(true);
         children.push(
             cmd.spawn()
@@ -185,6 +192,8 @@ pub async fn run_parent(
         );
     }
     eprintln!("{n} workers started");
+    // Held until the workers are done (tokio's `wait` would close them).
+    let stdins: Vec<_> = children.iter_mut().map(|c| c.stdin.take()).collect();
     let pids: Vec<String> = children
         .iter()
         .filter_map(|c| c.id())
@@ -238,6 +247,7 @@ pub async fn run_parent(
         }
     }
     drop(waits);
+    drop(stdins);
     for (i, status) in statuses.iter().enumerate() {
         if *status != Some(Some(0)) {
             return Err(LoadgenError::unrunnable(format!(
