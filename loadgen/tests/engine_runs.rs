@@ -38,6 +38,15 @@ async fn a_clean_run_passes_with_nothing_lost_duplicated_or_reordered() {
     assert!(num(&r, &["counters", "heartbeats"]) > 0.0);
     assert!(num(&r, &["metrics", "delivery_latency", "count"]) > 0.0);
     assert!(num(&r, &["metrics", "fanout_latency", "count"]) > 0.0);
+    for m in [
+        "ack_latency",
+        "connect_latency",
+        "sync_latency",
+        "presence_latency",
+    ] {
+        assert!(num(&r, &["metrics", m, "count"]) > 0.0, "{m} recorded");
+    }
+    assert!(num(&r, &["counters", "presence_frames"]) > 0.0);
     for f in [
         "report.json",
         "report.md",
