@@ -46,6 +46,8 @@ pub struct EmbeddedServer {
     stdin: Option<tokio::process::ChildStdin>,
     pub pid: u32,
     pub url: String,
+    /// The storage's durability, as the server described it at start-up.
+    pub durability: Option<String>,
 }
 
 impl EmbeddedServer {
@@ -83,10 +85,12 @@ impl EmbeddedServer {
             .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "warn");
+        let quiet = std::env::var_os("RUST_LOG").is_none();
+        if quiet {
+            // Warnings, plus the start-up line that names the storage's durability.
+            cmd.env("RUST_LOG", "warn,reference_server::server=info");
         }
         let mut child = cmd.spawn().map_err(|e| {
             LoadgenError::unrunnable(format!(
@@ -96,6 +100,10 @@ impl EmbeddedServer {
         })?;
         let pid = child.id().unwrap_or(0);
         let stdin = child.stdin.take();
+        let (durability_tx, mut durability_rx) = tokio::sync::watch::channel(None);
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(relay_stderr(stderr, quiet, durability_tx));
+        }
         let stdout = child
             .stdout
             .take()
@@ -127,12 +135,20 @@ impl EmbeddedServer {
         };
         // Keep reading stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // The server logs its durability just before it prints its address.
+        let _ = tokio::time::timeout(
+            Duration::from_millis(500),
+            durability_rx.wait_for(Option::is_some),
+        )
+        .await;
+        let durability = durability_rx.borrow().clone();
         tracing::info!(%url, pid, storage = %cfg.storage, "embedded server started");
         Ok(EmbeddedServer {
             child,
             stdin,
             pid,
             url,
+            durability,
         })
     }
 
@@ -159,6 +175,51 @@ impl EmbeddedServer {
         }
         drop(self.stdin.take());
     }
+}
+
+/// Forwards the child's log lines to our stderr, picking out the `starting`
+/// line's `durability=` field (and, unless the user set `RUST_LOG`, keeping the
+/// server's info lines to itself).
+async fn relay_stderr(
+    stderr: tokio::process::ChildStderr,
+    quiet: bool,
+    durability: tokio::sync::watch::Sender<Option<String>>,
+) {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let plain = strip_ansi(&line);
+        if let Some(rest) = plain.split_once(" durability=").map(|(_, r)| r) {
+            let value = rest
+                .split(" node=")
+                .next()
+                .unwrap_or(rest)
+                .trim()
+                .to_string();
+            let _ = durability.send(Some(value));
+        }
+        if quiet && plain.contains(" INFO ") {
+            continue;
+        }
+        eprintln!("{line}");
+    }
+}
+
+/// `line` without ANSI colour sequences (`ESC [ ... m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// In a child (`serve`, or a worker of `run --workers`): when its parent asked

@@ -102,7 +102,7 @@ pub async fn run(opts: RunOpts) -> Result<u8, LoadgenError> {
         } else {
             "unknown (remote target)".into()
         },
-        durability: None,
+        durability: server.as_ref().and_then(|s| s.durability.clone()),
     };
     let memory = match &server {
         Some(s) => ServerMemory::Pid(s.pid),
