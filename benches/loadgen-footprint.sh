@@ -7,9 +7,10 @@
 #   benches/loadgen-footprint.sh [SCENARIO.toml] [extra loadgen run flags...]
 #
 # Memory per device is the least-squares slope of loadgen's resident memory
-# against connected devices over the per-second samples (the report's
-# generator.memory_per_connection), cross-checked by peak RSS / peak devices
-# (an upper bound: it includes the fixed cost of the process and histograms).
+# against connected devices over the per-second samples: over the whole run
+# (the report's generator.memory_per_connection) and over the ramp only, and
+# peak RSS / peak devices as an upper bound (it includes the fixed cost of the
+# process and histograms).
 # CPU per delivered message is the generator's CPU seconds over the phases
 # (heartbeats, connects and all) divided by deliveries.
 set -euo pipefail
@@ -36,4 +37,13 @@ jq -r '
   "delivery p50 / p99:               \(.metrics.delivery_latency.p50_ms) / \(.metrics.delivery_latency.p99_ms) ms",
   "report:                           '"$out"'"
 ' "$report"
+# The same slope over the ramp's samples only (0 < devices < peak): what one more
+# connected device costs, without what traffic adds while the count holds still.
+jq -r '.metrics.peak_connections as $p | .memory[] | select(.connections > 0 and .connections < $p)
+       | "\(.connections) \(.loadgen_rss_bytes) \(.server_rss_bytes // 0)"' "$report" |
+  awk '{ n++; x+=$1; y+=$2; z+=$3; xx+=$1*$1; xy+=$1*$2; xz+=$1*$3 }
+       END { if (n < 3) { print "ramp-only slopes:                 n/a (fewer than 3 ramp samples)"; exit }
+             d = n*xx - x*x
+             printf "loadgen memory per device, ramp:  %.2f KiB (slope over %d samples)\n", (n*xy - x*y)/d/1024, n
+             printf "server memory per conn, ramp:     %.2f KiB\n", (n*xz - x*z)/d/1024 }'
 exit "$status"
