@@ -47,6 +47,15 @@ pub async fn run(opts: RunOpts) -> Result<u8, LoadgenError> {
     }
     let role = crate::workers::Role::from_env()?;
     let scenario = Scenario::load(&opts.scenario)?;
+    if opts.workers as u64 > scenario.population.users {
+        return Err(LoadgenError::invalid(
+            "--workers",
+            format!(
+                "{}: more workers than the {} users to share among them",
+                opts.workers, scenario.population.users
+            ),
+        ));
+    }
     let target = match &opts.target {
         Some(url) => {
             check_target_url(url).map_err(|r| LoadgenError::invalid("--target", r))?;
