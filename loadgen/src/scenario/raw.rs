@@ -1,0 +1,164 @@
+//! The scenario file as written: serde structs mirroring the TOML, with
+//! durations and rates still strings and every default filled in. The
+//! validation pass in the parent module turns them into typed values.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::projection::ProjectionConfig;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawScenario {
+    pub(super) name: Option<String>,
+    #[serde(default)]
+    pub(super) description: String,
+    #[serde(default = "default_seed")]
+    pub(super) seed: u64,
+    #[serde(default)]
+    pub(super) target: RawTarget,
+    #[serde(default)]
+    pub(super) population: RawPopulation,
+    #[serde(default)]
+    pub(super) behavior: RawBehavior,
+    #[serde(default)]
+    pub(super) generator: RawGenerator,
+    #[serde(default)]
+    pub(super) phase: Vec<RawPhase>,
+    #[serde(default)]
+    pub(super) thresholds: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) projection: ProjectionConfig,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawTarget {
+    pub(super) url: Option<String>,
+    pub(super) storage: String,
+    pub(super) servers: i64,
+}
+
+impl Default for RawTarget {
+    fn default() -> Self {
+        RawTarget {
+            url: None,
+            storage: "memory".into(),
+            servers: 1,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawPopulation {
+    pub(super) users: i64,
+    pub(super) devices: BTreeMap<String, f64>,
+    pub(super) friends: f64,
+    pub(super) groups: i64,
+    pub(super) group_size: RawRange,
+}
+
+impl Default for RawPopulation {
+    fn default() -> Self {
+        RawPopulation {
+            users: 100,
+            devices: BTreeMap::from([("1".to_string(), 1.0)]),
+            friends: 5.0,
+            groups: 0,
+            group_size: RawRange { min: 3, max: 10 },
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRange {
+    pub(super) min: i64,
+    pub(super) max: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawBehavior {
+    pub(super) heartbeat_interval: String,
+    pub(super) offline_after: String,
+    pub(super) text_length: RawTextLength,
+    pub(super) group_share: f64,
+    pub(super) reconnect_delay: RawDelay,
+}
+
+impl Default for RawBehavior {
+    fn default() -> Self {
+        RawBehavior {
+            heartbeat_interval: "5s".into(),
+            offline_after: "30s".into(),
+            text_length: RawTextLength {
+                mean: 80.0,
+                max: 1000,
+            },
+            group_share: 0.0,
+            reconnect_delay: RawDelay {
+                min: "1s".into(),
+                max: "5s".into(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTextLength {
+    pub(super) mean: f64,
+    pub(super) max: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDelay {
+    pub(super) min: String,
+    pub(super) max: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawGenerator {
+    pub(super) max_lag: String,
+    pub(super) interval: String,
+    pub(super) drain: String,
+    pub(super) provision_concurrency: i64,
+    pub(super) connect_timeout: String,
+}
+
+impl Default for RawGenerator {
+    fn default() -> Self {
+        RawGenerator {
+            max_lag: "50ms".into(),
+            interval: "1s".into(),
+            drain: "2s".into(),
+            provision_concurrency: 64,
+            connect_timeout: "10s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPhase {
+    pub(super) name: Option<String>,
+    pub(super) duration: String,
+    pub(super) online: Option<i64>,
+    #[serde(default = "zero_rate")]
+    pub(super) message_rate: String,
+    #[serde(default = "zero_rate")]
+    pub(super) disconnect_rate: String,
+}
+
+fn zero_rate() -> String {
+    "0/s".into()
+}
