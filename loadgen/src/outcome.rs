@@ -170,7 +170,7 @@ impl GeneratorHealth {
     /// True when the generator could not keep its schedule: its results say more
     /// about the generator than about the server.
     pub fn limited(&self) -> bool {
-        self.lag.len() > 0 && self.lag.value_at_quantile(0.99) as f64 / 1000.0 > self.bound_ms
+        !self.lag.is_empty() && self.lag.value_at_quantile(0.99) as f64 / 1000.0 > self.bound_ms
     }
 
     pub fn merge(&mut self, o: &GeneratorHealth) {

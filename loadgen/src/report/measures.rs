@@ -189,13 +189,38 @@ pub fn fit(points: &[(f64, f64)]) -> Option<Fit> {
     })
 }
 
-/// Server resident memory per connected device: the slope of server RSS
-/// against connections over the run. `None` when it cannot be measured (a
-/// remote target reports no RSS, or too few samples or too little change in
-/// connections).
-pub fn server_memory_fit(timeline: &[MemoryPoint]) -> Option<Fit> {
-    let points: Vec<(f64, f64)> = timeline
+/// The part of the timeline that measures memory per connection: from the
+/// start until connections first reach their peak (the ramp-up), one point per
+/// connection count (the first sample at that count).
+///
+/// Memory that does not follow connections would otherwise bend the line: a
+/// steady phase grows RSS through stored messages (the `memory` backend keeps
+/// them all) while the count stands still, and after a ramp-down the allocator
+/// keeps what it had. While connections rise, the rise dominates.
+pub fn ramp_up(timeline: &[MemoryPoint]) -> Vec<&MemoryPoint> {
+    let peak = timeline.iter().map(|p| p.connections).max().unwrap_or(0);
+    let end = timeline
         .iter()
+        .position(|p| p.connections == peak)
+        .map_or(0, |i| i + 1);
+    let mut last = None;
+    timeline[..end]
+        .iter()
+        .filter(|p| {
+            let new_count = last != Some(p.connections);
+            last = Some(p.connections);
+            new_count
+        })
+        .collect()
+}
+
+/// Server resident memory per connected device: the slope of server RSS
+/// against connections over the ramp-up ([`ramp_up`]). `None` when it cannot
+/// be measured (a remote target reports no RSS, or too few samples or too
+/// little change in connections).
+pub fn server_memory_fit(timeline: &[MemoryPoint]) -> Option<Fit> {
+    let points: Vec<(f64, f64)> = ramp_up(timeline)
+        .into_iter()
         .filter_map(|p| {
             p.server_rss_bytes
                 .map(|rss| (p.connections as f64, rss as f64))
@@ -206,8 +231,8 @@ pub fn server_memory_fit(timeline: &[MemoryPoint]) -> Option<Fit> {
 
 /// Generator resident memory per simulated connection, fitted the same way.
 pub fn loadgen_memory_fit(timeline: &[MemoryPoint]) -> Option<Fit> {
-    let points: Vec<(f64, f64)> = timeline
-        .iter()
+    let points: Vec<(f64, f64)> = ramp_up(timeline)
+        .into_iter()
         .map(|p| (p.connections as f64, p.loadgen_rss_bytes as f64))
         .collect();
     fit(&points)
@@ -215,24 +240,25 @@ pub fn loadgen_memory_fit(timeline: &[MemoryPoint]) -> Option<Fit> {
 
 /// Why the server-memory slope is missing, for the report's note.
 pub fn server_memory_gap(timeline: &[MemoryPoint]) -> String {
-    let with_rss: Vec<&MemoryPoint> = timeline
-        .iter()
-        .filter(|p| p.server_rss_bytes.is_some())
-        .collect();
-    if with_rss.is_empty() {
+    if timeline.iter().all(|p| p.server_rss_bytes.is_none()) {
         return "no server memory samples (a remote target's memory is not visible to loadgen)"
             .into();
     }
+    let with_rss: Vec<&MemoryPoint> = ramp_up(timeline)
+        .into_iter()
+        .filter(|p| p.server_rss_bytes.is_some())
+        .collect();
     if with_rss.len() < MIN_MEMORY_SAMPLES {
         return format!(
-            "only {} server memory samples (need {MIN_MEMORY_SAMPLES})",
+            "only {} server memory samples with distinct connection counts while \
+             connections rose (need {MIN_MEMORY_SAMPLES}); ramp up over a few seconds",
             with_rss.len()
         );
     }
     let lo = with_rss.iter().map(|p| p.connections).min().unwrap_or(0);
     let hi = with_rss.iter().map(|p| p.connections).max().unwrap_or(0);
     format!(
-        "connections only varied from {lo} to {hi} over the samples (need a spread of \
+        "connections only rose from {lo} to {hi} over the ramp-up (need a spread of \
          {MIN_CONNECTION_SPREAD}); run a ramp phase to measure memory per connection"
     )
 }
@@ -289,7 +315,7 @@ mod tests {
         let flat: Vec<MemorySample> = (0..10).map(|i| sample(i, 500 + i, 1_000 + i, 0)).collect();
         let t = memory_timeline(&flat);
         assert_eq!(server_memory_fit(&t), None);
-        assert!(server_memory_gap(&t).contains("only varied from 500 to 509"));
+        assert!(server_memory_gap(&t).contains("only rose from 500 to 509"));
         let two = memory_timeline(&flat[..2]);
         assert!(server_memory_gap(&two).contains("only 2 server memory samples"));
         let remote: Vec<MemoryPoint> = t
@@ -300,5 +326,25 @@ mod tests {
             })
             .collect();
         assert!(server_memory_gap(&remote).contains("remote target"));
+    }
+
+    #[test]
+    fn the_fit_uses_the_ramp_up_only() {
+        // Connections rise 0 -> 1000 at 3000 bytes each, then stay flat while
+        // memory keeps growing (stored messages), then fall (memory retained).
+        let mut samples = Vec::new();
+        for i in 0..=10u64 {
+            samples.push(sample(i * 1000, i * 100, 1_000_000 + i * 100 * 3000, 0));
+        }
+        for i in 11..=20u64 {
+            samples.push(sample(i * 1000, 1000, 4_000_000 + (i - 10) * 500_000, 0));
+        }
+        for i in 21..=25u64 {
+            samples.push(sample(i * 1000, 1000 - (i - 20) * 150, 9_000_000, 0));
+        }
+        let timeline = memory_timeline(&samples);
+        assert_eq!(ramp_up(&timeline).len(), 11);
+        let f = server_memory_fit(&timeline).unwrap();
+        assert!((f.slope - 3000.0).abs() < 1e-6, "{f:?}");
     }
 }
