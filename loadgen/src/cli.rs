@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "loadgen", version, about = "chatscale load generator: scenario runs, reports, comparisons")]
+#[command(
+    name = "loadgen",
+    version,
+    about = "chatscale load generator: scenario runs, reports, comparisons"
+)]
 pub struct Opts {
     #[command(subcommand)]
     pub command: Command,

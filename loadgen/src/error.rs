@@ -16,12 +16,18 @@ pub enum LoadgenError {
     #[error("cannot run: {0}")]
     Unrunnable(String),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl LoadgenError {
     pub fn invalid(path: impl Into<String>, reason: impl Into<String>) -> Self {
-        LoadgenError::Invalid { path: path.into(), reason: reason.into() }
+        LoadgenError::Invalid {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
 
     pub fn unrunnable(reason: impl Into<String>) -> Self {

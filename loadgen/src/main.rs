@@ -23,7 +23,11 @@ fn main() -> ExitCode {
                 print!("{table}");
                 loadgen::error::exit::PASSED
             }),
-            Command::Merge { dirs, out, baseline } => {
+            Command::Merge {
+                dirs,
+                out,
+                baseline,
+            } => {
                 let out = out.unwrap_or_else(|| {
                     let stamp = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
@@ -44,12 +48,19 @@ fn main() -> ExitCode {
                 loadgen::embedded::watch_parent();
                 let config = match server_opts.into_config() {
                     Ok(c) => c,
-                    Err(e) => return Err(loadgen::error::LoadgenError::invalid(format!("--{}", e.flag), e.reason)),
+                    Err(e) => {
+                        return Err(loadgen::error::LoadgenError::invalid(
+                            format!("--{}", e.flag),
+                            e.reason,
+                        ))
+                    }
                 };
                 reference_server::server::run_until_signal(config)
                     .await
                     .map(|()| loadgen::error::exit::PASSED)
-                    .map_err(|e| loadgen::error::LoadgenError::unrunnable(format!("embedded server: {e}")))
+                    .map_err(|e| {
+                        loadgen::error::LoadgenError::unrunnable(format!("embedded server: {e}"))
+                    })
             }
         }
     });

@@ -15,15 +15,36 @@ use serde::{Deserialize, Serialize};
 
 /// Latency metric names (keys of [`Outcome::histograms`]) and what they measure.
 pub const LATENCY_METRICS: &[(&str, &str)] = &[
-    ("delivery_latency", "scheduled send -> each recipient device receives it"),
-    ("delivery_latency_1to1", "delivery_latency for one-to-one messages"),
-    ("delivery_latency_group", "delivery_latency for group messages"),
+    (
+        "delivery_latency",
+        "scheduled send -> each recipient device receives it",
+    ),
+    (
+        "delivery_latency_1to1",
+        "delivery_latency for one-to-one messages",
+    ),
+    (
+        "delivery_latency_group",
+        "delivery_latency for group messages",
+    ),
     ("ack_latency", "scheduled send -> the sender's ack"),
-    ("fanout_latency", "scheduled send -> the last online member device of a group receives it"),
+    (
+        "fanout_latency",
+        "scheduled send -> the last online member device of a group receives it",
+    ),
     ("connect_latency", "TCP connect -> hello frame"),
-    ("sync_latency", "reconnect -> the device's inbox is caught up"),
-    ("presence_latency", "a status change -> an online friend receives the presence frame"),
-    ("delivery_latency_uncorrected", "actual send -> each recipient device receives it"),
+    (
+        "sync_latency",
+        "reconnect -> the device's inbox is caught up",
+    ),
+    (
+        "presence_latency",
+        "a status change -> an online friend receives the presence frame",
+    ),
+    (
+        "delivery_latency_uncorrected",
+        "actual send -> each recipient device receives it",
+    ),
     ("ack_latency_uncorrected", "actual send -> the sender's ack"),
 ];
 
@@ -164,7 +185,12 @@ pub struct GeneratorHealth {
 
 impl GeneratorHealth {
     pub fn new(bound_ms: f64) -> Self {
-        GeneratorHealth { lag: new_histogram(), bound_ms, cpu_seconds: 0.0, peak_rss_bytes: 0 }
+        GeneratorHealth {
+            lag: new_histogram(),
+            bound_ms,
+            cpu_seconds: 0.0,
+            peak_rss_bytes: 0,
+        }
     }
 
     /// True when the generator could not keep its schedule: its results say more
@@ -234,7 +260,10 @@ impl Outcome {
             scenario: scenario.into(),
             started_at_ms: 0,
             duration_s: 0.0,
-            histograms: LATENCY_METRICS.iter().map(|(n, _)| (n.to_string(), new_histogram())).collect(),
+            histograms: LATENCY_METRICS
+                .iter()
+                .map(|(n, _)| (n.to_string(), new_histogram()))
+                .collect(),
             intervals: BTreeMap::new(),
             counters: Counters::default(),
             errors: BTreeMap::new(),
@@ -251,7 +280,10 @@ impl Outcome {
     /// Adds another worker's outcome into this one. Exact: histograms add.
     pub fn merge(&mut self, o: &Outcome) {
         for (name, h) in &o.histograms {
-            let mine = self.histograms.entry(name.clone()).or_insert_with(new_histogram);
+            let mine = self
+                .histograms
+                .entry(name.clone())
+                .or_insert_with(new_histogram);
             let _ = mine.add(h);
         }
         for (name, list) in &o.intervals {

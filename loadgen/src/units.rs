@@ -8,7 +8,9 @@ use std::time::Duration;
 /// Parses `"250ms"`, `"5s"`, `"1.5s"`, `"2m"`, `"1h"`, `"100us"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let value: f64 = num
         .parse()
@@ -20,7 +22,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => value * 60.0,
         "h" => value * 3600.0,
         "" => return Err(format!("{s:?} has no unit: write \"{s}s\" or \"{s}ms\"")),
-        other => return Err(format!("{s:?}: unknown duration unit {other:?} (use us, ms, s, m, h)")),
+        other => {
+            return Err(format!(
+                "{s:?}: unknown duration unit {other:?} (use us, ms, s, m, h)"
+            ))
+        }
     };
     if !seconds.is_finite() || seconds < 0.0 {
         return Err(format!("{s:?} is not a valid duration"));
@@ -52,9 +58,13 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
 /// Parses sizes: `"8KiB"`, `"1MiB"`, `"512B"`, `"2KB"`, or a plain number of bytes.
 pub fn parse_size(s: &str) -> Result<f64, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("{s:?} is not a size like \"8KiB\""))?;
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like \"8KiB\""))?;
     let factor = match unit.trim() {
         "" | "B" => 1.0,
         "KiB" => 1024.0,
@@ -63,7 +73,11 @@ pub fn parse_size(s: &str) -> Result<f64, String> {
         "KB" | "kB" => 1e3,
         "MB" => 1e6,
         "GB" => 1e9,
-        other => return Err(format!("{s:?}: unknown size unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
+        other => {
+            return Err(format!(
+                "{s:?}: unknown size unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
     };
     Ok(value * factor)
 }
