@@ -15,6 +15,7 @@
 # (heartbeats, connects and all) divided by deliveries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+command -v jq >/dev/null || { echo "this script reads report.json with jq: apt-get install jq" >&2; exit 2; }
 scenario="${1:-scenarios/capacity-10k.toml}"
 shift || true
 out="reports/runs/footprint-$(date -u +%Y%m%d-%H%M%S)"
