@@ -312,15 +312,7 @@ impl Store for EmbeddedStore {
         members: &[UserId],
         max_members: usize,
     ) -> StoreResult<u64> {
-        let mut list: Vec<UserId> = Vec::with_capacity(members.len());
-        for &m in members {
-            if !list.contains(&m) {
-                list.push(m);
-            }
-        }
-        if list.len() > max_members {
-            return Err(StoreError::GroupFull);
-        }
+        let list = super::distinct_members(members, max_members)?;
         let name = name.to_string();
         self.write(true, move |txn| {
             for &m in &list {

@@ -179,15 +179,7 @@ impl Store for MemoryStore {
         members: &[UserId],
         max_members: usize,
     ) -> StoreResult<u64> {
-        let mut list: Vec<UserId> = Vec::with_capacity(members.len());
-        for &m in members {
-            if !list.contains(&m) {
-                list.push(m);
-            }
-        }
-        if list.len() > max_members {
-            return Err(StoreError::GroupFull);
-        }
+        let list = super::distinct_members(members, max_members)?;
         let mut inner = self.inner.lock();
         if list.iter().any(|&m| inner.user(m).is_none()) {
             return Err(StoreError::NotFound);

@@ -178,6 +178,21 @@ pub trait Store: Send + Sync + 'static {
     async fn flush(&self) -> StoreResult<()>;
 }
 
+/// A group's member list as every backend stores it: duplicates removed (first
+/// occurrence kept, order kept), `GroupFull` past `max_members`.
+pub(crate) fn distinct_members(members: &[UserId], max_members: usize) -> StoreResult<Vec<UserId>> {
+    let mut list: Vec<UserId> = Vec::with_capacity(members.len());
+    for &m in members {
+        if !list.contains(&m) {
+            list.push(m);
+        }
+    }
+    if list.len() > max_members {
+        return Err(StoreError::GroupFull);
+    }
+    Ok(list)
+}
+
 /// Errors of [`open`]: the `--storage` URL is not one we can use.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {

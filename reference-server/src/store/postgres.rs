@@ -348,15 +348,10 @@ impl Store for PostgresStore {
         members: &[UserId],
         max_members: usize,
     ) -> StoreResult<u64> {
-        let mut list: Vec<i64> = Vec::with_capacity(members.len());
-        for &m in members {
-            if !list.contains(&big(m)) {
-                list.push(big(m));
-            }
-        }
-        if list.len() > max_members {
-            return Err(StoreError::GroupFull);
-        }
+        let list: Vec<i64> = super::distinct_members(members, max_members)?
+            .into_iter()
+            .map(big)
+            .collect();
         let mut client = self.client().await?;
         let txn = client.transaction().await.map_err(backend)?;
         let known: i64 = txn

@@ -390,15 +390,7 @@ impl Store for RedisStore {
         members: &[UserId],
         max_members: usize,
     ) -> StoreResult<u64> {
-        let mut list: Vec<UserId> = Vec::with_capacity(members.len());
-        for &m in members {
-            if !list.contains(&m) {
-                list.push(m);
-            }
-        }
-        if list.len() > max_members {
-            return Err(StoreError::GroupFull);
-        }
+        let list = super::distinct_members(members, max_members)?;
         let mut args = vec![arg(name)];
         args.extend(list.iter().map(arg));
         match int(&self.run(&self.scripts.create_group, args).await?)? {
