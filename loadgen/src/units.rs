@@ -8,14 +8,10 @@ use std::time::Duration;
 /// Parses `"250ms"`, `"5s"`, `"1.5s"`, `"2m"`, `"1h"`, `"100us"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration: expected a number and a unit, like \"250ms\", \"5s\" or \"2m\""))?;
-    let seconds = match unit.trim() {
+    let (value, unit) = number_and_unit(s).ok_or_else(|| {
+        format!("{s:?} is not a duration: expected a number and a unit, like \"250ms\", \"5s\" or \"2m\"")
+    })?;
+    let seconds = match unit {
         "us" | "µs" => value / 1e6,
         "ms" => value / 1e3,
         "s" => value,
@@ -32,6 +28,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?} is not a valid duration"));
     }
     Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Splits `"1.5ms"` into `(1.5, "ms")`: a non-negative decimal number, then
+/// whatever follows it (trimmed). `None` when there is no number in front.
+fn number_and_unit(s: &str) -> Option<(f64, &str)> {
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    Some((num.parse().ok()?, unit.trim()))
 }
 
 /// Parses `"N/s"` or `"N/m"` into events per second.
@@ -58,14 +64,9 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
 /// Parses sizes: `"8KiB"`, `"1MiB"`, `"512B"`, `"2KB"`, or a plain number of bytes.
 pub fn parse_size(s: &str) -> Result<f64, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size like \"8KiB\""))?;
-    let factor = match unit.trim() {
+    let (value, unit) =
+        number_and_unit(s).ok_or_else(|| format!("{s:?} is not a size like \"8KiB\""))?;
+    let factor = match unit {
         "" | "B" => 1.0,
         "KiB" => 1024.0,
         "MiB" => 1024.0 * 1024.0,
