@@ -50,6 +50,15 @@ const ROWS: &[(&str, Cell)] = &[
         Cell::Number("metrics/connect_latency/p99_ms"),
     ),
     ("sync p99 (ms)", Cell::Number("metrics/sync_latency/p99_ms")),
+    ("history pages read", Cell::Number("counters/history_reads")),
+    (
+        "history p50 (ms)",
+        Cell::Number("metrics/history_latency/p50_ms"),
+    ),
+    (
+        "history p99 (ms)",
+        Cell::Number("metrics/history_latency/p99_ms"),
+    ),
     ("lost", Cell::Number("metrics/lost")),
     ("duplicated", Cell::Number("metrics/duplicated")),
     ("reordered", Cell::Number("metrics/reordered")),

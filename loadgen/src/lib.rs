@@ -13,7 +13,8 @@
 //! - [`sim`]: the simulation's shared state: device slots, the acked-message ledger.
 //! - [`device`]: one simulated device (a tokio task over one WebSocket at a time).
 //! - [`inbox`]: a device's cursor, the messages it holds, its unacked sends.
-//! - [`schedule`]: the open-model schedule: phases, ramp, Poisson sends and drops.
+//! - [`schedule`]: the open-model schedule: phases, ramp, Poisson sends, drops and reads.
+//! - [`history`]: history page reads over HTTP, bounded in flight.
 //! - [`recorder`]: worker-local latency histograms (per interval), counters, errors.
 //! - [`audit`]: the end-of-run check for lost, duplicated and reordered messages.
 //! - [`progress`]: live progress on stderr, memory and CPU sampling.
@@ -27,6 +28,7 @@ pub mod compare;
 pub mod device;
 pub mod embedded;
 pub mod error;
+pub mod history;
 pub mod inbox;
 pub mod outcome;
 pub mod population;

@@ -46,6 +46,10 @@ pub const LATENCY_METRICS: &[(&str, &str)] = &[
         "actual send -> each recipient device receives it",
     ),
     ("ack_latency_uncorrected", "actual send -> the sender's ack"),
+    (
+        "history_latency",
+        "scheduled history read -> the whole page received (HTTP)",
+    ),
 ];
 
 /// A new latency histogram: 1 µs to 1 hour, 3 significant digits.
@@ -85,6 +89,18 @@ pub struct Counters {
     pub syncs: u64,
     pub heartbeats: u64,
     pub presence_frames: u64,
+    /// History page reads the open-model schedule asked for (`history_rate`).
+    #[serde(default)]
+    pub history_scheduled: u64,
+    /// History pages received in full (a 2xx answer, parsed).
+    #[serde(default)]
+    pub history_reads: u64,
+    /// Messages in those pages (their mean size is this over `history_reads`).
+    #[serde(default)]
+    pub history_messages: u64,
+    /// Reads not issued because too many were in flight (the generator's cap).
+    #[serde(default)]
+    pub history_skipped: u64,
 }
 
 impl Counters {
@@ -102,6 +118,10 @@ impl Counters {
         self.syncs += o.syncs;
         self.heartbeats += o.heartbeats;
         self.presence_frames += o.presence_frames;
+        self.history_scheduled += o.history_scheduled;
+        self.history_reads += o.history_reads;
+        self.history_messages += o.history_messages;
+        self.history_skipped += o.history_skipped;
     }
 }
 
@@ -217,6 +237,23 @@ pub struct PhaseOutcome {
     /// Scheduled sends per second (0 when the phase sends nothing).
     pub message_rate: f64,
     pub messages_sent: u64,
+    /// Scheduled history page reads per second (0 when the phase reads none).
+    #[serde(default)]
+    pub history_rate: f64,
+    /// When the phase started, ms since the measured phases started.
+    #[serde(default)]
+    pub start_ms: u64,
+    /// Acks received during the phase, and their p99 (ms), from the
+    /// per-interval histograms the phase's time covers; filled by the report.
+    #[serde(default)]
+    pub acked: u64,
+    #[serde(default)]
+    pub ack_p99_ms: f64,
+    /// History pages received during the phase, and their p99 (ms).
+    #[serde(default)]
+    pub history_reads: u64,
+    #[serde(default)]
+    pub history_p99_ms: f64,
 }
 
 /// The server a run drove.

@@ -73,6 +73,7 @@ impl Metric {
     pub const PRESENCE: Metric = Metric::named(7);
     pub const DELIVERY_UNCORRECTED: Metric = Metric::named(8);
     pub const ACK_UNCORRECTED: Metric = Metric::named(9);
+    pub const HISTORY: Metric = Metric::named(10);
 
     pub fn name(self) -> &'static str {
         LATENCY_METRICS[self.0].0
@@ -127,6 +128,10 @@ pub struct AtomicCounters {
     pub syncs: AtomicU64,
     pub heartbeats: AtomicU64,
     pub presence_frames: AtomicU64,
+    pub history_scheduled: AtomicU64,
+    pub history_reads: AtomicU64,
+    pub history_messages: AtomicU64,
+    pub history_skipped: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -151,6 +156,10 @@ impl AtomicCounters {
             syncs: g(&self.syncs),
             heartbeats: g(&self.heartbeats),
             presence_frames: g(&self.presence_frames),
+            history_scheduled: g(&self.history_scheduled),
+            history_reads: g(&self.history_reads),
+            history_messages: g(&self.history_messages),
+            history_skipped: g(&self.history_skipped),
         }
     }
 }
@@ -321,5 +330,6 @@ mod tests {
         assert_eq!(o.errors["connect"], 2);
         assert_eq!(Metric::FANOUT.name(), "fanout_latency");
         assert_eq!(Metric::ACK_UNCORRECTED.name(), "ack_latency_uncorrected");
+        assert_eq!(Metric::HISTORY.name(), "history_latency");
     }
 }

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::RunOpts;
 use crate::embedded::{EmbeddedConfig, EmbeddedServer};
 use crate::error::{exit, LoadgenError};
+use crate::history::{Endpoint, Reader};
 use crate::outcome::{Outcome, Provisioning, TargetInfo};
 use crate::population::Population;
 use crate::progress::{self, Progress, ServerMemory};
@@ -166,15 +167,19 @@ async fn drive(
     memory: ServerMemory,
     stop: &CancellationToken,
 ) -> Result<u8, LoadgenError> {
-    let (pop, provisioning) = provision(scenario, base).await?;
+    let (pop, provisioning, client) = provision(scenario, base).await?;
     let owned = (0..pop.users.len() as u32).collect();
+    let endpoint = Endpoint {
+        client,
+        base: base.to_string(),
+    };
     let mut outcome = simulate(
         scenario,
         pop,
         scenario.seed,
         owned,
         &scenario.phases,
-        memory,
+        (memory, endpoint),
         true,
         stop,
     )
@@ -184,11 +189,12 @@ async fn drive(
     finish(opts, scenario, &outcome, true)
 }
 
-/// Creates the scenario's population on the server.
+/// Creates the scenario's population on the server; returns it with the HTTP
+/// client that made it (history reads reuse its connection pool).
 pub(crate) async fn provision(
     scenario: &Scenario,
     base: &str,
-) -> Result<(Population, Provisioning), LoadgenError> {
+) -> Result<(Population, Provisioning, reqwest::Client), LoadgenError> {
     let concurrency = scenario.generator.provision_concurrency;
     let client = population::http_client(concurrency)?;
     population::wait_healthy(&client, base).await?;
@@ -206,11 +212,12 @@ pub(crate) async fn provision(
         provisioning.seconds,
         scenario.phases.len()
     );
-    Ok((pop, provisioning))
+    Ok((pop, provisioning, client))
 }
 
 /// Runs the phases with the users in `owned`, drains, stops the devices and
-/// audits: everything one worker measures. `show`: print live progress.
+/// audits: everything one worker measures. `server`: where its memory is read
+/// and where history is read from. `show`: print live progress.
 #[allow(clippy::too_many_arguments)] // one call site per mode; a struct would only rename them
 pub(crate) async fn simulate(
     scenario: &Scenario,
@@ -218,7 +225,7 @@ pub(crate) async fn simulate(
     seed: u64,
     owned: Vec<u32>,
     phases: &[Phase],
-    memory: ServerMemory,
+    (memory, endpoint): (ServerMemory, Endpoint),
     show: bool,
     stop: &CancellationToken,
 ) -> Outcome {
@@ -253,7 +260,8 @@ pub(crate) async fn simulate(
     let cpu_before = progress::self_cpu_seconds();
     outcome.started_at_ms = clock.now_us() / 1000;
     let started = Instant::now();
-    let mut scheduler = Scheduler::new(sim.clone(), owned);
+    let mut scheduler =
+        Scheduler::new(sim.clone(), owned).with_reader(Reader::new(sim.clone(), endpoint));
     for (i, phase) in phases.iter().enumerate() {
         progress.phase.store(i, Relaxed);
         let done = scheduler.run_phase(phase, stop).await;

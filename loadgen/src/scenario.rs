@@ -87,6 +87,8 @@ pub struct Phase {
     pub message_rate: f64,
     /// Abrupt disconnects per second.
     pub disconnect_rate: f64,
+    /// History page reads per second (open model, over HTTP).
+    pub history_rate: f64,
 }
 
 impl Scenario {
@@ -410,12 +412,20 @@ fn validate(raw: RawScenario, default_name: &str) -> Result<Scenario, LoadgenErr
             ));
         }
         let disconnect_rate = rate(&at("disconnect_rate"), &rp.disconnect_rate)?;
+        let history_rate = rate(&at("history_rate"), &rp.history_rate)?;
+        if history_rate > 0.0 && p.friends == 0.0 && p.groups == 0 {
+            return Err(bad(
+                at("history_rate"),
+                "no channel to read: population.friends and population.groups are 0",
+            ));
+        }
         phases.push(Phase {
             name: rp.name.unwrap_or_else(|| format!("phase{i}")),
             duration,
             online,
             message_rate,
             disconnect_rate,
+            history_rate,
         });
     }
 

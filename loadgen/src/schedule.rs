@@ -1,6 +1,7 @@
-//! The open-model schedule: phases, the online ramp, sends and disconnects.
+//! The open-model schedule: phases, the online ramp, sends, disconnects and
+//! history reads.
 //!
-//! Sends and abrupt disconnects are Poisson arrivals (exponential gaps drawn
+//! Sends, abrupt disconnects and history reads ([`crate::history`]) are Poisson arrivals (exponential gaps drawn
 //! from a seeded RNG), fixed in advance of anything the server does: the
 //! scheduler never waits for an answer, so a stalled server shows up as
 //! latency (measured from each send's *scheduled* time) and never as fewer
@@ -22,6 +23,9 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
+use reference_server::protocol::ChannelId;
+
+use crate::history::{Read, Reader};
 use crate::outcome::PhaseOutcome;
 use crate::recorder::inc;
 use crate::scenario::{Behavior, Phase};
@@ -42,6 +46,10 @@ pub struct Scheduler {
     arrivals: StdRng,
     drops: StdRng,
     picks: StdRng,
+    /// History reads: their own arrivals and picks, so adding reads to a
+    /// scenario leaves its sends and drops where they were.
+    reads: StdRng,
+    reader: Option<Reader>,
     next_n: u64,
 }
 
@@ -70,11 +78,19 @@ impl Scheduler {
             arrivals: StdRng::seed_from_u64(sim.seed ^ 0x6172_7269_7661_6c73),
             drops: StdRng::seed_from_u64(sim.seed ^ 0x6472_6f70),
             picks,
+            reads: StdRng::seed_from_u64(sim.seed ^ 0x0068_6973_746f_7279),
+            reader: None,
             sim,
             online: Vec::new(),
             offline,
             next_n: 0,
         }
+    }
+
+    /// Reads history through `reader` in phases with a `history_rate`.
+    pub fn with_reader(mut self, reader: Reader) -> Self {
+        self.reader = Some(reader);
+        self
     }
 
     pub fn online_users(&self) -> usize {
@@ -168,11 +184,47 @@ impl Scheduler {
         }
     }
 
+    /// A random online user reads a page of one of its channels.
+    fn issue_read(&mut self, sched: Instant) {
+        let sim = self.sim.clone();
+        inc(&sim.rec.counters.history_scheduled);
+        let (Some(reader), false) = (&self.reader, self.online.is_empty()) else {
+            sim.rec.error("history_no_reader_online");
+            return;
+        };
+        let rng = &mut self.reads;
+        let u = self.online[rng.random_range(0..self.online.len())];
+        let user = &sim.pop.users[u as usize];
+        // Where people talk is where they read: a group as often as sends go
+        // to groups (`group_share`), a dm with a friend otherwise.
+        let to_group = !user.groups.is_empty()
+            && (user.friends.is_empty() || rng.random_bool(sim.behavior.group_share));
+        let channel = if to_group {
+            let g = user.groups[rng.random_range(0..user.groups.len())];
+            sim.pop.groups[g as usize].channel.clone()
+        } else if !user.friends.is_empty() {
+            let f = user.friends[rng.random_range(0..user.friends.len())];
+            ChannelId::direct(user.id, sim.pop.users[f as usize].id).to_string()
+        } else {
+            sim.rec.error("history_no_channel");
+            return;
+        };
+        let d = user.devices[rng.random_range(0..user.devices.len())];
+        reader.issue(Read {
+            sched,
+            channel,
+            token: sim.pop.devices[d as usize].token.clone(),
+            cold: rng.random_bool(0.5),
+            pick: rng.random(),
+        });
+    }
+
     /// Runs one phase to its end (or until `cancel`); returns what it did.
     pub async fn run_phase(&mut self, phase: &Phase, cancel: &CancellationToken) -> PhaseOutcome {
         let sim = self.sim.clone();
         let rec = &sim.rec;
         let sent_before = rec.counters.messages_scheduled.load(Relaxed);
+        let start_ms = rec.elapsed_ms();
         let start = Instant::now();
         let end = start + phase.duration;
         let from = self.online.len() as f64;
@@ -181,6 +233,8 @@ impl Scheduler {
             .then(|| start + exp_gap(&mut self.arrivals, phase.message_rate));
         let mut next_drop = (phase.disconnect_rate > 0.0)
             .then(|| start + exp_gap(&mut self.drops, phase.disconnect_rate));
+        let mut next_read = (phase.history_rate > 0.0)
+            .then(|| start + exp_gap(&mut self.reads, phase.history_rate));
         let mut wake = start;
         loop {
             let now = Instant::now();
@@ -204,10 +258,14 @@ impl Scheduler {
                 self.issue_drop();
                 next_drop = Some(at + exp_gap(&mut self.drops, phase.disconnect_rate));
             }
+            while let Some(at) = next_read.filter(|&at| at <= now && at < end) {
+                self.issue_read(at);
+                next_read = Some(at + exp_gap(&mut self.reads, phase.history_rate));
+            }
             if now >= end || cancel.is_cancelled() {
                 break;
             }
-            wake = [next_send, next_drop, Some(now + TICK), Some(end)]
+            wake = [next_send, next_drop, next_read, Some(now + TICK), Some(end)]
                 .into_iter()
                 .flatten()
                 .filter(|&t| t <= end)
@@ -224,6 +282,12 @@ impl Scheduler {
             online: phase.online,
             message_rate: phase.message_rate,
             messages_sent: rec.counters.messages_scheduled.load(Relaxed) - sent_before,
+            history_rate: phase.history_rate,
+            start_ms,
+            acked: 0,
+            ack_p99_ms: 0.0,
+            history_reads: 0,
+            history_p99_ms: 0.0,
         }
     }
 }

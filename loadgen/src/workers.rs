@@ -86,6 +86,7 @@ pub fn share(phases: &[Phase], owned: usize, users: usize, count: u32) -> Vec<Ph
                 .min(owned as u64),
             message_rate: p.message_rate / count as f64,
             disconnect_rate: p.disconnect_rate / count as f64,
+            history_rate: p.history_rate / count as f64,
         })
         .collect()
 }
@@ -106,7 +107,21 @@ pub async fn run_worker(
     let phases = share(&scenario.phases, owned.len(), pop.users.len(), role.count);
     let seed = scenario.seed ^ (role.index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let memory = ServerMemory::Metrics(crate::population::http_client(1)?, base.to_string());
-    let mut outcome = simulate(scenario, pop, seed, owned, &phases, memory, false, stop).await;
+    let endpoint = crate::history::Endpoint {
+        client: crate::population::http_client(crate::history::MAX_IN_FLIGHT)?,
+        base: base.to_string(),
+    };
+    let mut outcome = simulate(
+        scenario,
+        pop,
+        seed,
+        owned,
+        &phases,
+        (memory, endpoint),
+        false,
+        stop,
+    )
+    .await;
     outcome.target = TargetInfo {
         url: base.to_string(),
         embedded: false,
@@ -152,7 +167,7 @@ pub async fn run_parent(
     memory: ServerMemory,
     stop: &CancellationToken,
 ) -> Result<u8, LoadgenError> {
-    let (pop, provisioning) = provision(scenario, base).await?;
+    let (pop, provisioning, _) = provision(scenario, base).await?;
     let out = opts
         .out
         .clone()

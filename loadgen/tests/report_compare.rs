@@ -49,6 +49,14 @@ fn compare_shows_ratios_to_the_first_report() {
         "| server memory/connection (bytes) | 10000 | 10000 (1.00x) |"
     );
     assert_eq!(row("generator-limited"), "| generator-limited | no | no |");
+    assert_eq!(
+        row("history p99 (ms)"),
+        "| history p99 (ms) | 20.015 | 20.015 (1.00x) |"
+    );
+    assert_eq!(
+        row("history pages read"),
+        "| history pages read | 10 | 10 (1.00x) |"
+    );
     for name in [
         "scenario",
         "delivery p50 (ms)",

@@ -34,6 +34,13 @@ fn a_built_report_matches_the_schema() {
     assert_eq!(json["passed"], true);
     assert_eq!(json["metrics"]["delivery_latency"]["count"], 9);
     assert!(json["metrics"]["ack_latency"]["p99_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(json["metrics"]["history_latency"]["count"], 10);
+    assert_eq!(json["counters"]["history_reads"], 10);
+    assert_eq!(json["counters"]["history_skipped"], 1);
+    // Per-phase figures come from the intervals the phase covers.
+    assert_eq!(json["phases"][0]["acked"], 300);
+    assert_eq!(json["phases"][0]["history_reads"], 10);
+    assert!(json["phases"][0]["history_p99_ms"].as_f64().unwrap() > 19.0);
     assert_eq!(json["thresholds"][0]["expr"], "delivery_latency.p99 < 50ms");
     // 100 msg/s carried against 46,296 msg/s at peak: 463 servers by messages.
     assert_eq!(json["projection"]["limited_by"], "messages");
@@ -63,6 +70,16 @@ fn a_report_missing_a_required_field_fails_validation() {
     assert!(
         !v.is_valid(&json),
         "a latency without p99_ms must not validate"
+    );
+
+    let mut json = serde_json::to_value(&report).unwrap();
+    json["metrics"]
+        .as_object_mut()
+        .unwrap()
+        .remove("history_latency");
+    assert!(
+        !v.is_valid(&json),
+        "a report without history_latency must not validate"
     );
 
     let mut json = serde_json::to_value(&report).unwrap();

@@ -18,8 +18,8 @@ pub const DELIVERY_INTERVALS: [&[u64]; 3] = [
     &[4_000, 5_000, 6_000, 40_000],
 ];
 
-/// An outcome as one worker might report it: delivery, ack, connect and sync
-/// latencies with per-interval histograms, a ramp of 0 -> 1,000 connections
+/// An outcome as one worker might report it: delivery, ack, connect, sync and
+/// history latencies with per-interval histograms, a ramp of 0 -> 1,000 connections
 /// costing 10,000 bytes each on a 50 MB server, 130 devices for 100 users.
 pub fn synthetic_outcome() -> Outcome {
     let mut o = Outcome::new("synthetic", 50.0);
@@ -78,6 +78,28 @@ pub fn synthetic_outcome() -> Outcome {
             .record(v * 3)
             .unwrap();
     }
+    // Ten history pages in the second interval: 2 ms to 20 ms.
+    let mut history = new_histogram();
+    for v in 1..=10u64 {
+        history.record(v * 2_000).unwrap();
+    }
+    o.histograms
+        .get_mut("history_latency")
+        .unwrap()
+        .add(&history)
+        .unwrap();
+    o.intervals.insert(
+        "history_latency".into(),
+        vec![Interval {
+            start_ms: 1000,
+            duration_ms: 1000,
+            histogram: history,
+        }],
+    );
+    o.counters.history_scheduled = 11;
+    o.counters.history_reads = 10;
+    o.counters.history_messages = 420;
+    o.counters.history_skipped = 1;
     o.counters.messages_scheduled = 300;
     o.counters.messages_sent = 300;
     o.counters.messages_acked = 300;
@@ -121,6 +143,12 @@ pub fn synthetic_outcome() -> Outcome {
         online: 100,
         message_rate: 100.0,
         messages_sent: 300,
+        history_rate: 10.0,
+        start_ms: 0,
+        acked: 0,
+        ack_p99_ms: 0.0,
+        history_reads: 0,
+        history_p99_ms: 0.0,
     });
     o.target = TargetInfo {
         url: "http://127.0.0.1:9".into(),

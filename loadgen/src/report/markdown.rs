@@ -96,6 +96,10 @@ pub fn render(r: &Report) -> String {
         ("reconnects", c.reconnects),
         ("syncs", c.syncs),
         ("presence frames", c.presence_frames),
+        ("history reads scheduled", c.history_scheduled),
+        ("history pages read", c.history_reads),
+        ("history messages read", c.history_messages),
+        ("history reads skipped (in-flight cap)", c.history_skipped),
     ] {
         let _ = writeln!(s, "| {k} | {} |", thousands(v as f64));
     }
@@ -186,16 +190,20 @@ pub fn render(r: &Report) -> String {
 
     if !r.phases.is_empty() {
         let _ = writeln!(s, "\n## Phases\n");
-        let _ = writeln!(s, "| phase | duration (s) | online | message rate (/s) | messages sent |\n|---|---:|---:|---:|---:|");
+        let _ = writeln!(s, "| phase | duration (s) | online | message rate (/s) | messages sent | acked/s | ack p99 (ms) | history rate (/s) | history p99 (ms) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for ph in &r.phases {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 ph.name,
                 (ph.duration_s * 10.0).round() / 10.0,
                 ph.online,
                 ph.message_rate,
-                ph.messages_sent
+                ph.messages_sent,
+                (ph.acked as f64 / ph.duration_s.max(1e-3)).round(),
+                ph.ack_p99_ms,
+                ph.history_rate,
+                ph.history_p99_ms
             );
         }
     }

@@ -246,9 +246,39 @@ pub fn build(
         counters: outcome.counters.clone(),
         provisioning: outcome.provisioning.clone(),
         generator,
-        phases: outcome.phases.clone(),
+        phases: phase_figures(outcome),
         memory: timeline,
     })
+}
+
+/// The phases with their acks and history reads, from the per-interval
+/// histograms whose middle falls within each phase (so to the precision of
+/// `generator.interval`): the figures of one step of a stepped-rate scenario.
+fn phase_figures(outcome: &Outcome) -> Vec<PhaseOutcome> {
+    let mut phases = outcome.phases.clone();
+    let ends: Vec<u64> = phases
+        .iter()
+        .map(|p| p.start_ms + (p.duration_s * 1000.0).round() as u64)
+        .collect();
+    for (p, end) in phases.iter_mut().zip(ends) {
+        let of = |metric: &str| {
+            let mut h = crate::outcome::new_histogram();
+            for iv in outcome.intervals.get(metric).into_iter().flatten() {
+                if (p.start_ms..end).contains(&(iv.start_ms + iv.duration_ms / 2)) {
+                    let _ = h.add(&iv.histogram);
+                }
+            }
+            let p99 = if h.is_empty() {
+                0.0
+            } else {
+                measures::quantile_ms(&h, 0.99)
+            };
+            (h.len(), p99)
+        };
+        (p.acked, p.ack_p99_ms) = of("ack_latency");
+        (p.history_reads, p.history_p99_ms) = of("history_latency");
+    }
+    phases
 }
 
 /// Writes `report.json`, `report.md`, `report.html` and one `.hlog` per latency

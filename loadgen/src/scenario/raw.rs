@@ -157,6 +157,8 @@ pub(super) struct RawPhase {
     pub(super) message_rate: String,
     #[serde(default = "zero_rate")]
     pub(super) disconnect_rate: String,
+    #[serde(default = "zero_rate")]
+    pub(super) history_rate: String,
 }
 
 fn zero_rate() -> String {
