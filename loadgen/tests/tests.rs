@@ -1,5 +1,7 @@
 //! loadgen's one integration-test binary. Each module is one area:
 
+/// History reads (`history_rate`): pages read over HTTP, history_latency recorded.
+mod engine_history;
 /// End-to-end runs: exit codes, audit faults, open model under a stall, embedded child.
 mod engine_runs;
 /// Scenario files: all of scenarios/ parse, defaults, every validation error.
