@@ -1,5 +1,6 @@
 //! Criterion benchmarks of the server's per-message CPU work outside storage:
-//! parsing a client `send` frame, serializing the per-member `message` frame,
+//! parsing a client `send` frame, serializing a `message` frame and splicing
+//! each member's `seq` into it,
 //! fan-out into connected devices' bounded outboxes, and merging HdrHistograms
 //! (what loadgen does per interval and per worker).
 //!
@@ -12,6 +13,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use reference_server::chat::splice_seq;
 use reference_server::hub::Hub;
 use reference_server::metrics::Metrics;
 use reference_server::outbox::Outbox;
@@ -57,6 +59,23 @@ fn codec(c: &mut Criterion) {
                 })
             },
         );
+        // What fan-out does per member: the shared part is serialized once per
+        // message (above), then each member's seq is spliced in front of it.
+        let shared = serde_json::to_string(&MessageRef {
+            kind: "message",
+            channel: "g:42",
+            id: 123_456,
+            seq: None,
+            from: 12,
+            from_device: 34,
+            client_msg_id: "lg-3-1795847487570123-1795847487570456",
+            text: &text,
+            ts: 1_795_847_487_570,
+        })
+        .unwrap();
+        group.bench_with_input(BenchmarkId::new("splice_seq", chars), &shared, |b, sh| {
+            b.iter(|| splice_seq(black_box(sh), 987_654))
+        });
     }
     group.finish();
 }

@@ -203,22 +203,23 @@ impl App {
     /// Queues the message on every connected device of every member (not the
     /// sending device), and hands a push notification for each member with none.
     fn fan_out(&self, accepted: &Accepted, from: TokenOwner, client_msg_id: &str, text: &str) {
+        // Each member has its own `seq`, everything else is shared: serialize the
+        // shared part once and splice each member's seq in front of it, so a long
+        // text is escaped once per message rather than once per member.
+        let shared = serde_json::to_string(&MessageRef {
+            kind: "message",
+            channel: &accepted.channel,
+            id: accepted.id,
+            seq: None,
+            from: from.user_id,
+            from_device: from.device_id,
+            client_msg_id,
+            text,
+            ts: accepted.ts,
+        })
+        .expect("message frames always serialize");
         for &(member, seq) in &accepted.recipients {
-            // Each member has its own `seq`, so each gets its own serialization;
-            // all devices of that member share it.
-            let frame: Utf8Bytes = serde_json::to_string(&MessageRef {
-                kind: "message",
-                channel: &accepted.channel,
-                id: accepted.id,
-                seq: Some(seq),
-                from: from.user_id,
-                from_device: from.device_id,
-                client_msg_id,
-                text,
-                ts: accepted.ts,
-            })
-            .expect("message frames always serialize")
-            .into();
+            let frame: Utf8Bytes = splice_seq(&shared, seq).into();
             let skip = (member == from.user_id).then_some(from.device_id);
             let reached = self.hub.deliver(member, skip, &frame);
             if reached.connections == 0 && member != from.user_id {
@@ -257,5 +258,49 @@ impl App {
             tracing::warn!(cause = %e, "internal error");
         }
         e
+    }
+}
+
+/// `{"seq":N,` followed by a serialized object without its opening brace: the
+/// member's `message` frame, built with one copy of the shared bytes.
+pub fn splice_seq(shared: &str, seq: u64) -> String {
+    let body = shared.strip_prefix('{').unwrap_or(shared);
+    let mut frame = String::with_capacity(body.len() + 28);
+    frame.push_str("{\"seq\":");
+    frame.push_str(&seq.to_string());
+    frame.push(',');
+    frame.push_str(body);
+    frame
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ServerFrame;
+
+    #[test]
+    fn a_spliced_frame_is_the_message_frame_with_that_seq() {
+        let shared = serde_json::to_string(&MessageRef {
+            kind: "message",
+            channel: "g:1",
+            id: 7,
+            seq: None,
+            from: 1,
+            from_device: 2,
+            client_msg_id: "c\"1",
+            text: "hé \"quoted\"",
+            ts: 99,
+        })
+        .unwrap();
+        let frame: ServerFrame = serde_json::from_str(&splice_seq(&shared, 42)).unwrap();
+        match frame {
+            ServerFrame::Message(m) => {
+                assert_eq!(
+                    (m.id, m.seq, m.text.as_str(), m.client_msg_id.as_str()),
+                    (7, Some(42), "hé \"quoted\"", "c\"1")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
