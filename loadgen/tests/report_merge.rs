@@ -90,3 +90,19 @@ fn a_directory_missing_a_log_is_invalid_and_named() {
         other => panic!("{:?}", other.map(|_| ())),
     }
 }
+
+/// Run directories written before history reads existed have no
+/// `history_latency.hlog`: they still read back, with no history samples.
+#[test]
+fn a_directory_from_before_history_reads_still_reads_back() {
+    let outcome = synthetic_outcome();
+    let dir = tempfile::tempdir().unwrap();
+    report::write_all(&build_report(&outcome, &[]), &outcome, dir.path()).unwrap();
+    std::fs::remove_file(dir.path().join("history_latency.hlog")).unwrap();
+    let (_, read) = merge::read_outcome(dir.path()).unwrap();
+    assert!(read.histograms["history_latency"].is_empty());
+    assert_eq!(
+        read.histograms["delivery_latency"],
+        outcome.histograms["delivery_latency"]
+    );
+}

@@ -59,16 +59,25 @@ pub fn read_hlog(path: &Path) -> Result<Vec<Interval>, LoadgenError> {
     Ok(out)
 }
 
+/// Latency logs a run directory may lack: metrics added after the first
+/// report version (`history_latency`).
+const OPTIONAL_LOGS: &[&str] = &["history_latency"];
+
 /// Rebuilds the outcome a run directory was written from. Every latency
-/// metric's `.hlog` must be there; the generator-lag log is optional (older
-/// runs lack it, and then the generator's lag reads as empty).
+/// metric's `.hlog` must be there, except those added since the first
+/// version ([`OPTIONAL_LOGS`]); the generator-lag log is optional too (older
+/// runs lack them, and then they read as empty).
 pub fn read_outcome(dir: &Path) -> Result<(Report, Outcome), LoadgenError> {
     let report = json::read(dir)?;
     let mut o = Outcome::new(report.scenario.clone(), report.generator.bound_ms);
     o.started_at_ms = report.run.started_at_ms;
     o.duration_s = report.run.duration_s;
     for (metric, _) in LATENCY_METRICS {
-        let intervals = read_hlog(&dir.join(format!("{metric}.hlog")))?;
+        let path = dir.join(format!("{metric}.hlog"));
+        if OPTIONAL_LOGS.contains(metric) && !path.is_file() {
+            continue;
+        }
+        let intervals = read_hlog(&path)?;
         let total = o
             .histograms
             .entry(metric.to_string())
