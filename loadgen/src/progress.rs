@@ -33,23 +33,30 @@ impl ServerMemory {
                 reference_server::metrics::resident_memory_of(&pid.to_string())
             }
             ServerMemory::Metrics(client, base) => {
-                let text = client
-                    .get(format!("{base}/metrics"))
-                    .timeout(Duration::from_secs(2))
-                    .send()
+                scrape(client, base, "chatscale_process_resident_memory_bytes")
                     .await
-                    .ok()?
-                    .text()
-                    .await
-                    .ok()?;
-                text.lines()
-                    .find(|l| l.starts_with("chatscale_process_resident_memory_bytes "))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse::<f64>().ok())
                     .map(|v| v as u64)
             }
         }
     }
+}
+
+/// One unlabelled value of a server's `/metrics` (Prometheus text format).
+pub async fn scrape(client: &reqwest::Client, base: &str, name: &str) -> Option<f64> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let prefix = format!("{name} ");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
 }
 
 /// Shared with the run: which phase is running (index into `names`).

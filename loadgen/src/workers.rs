@@ -140,24 +140,6 @@ fn worker_exe() -> Result<PathBuf, LoadgenError> {
     }
 }
 
-/// A value of the target's `/metrics`.
-async fn scrape(client: &reqwest::Client, base: &str, name: &str) -> Option<f64> {
-    let text = client
-        .get(format!("{base}/metrics"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let prefix = format!("{name} ");
-    text.lines()
-        .find(|l| l.starts_with(&prefix))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-}
-
 /// Parent side: provision, start the workers, sample, merge, judge.
 pub async fn run_parent(
     opts: &RunOpts,
@@ -240,7 +222,7 @@ pub async fn run_parent(
                 }
             }
         }
-        let connections = scrape(&client, base, "chatscale_connections")
+        let connections = crate::progress::scrape(&client, base, "chatscale_connections")
             .await
             .unwrap_or(0.0) as u64;
         let loadgen_rss = pids
@@ -254,7 +236,7 @@ pub async fn run_parent(
             loadgen_rss_bytes: loadgen_rss,
         });
         if last_print.elapsed() >= Duration::from_secs(5) {
-            let acked = scrape(&client, base, "chatscale_messages_accepted_total")
+            let acked = crate::progress::scrape(&client, base, "chatscale_messages_accepted_total")
                 .await
                 .unwrap_or(0.0);
             eprintln!("[{:>5.0}s] {n} workers: {connections} connections on the server, {acked:.0} messages accepted", started.elapsed().as_secs_f64());
