@@ -73,33 +73,43 @@ pub async fn upgrade(State(app): State<Arc<App>>, auth: Auth, ws: Upgrade) -> Re
     })
 }
 
-async fn run(app: Arc<App>, mut socket: WebSocket, owner: TokenOwner, token: String) {
-    let outbox = Arc::new(Outbox::new(
-        app.config.outbox_max_frames,
-        app.config.outbox_max_bytes,
-    ));
-    let conn = app
-        .hub
-        .register(owner.user_id, owner.device_id, outbox.clone());
-    Metrics::inc(&app.metrics.connections);
-    Metrics::inc(&app.metrics.connections_total);
-    app.presence.touch(owner.user_id, owner.device_id, now_ms());
+/// One connection's whole life. Not an `async fn`: an async fn keeps a second
+/// copy of its by-value arguments in its state (rust-lang/rust#62958), and the
+/// WebSocket is the biggest thing an idle connection holds.
+fn run(
+    app: Arc<App>,
+    mut socket: WebSocket,
+    owner: TokenOwner,
+    token: String,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let outbox = Arc::new(Outbox::new(
+            app.config.outbox_max_frames,
+            app.config.outbox_max_bytes,
+        ));
+        let conn = app
+            .hub
+            .register(owner.user_id, owner.device_id, outbox.clone());
+        Metrics::inc(&app.metrics.connections);
+        Metrics::inc(&app.metrics.connections_total);
+        app.presence.touch(owner.user_id, owner.device_id, now_ms());
 
-    let close = session(&app, &mut socket, &outbox, owner, &token).await;
-    if let Some((code, reason)) = close {
-        let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        };
-        Box::pin(close_with(&mut socket, frame)).await;
+        let close = session(&app, &mut socket, &outbox, owner, &token).await;
+        if let Some((code, reason)) = close {
+            let frame = CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            };
+            Box::pin(close_with(&mut socket, frame)).await;
+        }
+
+        app.hub.unregister(owner.user_id, conn);
+        app.metrics
+            .connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        // The user stays online until `offline_after` passes without a heartbeat:
+        // a dropped connection is not a logout.
     }
-
-    app.hub.unregister(owner.user_id, conn);
-    app.metrics
-        .connections
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    // The user stays online until `offline_after` passes without a heartbeat:
-    // a dropped connection is not a logout.
 }
 
 /// Runs the loop; returns the close frame to send, if any.
@@ -113,73 +123,134 @@ async fn session(
     if let Err(close) = Box::pin(hello(app, socket, owner)).await {
         return close;
     }
-    let mut batch = Vec::with_capacity(0);
     let mut allowance = SendAllowance::new(app.config.send_rate_per_sec, app.config.send_burst);
     loop {
-        tokio::select! {
-            biased;
-            _ = app.shutdown.cancelled() => return Some((1001, "server shutting down")),
-            _ = outbox.ready() => {
-                if let Some(reason) = outbox.take(&mut batch, WRITE_BATCH) {
-                    return Some((reason.code(), reason.text()));
-                }
-                // Boxed: the idle state of this future (what every connection
-                // holds) should not be as large as the busy path.
-                let write = Box::pin(async {
-                    for frame in batch.drain(..) {
-                        socket.feed(WsMessage::Text(frame)).await?;
-                    }
-                    socket.flush().await
-                });
-                tokio::select! {
-                    r = write => if r.is_err() { return None },
-                    reason = closing(outbox) => return Some((reason.code(), reason.text())),
-                    _ = app.shutdown.cancelled() => return Some((1001, "server shutting down")),
-                }
-                batch = Vec::with_capacity(0);
-                // More may be queued than one batch: come back without waiting.
-                if outbox.has_frames() {
-                    outbox.wake();
-                }
+        // Everything but the wait is boxed: an idle connection holds only the
+        // wait's small future, not the space of the busy paths.
+        let step = match next_event(app, socket, outbox).await {
+            Event::Shutdown => Step::Close(Some((1001, "server shutting down"))),
+            Event::Outbox => Box::pin(write_queued(app, socket, outbox)).await,
+            Event::Incoming(incoming) => {
+                Box::pin(on_incoming(
+                    app,
+                    socket,
+                    owner,
+                    token,
+                    &mut allowance,
+                    incoming,
+                ))
+                .await
             }
-            incoming = socket.recv() => {
-                let msg = match incoming {
-                    None => return None,
-                    Some(Err(e)) if is_too_large(&e) => {
-                        let err = ServerFrame::error(None, ErrorCode::TooLarge, "frame over the server's frame limit");
-                        app.metrics.error(ErrorCode::TooLarge);
-                        send_text(socket, err.to_json()).await;
-                        return Some((1009, "frame too large"));
-                    }
-                    Some(Err(_)) => return None,
-                    Some(Ok(msg)) => msg,
-                };
-                match msg {
-                    WsMessage::Text(text) => {
-                        let (reply, end) = Box::pin(handle(app, owner, token, &text, &mut allowance)).await;
-                        if let Some(reply) = reply {
-                            if !send_text(socket, reply).await {
-                                return None;
-                            }
-                        }
-                        if end {
-                            return Some((1000, "logged out"));
-                        }
-                    }
-                    WsMessage::Binary(_) => {
-                        app.metrics.error(ErrorCode::BadRequest);
-                        let err = ServerFrame::error(None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text frames");
-                        if !send_text(socket, err.to_json()).await {
-                            return None;
-                        }
-                    }
-                    WsMessage::Close(_) => return None,
-                    // Pings are answered by the WebSocket layer itself.
-                    WsMessage::Ping(_) | WsMessage::Pong(_) => {}
-                }
-            }
+        };
+        if let Step::Close(close) = step {
+            return close;
         }
     }
+}
+
+/// What woke the session.
+enum Event {
+    Shutdown,
+    Outbox,
+    Incoming(Option<Result<WsMessage, axum::Error>>),
+}
+
+/// What the session does next.
+enum Step {
+    Continue,
+    /// End the session, sending this close frame (if any).
+    Close(Option<(u16, &'static str)>),
+}
+
+/// The idle wait, where every connection spends most of its life. Shutdown
+/// first, then queued deliveries, then the socket: a busy client cannot starve
+/// its own deliveries.
+async fn next_event(app: &App, socket: &mut WebSocket, outbox: &Outbox) -> Event {
+    tokio::select! {
+        biased;
+        _ = app.shutdown.cancelled() => Event::Shutdown,
+        _ = outbox.ready() => Event::Outbox,
+        incoming = socket.recv() => Event::Incoming(incoming),
+    }
+}
+
+/// Writes up to a batch of queued frames, raced against the outbox's close mark
+/// (a client that stops reading blocks the write while its outbox overflows).
+async fn write_queued(app: &App, socket: &mut WebSocket, outbox: &Outbox) -> Step {
+    let mut batch = Vec::new();
+    if let Some(reason) = outbox.take(&mut batch, WRITE_BATCH) {
+        return Step::Close(Some((reason.code(), reason.text())));
+    }
+    let write = async {
+        for frame in batch.drain(..) {
+            socket.feed(WsMessage::Text(frame)).await?;
+        }
+        socket.flush().await
+    };
+    tokio::select! {
+        r = write => if r.is_err() { return Step::Close(None) },
+        reason = closing(outbox) => return Step::Close(Some((reason.code(), reason.text()))),
+        _ = app.shutdown.cancelled() => return Step::Close(Some((1001, "server shutting down"))),
+    }
+    // More may be queued than one batch: come back without waiting.
+    if outbox.has_frames() {
+        outbox.wake();
+    }
+    Step::Continue
+}
+
+/// Handles what the socket produced: a frame, an error, or its end.
+async fn on_incoming(
+    app: &App,
+    socket: &mut WebSocket,
+    owner: TokenOwner,
+    token: &str,
+    allowance: &mut SendAllowance,
+    incoming: Option<Result<WsMessage, axum::Error>>,
+) -> Step {
+    let msg = match incoming {
+        None => return Step::Close(None),
+        Some(Err(e)) if is_too_large(&e) => {
+            let err = ServerFrame::error(
+                None,
+                ErrorCode::TooLarge,
+                "frame over the server's frame limit",
+            );
+            app.metrics.error(ErrorCode::TooLarge);
+            send_text(socket, err.to_json()).await;
+            return Step::Close(Some((1009, "frame too large")));
+        }
+        Some(Err(_)) => return Step::Close(None),
+        Some(Ok(msg)) => msg,
+    };
+    match msg {
+        WsMessage::Text(text) => {
+            let (reply, end) = handle(app, owner, token, &text, allowance).await;
+            if let Some(reply) = reply {
+                if !send_text(socket, reply).await {
+                    return Step::Close(None);
+                }
+            }
+            if end {
+                return Step::Close(Some((1000, "logged out")));
+            }
+        }
+        WsMessage::Binary(_) => {
+            app.metrics.error(ErrorCode::BadRequest);
+            let err = ServerFrame::error(
+                None,
+                ErrorCode::BadRequest,
+                "binary frames are not supported; send JSON text frames",
+            );
+            if !send_text(socket, err.to_json()).await {
+                return Step::Close(None);
+            }
+        }
+        WsMessage::Close(_) => return Step::Close(None),
+        // Pings are answered by the WebSocket layer itself.
+        WsMessage::Ping(_) | WsMessage::Pong(_) => {}
+    }
+    Step::Continue
 }
 
 /// Sends the `hello` frame: `Err` carries what to close with (if anything).
