@@ -76,6 +76,7 @@ pub async fn upgrade(State(app): State<Arc<App>>, auth: Auth, ws: Upgrade) -> Re
 /// One connection's whole life. Not an `async fn`: an async fn keeps a second
 /// copy of its by-value arguments in its state (rust-lang/rust#62958), and the
 /// WebSocket is the biggest thing an idle connection holds.
+#[allow(clippy::manual_async_fn)]
 fn run(
     app: Arc<App>,
     mut socket: WebSocket,
