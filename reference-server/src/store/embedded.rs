@@ -344,13 +344,7 @@ impl Store for EmbeddedStore {
                 return Err(StoreError::NotFound);
             }
             let mut groups = txn.open_table(GROUPS).map_err(backend)?;
-            let (name, mut members) = match groups.get(group).map_err(backend)? {
-                Some(v) => {
-                    let (name, members) = v.value();
-                    (name.to_string(), members)
-                }
-                None => return Err(StoreError::NotFound),
-            };
+            let (name, mut members) = load_group(&groups, group)?;
             if members.contains(&user) {
                 return Ok(());
             }
@@ -369,13 +363,7 @@ impl Store for EmbeddedStore {
     async fn remove_member(&self, group: u64, user: UserId) -> StoreResult<()> {
         self.write(true, move |txn| {
             let mut groups = txn.open_table(GROUPS).map_err(backend)?;
-            let (name, mut members) = match groups.get(group).map_err(backend)? {
-                Some(v) => {
-                    let (name, members) = v.value();
-                    (name.to_string(), members)
-                }
-                None => return Err(StoreError::NotFound),
-            };
+            let (name, mut members) = load_group(&groups, group)?;
             if members.contains(&user) {
                 members.retain(|&m| m != user);
                 groups
@@ -530,5 +518,19 @@ impl Store for EmbeddedStore {
         // An empty durable request: its batch commits with fsync after everything
         // queued before it, including presence writes committed without one.
         self.write(true, |_| Ok(())).await
+    }
+}
+
+/// A group's name and members from an open GROUPS table; `NotFound` if absent.
+fn load_group(
+    groups: &redb::Table<'_, u64, (&str, Vec<u64>)>,
+    group: u64,
+) -> StoreResult<(String, Vec<UserId>)> {
+    match groups.get(group).map_err(backend)? {
+        Some(v) => {
+            let (name, members) = v.value();
+            Ok((name.to_string(), members))
+        }
+        None => Err(StoreError::NotFound),
     }
 }
