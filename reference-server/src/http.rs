@@ -31,6 +31,7 @@ type AppState = State<Arc<App>>;
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
+        .route("/", get(crate::web::chat_page))
         .route("/v1/signup", post(signup))
         .route("/v1/login", post(login))
         .route("/v1/logout", post(logout))

@@ -7,6 +7,7 @@
 //! - [`config`]: the command line (`Opts`) resolved into a validated [`config::Config`].
 //! - [`server`]: start, serve, shut down.
 //! - [`http`]: the HTTP API and the WebSocket upgrade.
+//! - [`web`]: the web chat page served at `GET /` (a reference browser client).
 //! - [`session`]: one WebSocket connection (one device).
 //! - [`chat`]: shared state and the service operations (send, sync, membership).
 //! - [`hub`]: connected devices on this node, and fan-out to them.
@@ -31,6 +32,7 @@ pub mod push;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod web;
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {

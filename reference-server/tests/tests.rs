@@ -2,6 +2,8 @@
 
 /// Shared helpers: a real server on port 0, typed HTTP and WebSocket clients.
 mod support;
+/// Headless Chromium over WebDriver; the browser tests' skip rule and flags.
+mod webdriver;
 
 /// Bounded outbound queues: slow consumers closed with 1008, nothing lost.
 mod backpressure;
@@ -17,6 +19,8 @@ mod lifecycle;
 mod presence;
 /// Push notifications for offline members.
 mod push;
+/// The web chat page in headless Chromium: two users, a dropped connection, two devices.
+mod web_chat;
 
 /// Storage conformance: every backend (memory, embedded, redis, postgres) against
 /// the same properties (ids, dedupe, inbox, history, groups, accounts, tokens...).
