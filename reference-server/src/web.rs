@@ -4,10 +4,12 @@
 //!
 //! It exists so that the design's web clients are real here too, and so that a
 //! browser test can exercise sync, reconnect and multi-device the way a user
-//! does. The page is also documentation: `web/chat.js` is a readable reference
-//! client for the protocol. Both files are compiled into the binary
-//! (`include_str!`); the script is placed into the page once, on first use, so
-//! that each source file stays valid on its own.
+//! does. The page is also documentation, a readable reference client for the
+//! protocol: `web/client.js` (connection, heartbeats, backoff, inbox cursor),
+//! `web/chat.js` (one device's chat state: sync, dedupe, sends, history) and
+//! `web/ui.js` (the page). The files are compiled into the binary
+//! (`include_str!`); the scripts are placed into the page once, on first use,
+//! so that each source file stays valid on its own.
 
 use std::sync::LazyLock;
 
@@ -15,11 +17,20 @@ use axum::http::header;
 use axum::response::IntoResponse;
 
 const PAGE: &str = include_str!("web/chat.html");
-const SCRIPT: &str = include_str!("web/chat.js");
-/// Where `chat.html` takes its script.
-const SCRIPT_SLOT: &str = "/* chat.js */";
+/// Each script and its slot in `chat.html` (`<script>/* NAME */</script>`), in page order.
+const SCRIPTS: [(&str, &str); 3] = [
+    ("/* client.js */", include_str!("web/client.js")),
+    ("/* chat.js */", include_str!("web/chat.js")),
+    ("/* ui.js */", include_str!("web/ui.js")),
+];
 
-static CHAT_PAGE: LazyLock<String> = LazyLock::new(|| PAGE.replacen(SCRIPT_SLOT, SCRIPT, 1));
+static CHAT_PAGE: LazyLock<String> = LazyLock::new(|| {
+    SCRIPTS
+        .iter()
+        .fold(PAGE.to_string(), |page, (slot, script)| {
+            page.replacen(slot, script, 1)
+        })
+});
 
 /// The browser may run only what the page itself carries: inline script and
 /// style, and connections to this origin (HTTP API) and to chat servers
@@ -47,9 +58,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_script_is_inlined_once_and_nothing_is_fetched() {
-        assert_eq!(PAGE.matches(SCRIPT_SLOT).count(), 1);
-        assert!(CHAT_PAGE.contains("class Inbox"));
+    fn the_scripts_are_inlined_once_and_nothing_is_fetched() {
+        for (slot, script) in SCRIPTS {
+            assert_eq!(PAGE.matches(slot).count(), 1, "{slot}");
+            assert!(CHAT_PAGE.contains(script), "{slot} inlined");
+            assert!(!CHAT_PAGE.contains(slot), "{slot} replaced");
+        }
         for external in [
             "src=\"http",
             "href=\"http",
