@@ -428,6 +428,22 @@ async fn two_users_chat_in_headless_chromium_through_a_dropped_connection() {
     open(&b, &dm).await;
     wait_shown(&b, &dm_texts).await;
     b.snapshot("web-chat-5-first-device-sees-second").await;
+    // A reload keeps the tab's device, cursor and conversations.
+    b.goto(&url).await;
+    wait_connected(&b).await;
+    let reloaded = b
+        .js(
+            "return JSON.parse(sessionStorage.getItem('chatscale.session')).device_id",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        reloaded,
+        json!(bob.device_id),
+        "a reload is the same device"
+    );
+    open(&b, &dm).await;
+    wait_shown(&b, &dm_texts).await;
     b.switch_to(&tab2).await;
 
     // Scroll-back: the newest messages came with the first sync; scrolling to

@@ -34,7 +34,7 @@ const SESSION_KEY = "chatscale.session"; // sessionStorage: per tab, so per devi
 const GROUP_NAMES_KEY = "chatscale.groupNames"; // localStorage: labels only
 
 const state = {
-  session: null, // {username, token, user_id, device_id, servers, cursor, outbox}
+  session: null, // {username, token, user_id, device_id, servers, cursor, outbox, channels}
   conn: null,
   inbox: null, // Inbox, once the first hello told us where the user's inbox stands
   synced: false, // the inbox is synced since the last hello
@@ -55,6 +55,8 @@ function saveSession() {
   state.session.outbox = state.outbox.map(({ channel, to, client_msg_id, text, failed }) => ({
     channel, to, client_msg_id, text, failed,
   }));
+  // The conversations (not their messages: after a reload, history has them).
+  state.session.channels = [...state.channels.values()].map((ch) => [ch.id, ch.lastTs]);
   sessionStorage.setItem(SESSION_KEY, JSON.stringify(state.session));
 }
 

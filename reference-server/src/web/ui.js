@@ -208,6 +208,7 @@ function startSession() {
   $("me-name").textContent = `${s.username} · your user id ${s.user_id} · device ${s.device_id}`;
   state.outbox = s.outbox || [];
   state.inbox = s.cursor === null || s.cursor === undefined ? null : new Inbox(s.cursor);
+  for (const [id, lastTs] of s.channels || []) channel(id).lastTs = lastTs;
   state.conn = new Connection(s.token, s.servers, {
     onHello,
     onFrame,
