@@ -16,7 +16,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use reference_server::protocol::{ServerFrame, UserId};
 use serde_json::{json, Value};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -113,7 +113,6 @@ async fn relay(
     let Ok(mut server) = TcpStream::connect(upstream).await else {
         return;
     };
-    use tokio::io::AsyncWriteExt;
     if server.write_all(&head).await.is_err() {
         return;
     }
