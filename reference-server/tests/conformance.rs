@@ -5,9 +5,10 @@
 //! `conformance!` macro at the bottom turns every (backend, property) pair into its
 //! own test (`conformance::redis::dedupe`, ...), each on a fresh namespace: a new
 //! in-memory store, a new embedded database in a temp dir, a fresh key prefix in
-//! Redis (`?prefix=`), a fresh schema in PostgreSQL (`?schema=`). Redis and
-//! PostgreSQL run when `CHATSCALE_REDIS_URL` / `CHATSCALE_POSTGRES_URL` are set
-//! (`source .ci/services.sh` sets both); otherwise their tests print a "skipped"
+//! Redis (`?prefix=`), a fresh schema in PostgreSQL (`?schema=`). Redis, the Redis
+//! Cluster and PostgreSQL run when `CHATSCALE_REDIS_URL`,
+//! `CHATSCALE_REDIS_CLUSTER_URL` / `CHATSCALE_POSTGRES_URL` are set
+//! (`source .ci/services.sh` sets all three); otherwise their tests print a "skipped"
 //! line, unless `CHATSCALE_REQUIRE_SERVICES=1`, which makes a missing or
 //! unreachable service fail them.
 
@@ -558,6 +559,11 @@ async fn redis_two_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_two_nodes() {
+    run_two_nodes("redis_cluster", "two_nodes", two_nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_two_nodes() {
     run_two_nodes("postgres", "two_nodes", two_nodes).await;
 }
@@ -579,7 +585,7 @@ macro_rules! conformance {
     };
 }
 
-conformance!(memory, embedded, redis, postgres; (
+conformance!(memory, embedded, redis, redis_cluster, postgres; (
     gap_free_ids, dedupe, dedupe_race, group_limit_race, inbox_cursors, history_paging, groups, accounts,
     tokens_and_devices, friends, presence
 ));

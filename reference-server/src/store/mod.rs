@@ -197,7 +197,7 @@ pub(crate) fn distinct_members(members: &[UserId], max_members: usize) -> StoreR
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error(
-        "unknown storage {0:?}: use memory, embedded:DIR, redis://HOST:PORT or postgres://..."
+        "unknown storage {0:?}: use memory, embedded:DIR, redis://HOST:PORT, redis-cluster://HOST:PORT or postgres://..."
     )]
     Unknown(String),
     #[error("cannot open storage {url:?}: {reason}")]
@@ -208,7 +208,7 @@ pub enum OpenError {
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, OpenError> {
     match url {
         "memory" | "memory:" => Ok(Arc::new(memory::MemoryStore::new())),
-        _ if url.starts_with("redis://") => {
+        _ if is_redis_url(url) => {
             let store = redis::RedisStore::open(url)
                 .await
                 .map_err(|e| failed(url, e))?;
@@ -238,8 +238,71 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, OpenError> {
 
 fn failed(url: &str, reason: impl std::fmt::Display) -> OpenError {
     OpenError::Failed {
-        url: url.to_string(),
+        url: redact(url),
         reason: reason.to_string(),
+    }
+}
+
+/// True for the URLs of the Redis backend: one Redis or a Redis Cluster.
+pub fn is_redis_url(url: &str) -> bool {
+    [
+        "redis://",
+        "rediss://",
+        "redis-cluster://",
+        "rediss-cluster://",
+    ]
+    .iter()
+    .any(|scheme| url.starts_with(scheme))
+}
+
+/// True for a `--storage` value [`open`] knows (it may still fail to open).
+pub fn is_known_url(url: &str) -> bool {
+    matches!(url, "memory" | "memory:")
+        || url.starts_with("embedded:")
+        || is_redis_url(url)
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+}
+
+/// A URL with its password (if any) replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// A plain sentence for a failure to reach a service at `url` ("connection refused
+/// to redis://127.0.0.1:1"), from an error and its causes, rather than the
+/// driver's debug form.
+pub fn unreachable(url: &str, err: &(dyn std::error::Error + 'static)) -> String {
+    let mut all = format!("{err} {err:?}");
+    let mut source = err.source();
+    while let Some(cause) = source {
+        all.push_str(&format!(" {cause} {cause:?}"));
+        source = cause.source();
+    }
+    let url = redact(url);
+    let lower = all.to_lowercase();
+    if lower.contains("connection refused") || lower.contains("connectionrefused") {
+        format!("connection refused to {url}")
+    } else if lower.contains("timed out") || lower.contains("timeout") {
+        format!("timed out connecting to {url}")
+    } else if lower.contains("lookup")
+        || lower.contains("resolve")
+        || lower.contains("name or service")
+    {
+        format!("cannot resolve the host of {url}")
+    } else {
+        format!("cannot connect to {url}: {err}")
     }
 }
 

@@ -87,7 +87,10 @@ impl PostgresStore {
         config.connect_timeout(std::time::Duration::from_secs(5));
         config.application_name("chatscale");
         if let Some(schema) = &schema {
-            let (client, conn) = config.connect(NoTls).await.map_err(backend)?;
+            let (client, conn) = config
+                .connect(NoTls)
+                .await
+                .map_err(|e| StoreError::Backend(super::unreachable(&base, &e)))?;
             let task = tokio::spawn(conn);
             client
                 .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
@@ -112,7 +115,10 @@ impl PostgresStore {
             .create_timeout(Some(std::time::Duration::from_secs(5)))
             .build()
             .map_err(backend)?;
-        let mut client = pool.get().await.map_err(backend)?;
+        let mut client = pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Backend(super::unreachable(&base, &e)))?;
         migrate(&mut client).await?;
         let mut settings = Vec::new();
         for name in ["synchronous_commit", "fsync"] {

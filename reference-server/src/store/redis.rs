@@ -1,41 +1,39 @@
-//! The Redis backend (`--storage redis://HOST:PORT[/DB][?prefix=NAME]`): the shared
-//! store of a cluster of chat nodes, through the `fred` client.
+//! The Redis backend (`--storage redis://HOST:PORT[/DB][?prefix=NAME]`, or a Redis
+//! Cluster: `redis-cluster://HOST:PORT?node=HOST:PORT&node=...[&prefix=NAME]`): the
+//! shared store of a cluster of chat nodes, through the `fred` client.
 //!
-//! **Why Lua.** [`Store::accept`] must dedupe, take the channel's next id, store the
-//! message and append it to every member's inbox with that member's next seq, all
-//! or nothing, while other nodes accept into the same channel. Redis runs a Lua
-//! script atomically (no other command runs between its steps), so one script does
-//! the whole accept in one round trip, and per-channel ids and per-user seqs stay
-//! gap-free without any lock. The other compound writes (create a user, a device,
-//! a group member under the limit, a friendship, the max of a presence time) are
-//! small scripts for the same reason. Scripts are sent by SHA (`EVALSHA`) and
-//! loaded again if the server forgot them.
+//! **One code path for one Redis and a Redis Cluster.** Every key carries a hash tag
+//! ([`keys`]): a user's keys share a slot, a channel's keys share a slot, a group's
+//! keys share a slot. Every Lua script receives its keys in `KEYS`, all in one slot,
+//! so Redis runs it atomically on whichever node owns that slot. An operation whose
+//! keys live in several slots is a short sequence of single-slot steps in an order
+//! that is safe to stop anywhere: [`accept`] (channel, then members, then finalize)
+//! explains the hot one; signing up writes the account before claiming the name, a
+//! new group takes its number before writing its members, a friendship adds both
+//! directions (idempotent, so a retry completes a half-done one). Pipelines group the
+//! steps' commands, so a step costs one round trip per Redis node it touches.
 //!
-//! **Key layout** (`P` is the `?prefix=` value, `cs` by default; `docs/storage.md` has the
-//! table). Ids are gap-free, so every read computes the exact fields it needs
-//! and fetches them with one `HMGET`, never a scan:
-//! - `P:chead` hash channel -> highest id; `P:ch:{channel}` hash id -> message JSON;
-//! - `P:ih:{user}` highest inbox seq; `P:ib:{user}` hash seq -> `channel\nid`;
-//! - `P:dd:{user}` hash client_msg_id -> `channel\nid\nseq\nts` (dedupe);
-//! - `P:u:{id}` hash name/hash/active; `P:names` hash username -> id;
-//!   `P:dev:{user}` hash device name -> id; `P:tok:{token}` `user:device`;
-//!   `P:fr:{user}` set; `P:gname` hash n -> name; `P:g:{n}` list of members;
-//!   `P:next` hash of counters (user, device, group).
-//!
-//! The scripts build key names from the prefix, so they need one Redis (or keys in
-//! one slot); Redis Cluster would need hash tags per channel and per user.
+//! Ids and seqs are gap-free, so every read computes the exact fields it needs and
+//! fetches them with one `HMGET`, never a scan. `docs/storage.md` has the key table.
 //!
 //! Durability is the server's: with `appendonly yes` and `appendfsync always` an
 //! acked message was fsynced to the append-only file (Redis fsyncs once per event
 //! loop turn, so concurrent accepts share it); `durability()` reports the setting
 //! read with `CONFIG GET` at open.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use fred::prelude::*;
-use fred::types::scripts::Script;
 use serde::{Deserialize, Serialize};
+
+mod accept;
+mod keys;
+mod scripts;
+
+pub(crate) use keys::Keys;
+use scripts::{Call, Scripts};
 
 use super::{
     Accepted, NewMessage, Store, StoreError, StoreResult, StoredMessage, TokenOwner, UserInfo,
@@ -45,41 +43,7 @@ use crate::protocol::{DeviceId, Message, MessageId, Millis, Seq, UserId};
 
 const POOL_SIZE: usize = 4;
 
-/// ARGV: prefix, channel, from, client_msg_id, ts, payload, members...
-/// Returns `{1, "channel\nid\nseq\nts"}` for a duplicate, `{2}` for an unknown
-/// member, or `{0, id, seq of each member...}`.
-const ACCEPT: &str = include_str!("redis/accept.lua");
-
-/// ARGV: prefix, channel, after|'', before|'', limit. Returns `{first_id, json...}`.
-const HISTORY: &str = include_str!("redis/history.lua");
-
-/// ARGV: prefix, user, since, limit. Returns `{seq, channel, id, json, ...}`.
-const INBOX: &str = include_str!("redis/inbox.lua");
-
-/// ARGV: prefix, username, hash. Returns the new id, or 0 if the name is taken.
-const CREATE_USER: &str = include_str!("redis/create_user.lua");
-
-/// ARGV: prefix, user, name|''. Returns the device id, or 0 for an unknown user.
-const LOGIN_DEVICE: &str = include_str!("redis/login_device.lua");
-
-/// ARGV: prefix, a, b. Returns 0 for an unknown user, 1 when done.
-const ADD_FRIEND: &str = include_str!("redis/add_friend.lua");
-
-/// ARGV: prefix, name, members... Returns the group number, or 0 for an unknown user.
-const CREATE_GROUP: &str = include_str!("redis/create_group.lua");
-
-/// ARGV: prefix, group, user, max. Returns 1 added/already there, 0 unknown group
-/// or user, -1 full.
-const ADD_MEMBER: &str = include_str!("redis/add_member.lua");
-
-/// ARGV: prefix, group, user|''. With a user: removes it. Returns `{0}` for an
-/// unknown group, else `{1, members...}`.
-const MEMBERS: &str = include_str!("redis/members.lua");
-
-/// ARGV: prefix, user, at. Keeps the max. Returns 0 for an unknown user.
-const SET_ACTIVE: &str = include_str!("redis/set_active.lua");
-
-/// The fields of a message that are not in its key (JSON in `P:ch:{channel}`).
+/// The fields of a message that are not in its key (JSON in `P:{c:channel}:msgs`).
 #[derive(Serialize, Deserialize)]
 struct Payload {
     from: UserId,
@@ -93,47 +57,50 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("redis: {e}"))
 }
 
-struct Scripts {
-    accept: Script,
-    history: Script,
-    inbox: Script,
-    create_user: Script,
-    login_device: Script,
-    add_friend: Script,
-    create_group: Script,
-    add_member: Script,
-    members: Script,
-    set_active: Script,
-}
-
 /// The Redis-backed store: a small pool of multiplexed connections.
 pub struct RedisStore {
     pool: Pool,
-    prefix: String,
+    keys: Keys,
     scripts: Arc<Scripts>,
     durability: String,
 }
 
+/// Connects a pool to `redis://...` or `redis-cluster://...` (without our own
+/// query parameters), failing fast when nothing answers: the storage and the
+/// cluster module both start this way.
+pub(crate) async fn connect(url: &str, size: usize) -> Result<Pool, String> {
+    let config = Config::from_url(url).map_err(|e| e.to_string())?;
+    let pool = Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = std::time::Duration::from_secs(5);
+        })
+        // A command never waits forever: the caller gets a backend error.
+        .with_performance_config(|p| {
+            p.default_command_timeout = std::time::Duration::from_secs(10);
+        })
+        // A dropped connection is re-opened (the first one still fails fast, so a
+        // wrong URL or a Redis that is down is reported at start-up).
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+        .build_pool(size)
+        .map_err(|e| e.to_string())?;
+    pool.init().await.map_err(|e| super::unreachable(url, &e))?;
+    Ok(pool)
+}
+
 impl RedisStore {
-    /// Connects to `redis://HOST:PORT[/DB][?prefix=NAME]` (prefix default `cs`).
+    /// Connects to `redis://HOST:PORT[/DB][?prefix=NAME]` (prefix default `cs`), or to
+    /// a Redis Cluster with `redis-cluster://HOST:PORT[?node=HOST:PORT...]`.
     pub async fn open(url: &str) -> StoreResult<Self> {
         let (base, prefix) = super::take_query_param(url, "prefix");
-        let prefix = format!("{}:", prefix.as_deref().unwrap_or("cs"));
-        let config = Config::from_url(&base).map_err(backend)?;
-        let pool = Builder::from_config(config)
-            .with_connection_config(|c| {
-                c.connection_timeout = std::time::Duration::from_secs(5);
-            })
-            // A command never waits forever: the caller gets a backend error.
-            .with_performance_config(|p| {
-                p.default_command_timeout = std::time::Duration::from_secs(10);
-            })
-            // A dropped connection is re-opened (the first one still fails fast,
-            // so a wrong URL is reported at start-up).
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
-            .build_pool(POOL_SIZE)
-            .map_err(backend)?;
-        pool.init().await.map_err(backend)?;
+        let prefix = prefix.unwrap_or_else(|| "cs".to_string());
+        if prefix.contains(['{', '}']) {
+            return Err(StoreError::Backend(
+                "redis: ?prefix= must not contain braces (they are hash tags)".into(),
+            ));
+        }
+        let pool = connect(&base, POOL_SIZE)
+            .await
+            .map_err(StoreError::Backend)?;
         let setting = |name: &'static str| {
             let pool = &pool;
             async move {
@@ -155,78 +122,96 @@ impl RedisStore {
             }
             (Err(e), _) | (_, Err(e)) => format!("redis: unknown (CONFIG GET failed: {e})"),
         };
-        let scripts = Arc::new(Scripts {
-            accept: Script::from_lua(ACCEPT),
-            history: Script::from_lua(HISTORY),
-            inbox: Script::from_lua(INBOX),
-            create_user: Script::from_lua(CREATE_USER),
-            login_device: Script::from_lua(LOGIN_DEVICE),
-            add_friend: Script::from_lua(ADD_FRIEND),
-            create_group: Script::from_lua(CREATE_GROUP),
-            add_member: Script::from_lua(ADD_MEMBER),
-            members: Script::from_lua(MEMBERS),
-            set_active: Script::from_lua(SET_ACTIVE),
-        });
+        let scripts = Arc::new(Scripts::new());
+        scripts.load(pool.next()).await?;
         tracing::info!(url = %base, prefix = %prefix, durability = %durability, "redis storage open");
         Ok(Self {
             pool,
-            prefix,
+            keys: Keys::new(&prefix),
             scripts,
             durability,
         })
     }
 
-    fn key(&self, rest: &str) -> String {
-        format!("{}{rest}", self.prefix)
+    fn client(&self) -> &Client {
+        self.pool.next()
     }
 
-    /// Runs a script with the prefix as its first argument.
-    async fn run(&self, script: &Script, args: Vec<Value>) -> StoreResult<Value> {
-        let mut argv = Vec::with_capacity(args.len() + 1);
-        argv.push(Value::from(self.prefix.as_str()));
-        argv.extend(args);
-        script
-            .evalsha_with_reload::<Value, _, _>(self.pool.next(), Vec::<Key>::new(), argv)
+    /// Runs one script.
+    async fn run(
+        &self,
+        script: &fred::types::scripts::Script,
+        keys: Vec<String>,
+        args: Vec<Value>,
+    ) -> StoreResult<Value> {
+        self.scripts
+            .run(self.client(), Call { script, keys, args })
+            .await
+    }
+
+    /// 1 for each key of `keys` that exists, 0 otherwise (one pipeline).
+    async fn exist(&self, keys: Vec<String>) -> StoreResult<Vec<bool>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pipe = self.client().pipeline();
+        for k in keys {
+            let _: () = pipe.exists(k).await.map_err(backend)?;
+        }
+        let found: Vec<i64> = pipe.all().await.map_err(backend)?;
+        Ok(found.into_iter().map(|n| n == 1).collect())
+    }
+
+    async fn users_exist(&self, ids: &[UserId]) -> StoreResult<bool> {
+        let keys = ids.iter().map(|&id| self.keys.user(id)).collect();
+        Ok(self.exist(keys).await?.into_iter().all(|e| e))
+    }
+
+    async fn next_counter(&self, name: &str) -> StoreResult<u64> {
+        self.client()
+            .hincrby(self.keys.counters(), name, 1)
             .await
             .map_err(backend)
     }
 
-    /// Deletes every key under this store's prefix (tests and benches use a fresh one).
+    /// Deletes every key under this store's prefix, on every node (tests and
+    /// benches use a fresh prefix each).
     pub async fn clear(&self) -> StoreResult<()> {
-        let client = self.pool.next();
-        let mut cursor = "0".to_string();
-        loop {
-            let (next, keys): (String, Vec<String>) = client
-                .custom(
-                    fred::cmd!("SCAN"),
-                    vec![
-                        cursor.clone(),
-                        "MATCH".into(),
-                        format!("{}*", self.prefix),
-                        "COUNT".into(),
-                        "1000".into(),
-                    ],
-                )
+        use futures_util::TryStreamExt;
+        let client = self.client();
+        let pattern = format!("{}:*", self.keys.prefix());
+        let keys: Vec<Key> = if client.is_clustered() {
+            client
+                .scan_cluster_buffered(pattern, Some(1000), None)
+                .try_collect()
                 .await
-                .map_err(backend)?;
-            if !keys.is_empty() {
-                let _: i64 = client.del(keys).await.map_err(backend)?;
-            }
-            if next == "0" {
-                return Ok(());
-            }
-            cursor = next;
+        } else {
+            client
+                .scan_buffered(pattern, Some(1000), None)
+                .try_collect()
+                .await
         }
+        .map_err(backend)?;
+        // One key per DEL: in a cluster the keys live in many slots.
+        for chunk in keys.chunks(1000) {
+            let pipe = client.pipeline();
+            for k in chunk {
+                let _: () = pipe.del(k.clone()).await.map_err(backend)?;
+            }
+            let _: Vec<i64> = pipe.all().await.map_err(backend)?;
+        }
+        Ok(())
     }
 }
 
-fn int(v: &Value) -> StoreResult<u64> {
+pub(crate) fn int(v: &Value) -> StoreResult<u64> {
     v.as_i64()
         .and_then(|i| u64::try_from(i).ok())
+        .or_else(|| v.as_string().and_then(|s| s.parse().ok()))
         .ok_or_else(|| StoreError::Backend(format!("redis: expected an integer, got {v:?}")))
 }
 
-fn text(v: &Value) -> StoreResult<String> {
+pub(crate) fn text(v: &Value) -> StoreResult<String> {
     v.as_string()
         .ok_or_else(|| StoreError::Backend(format!("redis: expected a string, got {v:?}")))
 }
@@ -260,22 +245,43 @@ impl Store for RedisStore {
     }
 
     async fn create_user(&self, username: &str, password_hash: &str) -> StoreResult<UserId> {
-        let s = &self.scripts.create_user;
-        match int(&self.run(s, vec![arg(username), arg(password_hash)]).await?)? {
-            0 => Err(StoreError::Conflict),
-            id => Ok(id),
+        // The account first, then the name: a crash in between leaves an unnamed
+        // account nobody can log into, never a name without an account.
+        let id = self.next_counter("user").await?;
+        let client = self.client();
+        let _: () = client
+            .hset(
+                self.keys.user(id),
+                [("name", username), ("hash", password_hash)],
+            )
+            .await
+            .map_err(backend)?;
+        let claimed: Option<String> = client
+            .set(
+                self.keys.username(username),
+                id,
+                None,
+                Some(SetOptions::NX),
+                false,
+            )
+            .await
+            .map_err(backend)?;
+        if claimed.is_none() {
+            let _: i64 = client.del(self.keys.user(id)).await.map_err(backend)?;
+            return Err(StoreError::Conflict);
         }
+        Ok(id)
     }
 
     async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>> {
-        let client = self.pool.next();
+        let client = self.client();
         let id: Option<u64> = client
-            .hget(self.key("names"), username)
+            .get(self.keys.username(username))
             .await
             .map_err(backend)?;
         let Some(id) = id else { return Ok(None) };
         let hash: Option<String> = client
-            .hget(self.key(&format!("u:{id}")), "hash")
+            .hget(self.keys.user(id), "hash")
             .await
             .map_err(backend)?;
         Ok(hash.map(|password_hash| UserRecord {
@@ -286,18 +292,17 @@ impl Store for RedisStore {
     }
 
     async fn users(&self, ids: &[UserId]) -> StoreResult<Vec<UserInfo>> {
-        let pipe = self.pool.next().pipeline();
-        for id in ids {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pipe = self.client().pipeline();
+        for &id in ids {
             let _: () = pipe
-                .hmget(self.key(&format!("u:{id}")), vec!["name", "active"])
+                .hmget(self.keys.user(id), vec!["name", "active"])
                 .await
                 .map_err(backend)?;
         }
-        let rows: Vec<Vec<Option<String>>> = if ids.is_empty() {
-            Vec::new()
-        } else {
-            pipe.all().await.map_err(backend)?
-        };
+        let rows: Vec<Vec<Option<String>>> = pipe.all().await.map_err(backend)?;
         Ok(ids
             .iter()
             .zip(rows)
@@ -315,30 +320,44 @@ impl Store for RedisStore {
     }
 
     async fn login_device(&self, user: UserId, name: Option<&str>) -> StoreResult<DeviceId> {
-        let s = &self.scripts.login_device;
-        match int(&self
-            .run(s, vec![arg(user), arg(name.unwrap_or(""))])
-            .await?)?
-        {
-            0 => Err(StoreError::NotFound),
-            id => Ok(id),
+        let client = self.client();
+        let devices = self.keys.user_part(user, "dev");
+        let pipe = client.pipeline();
+        let _: () = pipe.exists(self.keys.user(user)).await.map_err(backend)?;
+        let _: () = pipe
+            .hget(&devices, name.unwrap_or(""))
+            .await
+            .map_err(backend)?;
+        let (exists, known): (i64, Option<u64>) = pipe.all().await.map_err(backend)?;
+        if exists == 0 {
+            return Err(StoreError::NotFound);
         }
+        if let (Some(id), Some(_)) = (known, name) {
+            return Ok(id);
+        }
+        let id = self.next_counter("device").await?;
+        let Some(name) = name else { return Ok(id) };
+        // Two logins racing with one name: the first claim wins, the other reads it.
+        let claimed: bool = client.hsetnx(&devices, name, id).await.map_err(backend)?;
+        if claimed {
+            return Ok(id);
+        }
+        let winner: Option<u64> = client.hget(&devices, name).await.map_err(backend)?;
+        winner.ok_or_else(|| StoreError::Backend("redis: device claim vanished".into()))
     }
 
     async fn put_token(&self, token: &str, owner: TokenOwner) -> StoreResult<()> {
         let value = format!("{}:{}", owner.user_id, owner.device_id);
-        self.pool
-            .next()
-            .set::<(), _, _>(self.key(&format!("tok:{token}")), value, None, None, false)
+        self.client()
+            .set::<(), _, _>(self.keys.token(token), value, None, None, false)
             .await
             .map_err(backend)
     }
 
     async fn token_owner(&self, token: &str) -> StoreResult<Option<TokenOwner>> {
         let value: Option<String> = self
-            .pool
-            .next()
-            .get(self.key(&format!("tok:{token}")))
+            .client()
+            .get(self.keys.token(token))
             .await
             .map_err(backend)?;
         let Some(value) = value else { return Ok(None) };
@@ -355,29 +374,36 @@ impl Store for RedisStore {
 
     async fn revoke_token(&self, token: &str) -> StoreResult<()> {
         let _: i64 = self
-            .pool
-            .next()
-            .del(self.key(&format!("tok:{token}")))
+            .client()
+            .del(self.keys.token(token))
             .await
             .map_err(backend)?;
         Ok(())
     }
 
     async fn add_friend(&self, a: UserId, b: UserId) -> StoreResult<()> {
-        match int(&self
-            .run(&self.scripts.add_friend, vec![arg(a), arg(b)])
-            .await?)?
-        {
-            0 => Err(StoreError::NotFound),
-            _ => Ok(()),
+        if !self.users_exist(&[a, b]).await? {
+            return Err(StoreError::NotFound);
         }
+        // Both directions in one pipeline; each SADD is idempotent, so a retry
+        // completes a friendship a failure left one-sided.
+        let pipe = self.client().pipeline();
+        let _: () = pipe
+            .sadd(self.keys.user_part(a, "fr"), b)
+            .await
+            .map_err(backend)?;
+        let _: () = pipe
+            .sadd(self.keys.user_part(b, "fr"), a)
+            .await
+            .map_err(backend)?;
+        let _: Vec<i64> = pipe.all().await.map_err(backend)?;
+        Ok(())
     }
 
     async fn friends(&self, user: UserId) -> StoreResult<Vec<UserId>> {
         let mut ids: Vec<UserId> = self
-            .pool
-            .next()
-            .smembers(self.key(&format!("fr:{user}")))
+            .client()
+            .smembers(self.keys.user_part(user, "fr"))
             .await
             .map_err(backend)?;
         ids.sort_unstable();
@@ -391,17 +417,28 @@ impl Store for RedisStore {
         max_members: usize,
     ) -> StoreResult<u64> {
         let list = super::distinct_members(members, max_members)?;
+        if !self.users_exist(&list).await? {
+            return Err(StoreError::NotFound);
+        }
+        let group = self.next_counter("group").await?;
         let mut args = vec![arg(name)];
         args.extend(list.iter().map(arg));
-        match int(&self.run(&self.scripts.create_group, args).await?)? {
-            0 => Err(StoreError::NotFound),
-            n => Ok(n),
-        }
+        self.run(
+            &self.scripts.create_group,
+            self.keys.group_keys(group),
+            args,
+        )
+        .await?;
+        Ok(group)
     }
 
     async fn group_members(&self, group: u64) -> StoreResult<Option<Vec<UserId>>> {
         let reply = self
-            .run(&self.scripts.members, vec![arg(group), arg("")])
+            .run(
+                &self.scripts.members,
+                self.keys.group_keys(group),
+                vec![arg("")],
+            )
             .await?
             .into_array();
         match reply.split_first() {
@@ -413,10 +450,14 @@ impl Store for RedisStore {
     }
 
     async fn add_member(&self, group: u64, user: UserId, max_members: usize) -> StoreResult<()> {
+        if !self.users_exist(&[user]).await? {
+            return Err(StoreError::NotFound);
+        }
         let reply = self
             .run(
                 &self.scripts.add_member,
-                vec![arg(group), arg(user), arg(max_members)],
+                self.keys.group_keys(group),
+                vec![arg(user), arg(max_members)],
             )
             .await?;
         match reply.as_i64() {
@@ -431,7 +472,11 @@ impl Store for RedisStore {
 
     async fn remove_member(&self, group: u64, user: UserId) -> StoreResult<()> {
         let reply = self
-            .run(&self.scripts.members, vec![arg(group), arg(user)])
+            .run(
+                &self.scripts.members,
+                self.keys.group_keys(group),
+                vec![arg(user)],
+            )
             .await?
             .into_array();
         match reply.first().map(int).transpose()? {
@@ -449,57 +494,7 @@ impl Store for RedisStore {
             ts: msg.ts,
         })
         .map_err(backend)?;
-        let mut args = vec![
-            arg(msg.channel),
-            arg(msg.from),
-            arg(msg.client_msg_id),
-            arg(msg.ts),
-            Value::from(payload),
-        ];
-        args.extend(msg.members.iter().map(arg));
-        let reply = self.run(&self.scripts.accept, args).await?.into_array();
-        let bad = || StoreError::Backend(format!("redis: accept answered {reply:?}"));
-        match reply.first().map(int).transpose()? {
-            Some(0) => {
-                let id = int(reply.get(1).ok_or_else(bad)?)?;
-                let seqs = reply[2..]
-                    .iter()
-                    .map(int)
-                    .collect::<StoreResult<Vec<_>>>()?;
-                let recipients: Vec<(UserId, Seq)> =
-                    msg.members.iter().copied().zip(seqs).collect();
-                let sender_seq = recipients
-                    .iter()
-                    .find(|(m, _)| *m == msg.from)
-                    .map_or(0, |&(_, s)| s);
-                Ok(Accepted {
-                    channel: msg.channel.to_string(),
-                    id,
-                    ts: msg.ts,
-                    sender_seq,
-                    recipients,
-                    duplicate: false,
-                })
-            }
-            Some(1) => {
-                let seen = text(reply.get(1).ok_or_else(bad)?)?;
-                let parts: Vec<&str> = seen.split('\n').collect();
-                let [channel, id, seq, ts] = parts[..] else {
-                    return Err(bad());
-                };
-                let num = |s: &str| s.parse::<u64>().map_err(|_| bad());
-                Ok(Accepted {
-                    channel: channel.to_string(),
-                    id: num(id)?,
-                    ts: num(ts)?,
-                    sender_seq: num(seq)?,
-                    recipients: Vec::new(),
-                    duplicate: true,
-                })
-            }
-            Some(2) => Err(StoreError::NotFound),
-            _ => Err(bad()),
-        }
+        accept::accept(self, msg, payload).await
     }
 
     async fn history(
@@ -510,8 +505,15 @@ impl Store for RedisStore {
         limit: usize,
     ) -> StoreResult<Vec<StoredMessage>> {
         let opt = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
-        let args = vec![arg(channel), arg(opt(after)), arg(opt(before)), arg(limit)];
-        let reply = self.run(&self.scripts.history, args).await?.into_array();
+        let keys = vec![
+            self.keys.channel(channel, "head"),
+            self.keys.channel(channel, "msgs"),
+        ];
+        let args = vec![arg(opt(after)), arg(opt(before)), arg(limit)];
+        let reply = self
+            .run(&self.scripts.history, keys, args)
+            .await?
+            .into_array();
         let Some((first, rows)) = reply.split_first() else {
             return Ok(Vec::new());
         };
@@ -525,9 +527,8 @@ impl Store for RedisStore {
 
     async fn inbox_head(&self, user: UserId) -> StoreResult<Seq> {
         let head: Option<u64> = self
-            .pool
-            .next()
-            .get(self.key(&format!("ih:{user}")))
+            .client()
+            .get(self.keys.user_part(user, "ih"))
             .await
             .map_err(backend)?;
         Ok(head.unwrap_or(0))
@@ -539,26 +540,70 @@ impl Store for RedisStore {
         since: Seq,
         limit: usize,
     ) -> StoreResult<Vec<Message>> {
-        let reply = self
-            .run(&self.scripts.inbox, vec![arg(user), arg(since), arg(limit)])
+        // The user's inbox names the messages; they live in their channels' slots,
+        // read next with one HMGET per channel (one pipeline).
+        let keys = vec![
+            self.keys.user_part(user, "ih"),
+            self.keys.user_part(user, "ib"),
+        ];
+        let refs = self
+            .run(&self.scripts.inbox, keys, vec![arg(since), arg(limit)])
             .await?
             .into_array();
-        let mut out = Vec::with_capacity(reply.len() / 4);
-        for row in reply.chunks_exact(4) {
-            let (seq, channel, id) = (int(&row[0])?, text(&row[1])?, int(&row[2])?);
+        let mut rows: Vec<(Seq, String, MessageId)> = Vec::with_capacity(refs.len() / 3);
+        for r in refs.chunks_exact(3) {
+            rows.push((int(&r[0])?, text(&r[1])?, int(&r[2])?));
+        }
+        let mut by_channel: HashMap<&str, Vec<MessageId>> = HashMap::new();
+        for (_, channel, id) in &rows {
+            by_channel.entry(channel).or_default().push(*id);
+        }
+        if by_channel.is_empty() {
+            return Ok(Vec::new());
+        }
+        let channels: Vec<&str> = by_channel.keys().copied().collect();
+        let pipe = self.client().pipeline();
+        for ch in &channels {
+            let ids: Vec<String> = by_channel[ch].iter().map(u64::to_string).collect();
+            let _: () = pipe
+                .hmget(self.keys.channel(ch, "msgs"), ids)
+                .await
+                .map_err(backend)?;
+        }
+        let replies: Vec<Value> = pipe.all().await.map_err(backend)?;
+        let mut json: HashMap<(&str, MessageId), Value> = HashMap::new();
+        for (ch, reply) in channels.iter().zip(replies) {
+            // A one-field HMGET comes back as a plain value, not an array.
+            let values = match reply {
+                Value::Array(v) => v,
+                other => vec![other],
+            };
+            for (id, v) in by_channel[ch].iter().zip(values) {
+                json.insert((ch, *id), v);
+            }
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for (seq, channel, id) in &rows {
+            let v = json
+                .get(&(channel.as_str(), *id))
+                .ok_or_else(|| StoreError::Backend(format!("redis: {channel} {id} missing")))?;
             out.push(Message {
-                seq: Some(seq),
-                ..message(&channel, id, &row[3])?
+                seq: Some(*seq),
+                ..message(channel, *id, v)?
             });
         }
         Ok(out)
     }
 
     async fn set_last_active(&self, user: UserId, at: Millis) -> StoreResult<()> {
-        match int(&self
-            .run(&self.scripts.set_active, vec![arg(user), arg(at)])
-            .await?)?
-        {
+        let reply = self
+            .run(
+                &self.scripts.set_active,
+                vec![self.keys.user(user)],
+                vec![arg(at)],
+            )
+            .await?;
+        match int(&reply)? {
             0 => Err(StoreError::NotFound),
             _ => Ok(()),
         }

@@ -1,6 +1,7 @@
 //! The backends the conformance suite runs on, each in a fresh namespace: a new
 //! in-memory store, a new embedded database in a temp dir, a random Redis key
-//! prefix, a random PostgreSQL schema; removed again after the property.
+//! prefix (on one Redis, and on a Redis Cluster), a random PostgreSQL schema;
+//! removed again after the property.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -65,6 +66,17 @@ async fn fresh(backend: &str, tag: &str) -> Option<(Arc<dyn Store>, Namespace, S
             );
             (s.clone() as Arc<dyn Store>, Namespace::Redis(s), url)
         }
+        "redis_cluster" => {
+            let base = service_url("CHATSCALE_REDIS_CLUSTER_URL")?;
+            let sep = if base.contains('?') { '&' } else { '?' };
+            let url = format!("{base}{sep}prefix={}", unique(tag));
+            let s = Arc::new(
+                store::redis::RedisStore::open(&url)
+                    .await
+                    .unwrap_or_else(|e| panic!("redis cluster at {base} unreachable: {e}")),
+            );
+            (s.clone() as Arc<dyn Store>, Namespace::Redis(s), url)
+        }
         "postgres" => {
             let base = service_url("CHATSCALE_POSTGRES_URL")?;
             let schema = unique(tag).to_lowercase();
@@ -100,7 +112,8 @@ where
     let Some((store, ns, _)) = fresh(backend, tag).await else {
         return;
     };
-    assert_eq!(store.kind(), backend);
+    // The clustered Redis is the same backend as the single one.
+    assert_eq!(store.kind(), backend.trim_end_matches("_cluster"));
     assert!(!store.durability().is_empty());
     property(store.clone()).await;
     store.flush().await.expect("flush");

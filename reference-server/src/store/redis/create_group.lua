@@ -1,9 +1,4 @@
--- ARGV: prefix, name, members... Returns the group number, or 0 for an unknown user.
-local p = ARGV[1]
-for i = 3, #ARGV do
-  if redis.call('EXISTS', p..'u:'..ARGV[i]) == 0 then return 0 end
-end
-local n = redis.call('HINCRBY', p..'next', 'group', 1)
-redis.call('HSET', p..'gname', n, ARGV[2])
-if #ARGV >= 3 then redis.call('RPUSH', p..'g:'..n, unpack(ARGV, 3)) end
-return n
+-- KEYS (the group's slot): name, members. ARGV: name, members...
+redis.call('SET', KEYS[1], ARGV[1])
+if #ARGV >= 2 then redis.call('RPUSH', KEYS[2], unpack(ARGV, 2)) end
+return 1
