@@ -553,6 +553,76 @@ async fn two_nodes(a: Arc<dyn Store>, b: Arc<dyn Store>) {
     }
 }
 
+/// Two nodes, many concurrent senders each, into overlapping but different member
+/// sets (direct channels between every pair, and groups of different members): a
+/// backend that batches accepts must take its locks in one global order, or two
+/// batches deadlock. Every accept succeeds, ids per channel are exactly 1..=n, and
+/// every inbox is gap-free with each message once.
+async fn two_nodes_overlapping(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    let u = users(&*a, 10).await;
+    let mut channels: Vec<(String, Vec<UserId>)> = Vec::new();
+    for (i, &x) in u.iter().enumerate() {
+        for &y in &u[i + 1..] {
+            channels.push((format!("dm:{x}:{y}"), vec![x, y]));
+        }
+    }
+    for k in 0..6 {
+        let members: Vec<UserId> = u.iter().copied().filter(|m| (m + k) % 3 != 0).collect();
+        let g = a.create_group("g", &members, 100).await.expect("group");
+        channels.push((format!("g:{g}"), members));
+    }
+    let channels = Arc::new(channels);
+    let mut tasks = Vec::new();
+    for t in 0..48usize {
+        let s = if t % 2 == 0 { a.clone() } else { b.clone() };
+        let channels = channels.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sent = Vec::new();
+            for i in 0..15usize {
+                // Each task walks the channels in its own order.
+                let c = (t * 7 + i * (t % 5 + 1)) % channels.len();
+                let (channel, members) = &channels[c];
+                let from = members[(t + i) % members.len()];
+                let cmid = format!("{t}-{i}");
+                let got = s.accept(msg(channel, members, from, &cmid)).await;
+                let got = got.unwrap_or_else(|e| panic!("accept into {channel}: {e}"));
+                sent.push((c, got.id));
+            }
+            sent
+        }));
+    }
+    let mut per_channel = vec![Vec::new(); channels.len()];
+    for t in tasks {
+        for (c, id) in t.await.expect("sender") {
+            per_channel[c].push(id);
+        }
+    }
+    for (c, mut ids) in per_channel.into_iter().enumerate() {
+        ids.sort_unstable();
+        let n = ids.len() as u64;
+        assert_eq!(ids, (1..=n).collect::<Vec<_>>(), "ids of {}", channels[c].0);
+    }
+    for &m in &u {
+        let inbox = whole_inbox(&*b, m, 100).await;
+        let distinct: HashSet<_> = inbox.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            inbox.len(),
+            "each message once in {m}'s inbox"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_nodes_overlapping() {
+    run_two_nodes("postgres", "overlap", two_nodes_overlapping).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_two_nodes_overlapping() {
+    run_two_nodes("redis_cluster", "overlap", two_nodes_overlapping).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_two_nodes() {
     run_two_nodes("redis", "two_nodes", two_nodes).await;

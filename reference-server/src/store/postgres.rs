@@ -18,6 +18,8 @@
 //! takes every accept waiting (up to [`MAX_BATCH`]), pipelines their function calls
 //! inside one transaction, and commits once, so one WAL flush (with
 //! `synchronous_commit=on`) covers the batch; then each caller's oneshot completes.
+//! Several nodes on one database commit batches concurrently, so a batch first
+//! locks all its user rows, then all its channel rows, each sorted (see `writer`).
 //! A backend error rolls the batch back and fails every caller in it (none was
 //! acked). Everything else runs on a small `deadpool-postgres` pool with prepared
 //! (cached) statements.

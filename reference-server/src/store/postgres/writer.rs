@@ -1,5 +1,11 @@
 //! The PostgreSQL backend's group commit: one task owns one connection and commits
 //! every accept that is waiting in one transaction (see the parent module).
+//!
+//! Several nodes share one database, so several writers commit batches at once.
+//! Each batch first locks every user row and then every channel row it will touch,
+//! each set sorted: one global lock order for all writers, so two batches wait for
+//! each other but never deadlock. Inside the transaction each accept's own locks are
+//! then already held.
 
 use futures_util::future::join_all;
 use tokio::sync::{mpsc, oneshot};
@@ -70,11 +76,45 @@ pub(super) async fn writer_loop(
             Err(e) => {
                 tracing::error!(batch = size, cause = %e, "postgres accept batch failed");
                 for request in batch.drain(..) {
-                    let _ = request.done.send(Err(StoreError::Backend(e.to_string())));
+                    let e = match &e {
+                        StoreError::Backend(text) => text.clone(),
+                        other => other.to_string(),
+                    };
+                    let _ = request.done.send(Err(StoreError::Backend(e)));
                 }
             }
         }
     }
+}
+
+/// Locks every user row a batch touches, in id order: nodes commit batches
+/// concurrently, and each accept locking only its own members in order is not
+/// enough (batch A: {1,5} then {2,3}; batch B: {2,3} then {1,5} deadlock).
+const LOCK_USERS: &str = "SELECT 1 FROM users WHERE id = ANY ($1) ORDER BY id FOR UPDATE";
+
+/// Creates the batch's missing channel rows, in channel order (a row created here
+/// starts at head 0; the accept's upsert takes it to 1; a concurrent creator of the
+/// same row waits for this transaction)...
+const CREATE_CHANNELS: &str = "INSERT INTO channels (channel_id, head) \
+     SELECT x, 0 FROM unnest($1::TEXT[]) AS x ORDER BY x ON CONFLICT (channel_id) DO NOTHING";
+
+/// ...then locks them all, in channel order: after the users, so one global order
+/// (users by id, then channels by id) for every writer.
+const LOCK_CHANNELS: &str =
+    "SELECT 1 FROM channels WHERE channel_id = ANY ($1) ORDER BY channel_id FOR UPDATE";
+
+/// The sorted, distinct users (senders and members) and channels of a batch.
+fn lock_sets(batch: &[AcceptRequest]) -> (Vec<i64>, Vec<String>) {
+    let mut users: Vec<i64> = batch
+        .iter()
+        .flat_map(|r| r.members.iter().copied().chain([r.from]))
+        .collect();
+    users.sort_unstable();
+    users.dedup();
+    let mut channels: Vec<String> = batch.iter().map(|r| r.channel.clone()).collect();
+    channels.sort_unstable();
+    channels.dedup();
+    (users, channels)
 }
 
 async fn commit_batch(
@@ -83,6 +123,14 @@ async fn commit_batch(
     batch: &[AcceptRequest],
 ) -> StoreResult<Vec<Row>> {
     let txn = client.transaction().await.map_err(backend)?;
+    let (users, channels) = lock_sets(batch);
+    txn.execute(LOCK_USERS, &[&users]).await.map_err(backend)?;
+    txn.execute(CREATE_CHANNELS, &[&channels])
+        .await
+        .map_err(backend)?;
+    txn.execute(LOCK_CHANNELS, &[&channels])
+        .await
+        .map_err(backend)?;
     // Issued together, the calls are pipelined on the connection and still run in
     // order, so a batch costs about one round trip plus one commit.
     let (txn_ref, stmt_ref) = (&txn, stmt);
