@@ -7,6 +7,12 @@
 //! order" hold: two sends to one channel cannot be fanned out in the opposite
 //! order of their ids. Different channels rarely share a stripe, so they proceed
 //! in parallel, and a durable backend can group-commit their accepts together.
+//!
+//! In a cluster (`crate::cluster`) the same lock is held while the frames for
+//! members on other nodes are published, so one node's sends into a channel leave
+//! it in id order. Sends into one channel from *different* nodes are ordered where
+//! they arrive instead: the hub releases each user's frames in inbox `seq` order,
+//! and every inbox holds a channel's messages in id order (see `hub`).
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
@@ -17,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{now_ms, token_expired, PasswordHashing};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::hub::Hub;
@@ -24,8 +31,8 @@ use crate::metrics::Metrics;
 use crate::outbox::CloseReason;
 use crate::presence::Presence;
 use crate::protocol::{
-    check_text, ChannelId, ErrorCode, Message, MessageRef, Recipient, UserId,
-    MAX_CLIENT_MSG_ID_CHARS,
+    check_text, ChannelId, ErrorCode, Message, MessageRef, Millis, Recipient, Seq, Status,
+    UserId, MAX_CLIENT_MSG_ID_CHARS,
 };
 use crate::push::{preview, Notification, PushGateway};
 use crate::store::{Accepted, NewMessage, Store, TokenOwner};
@@ -45,8 +52,10 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Tracks WebSocket sessions so shutdown can wait for them to close.
     pub sessions: TaskTracker,
-    /// The WebSocket URLs that discovery hands out.
-    pub servers: Vec<String>,
+    /// This node's WebSocket URL (what discovery hands out when alone).
+    pub own_servers: Vec<String>,
+    /// The cluster this node belongs to (`--cluster`), if any.
+    pub cluster: Option<Arc<Cluster>>,
     /// Connections this node accepts before answering upgrades `503 overloaded`.
     pub max_connections: usize,
     channel_locks: Box<[tokio::sync::Mutex<()>]>,
@@ -67,8 +76,13 @@ impl App {
                 .max(1),
             n => n,
         };
+        // In a cluster a user's frames come from several nodes: deliver in seq order.
+        let hub = match config.cluster {
+            Some(_) => Hub::ordered(metrics.clone()),
+            None => Hub::new(metrics.clone()),
+        };
         App {
-            hub: Arc::new(Hub::new(metrics.clone())),
+            hub: Arc::new(hub),
             presence: Arc::new(Presence::new(config.offline_after)),
             push: PushGateway::start(
                 config.push_webhook.clone(),
@@ -85,7 +99,8 @@ impl App {
             shutdown,
             sessions: TaskTracker::new(),
             max_connections,
-            servers,
+            own_servers: servers,
+            cluster: None,
             channel_locks: (0..CHANNEL_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -104,15 +119,62 @@ impl App {
             .ok_or_else(ApiError::unauthorized)
     }
 
-    /// Logs a device out: its token stops working, its connections close, and
-    /// if it was the user's last fresh device the user goes offline at once.
+    /// Logs a device out: its token stops working, its connections close (on
+    /// every node of a cluster), and if it was the user's last fresh device the
+    /// user goes offline at once.
     pub async fn logout(&self, token: &str, owner: TokenOwner) -> Result<(), ApiError> {
         self.store.revoke_token(token).await?;
         self.hub
             .close_device(owner.user_id, owner.device_id, CloseReason::LoggedOut);
         self.presence
             .logout(owner.user_id, owner.device_id, now_ms());
+        if let Some(cluster) = &self.cluster {
+            cluster.revoke(owner.user_id, owner.device_id).await?;
+        }
         Ok(())
+    }
+
+    /// The WebSocket URLs that `login` and discovery hand out, best first.
+    pub fn servers(&self) -> Vec<String> {
+        match &self.cluster {
+            Some(cluster) => cluster.servers(),
+            None => self.own_servers.clone(),
+        }
+    }
+
+    /// Where a new connection of `owner` starts: the inbox head its `hello`
+    /// announces. In a cluster it first waits until this node receives the
+    /// user's deliveries, so every message stored after that head reaches it.
+    pub async fn attach(&self, owner: TokenOwner) -> Result<Seq, ApiError> {
+        if let Some(cluster) = &self.cluster {
+            cluster.attached(owner.user_id).await?;
+        }
+        let head = self.store.inbox_head(owner.user_id).await?;
+        self.hub.start_after(owner.user_id, head);
+        Ok(head)
+    }
+
+    /// Each user's presence: online (with its last heartbeat here, or when it
+    /// came online elsewhere in the cluster) or offline (`None`: the stored
+    /// `last_active_at` applies).
+    pub async fn statuses(&self, users: &[UserId]) -> Vec<(Status, Option<Millis>)> {
+        let local: Vec<(Status, Option<Millis>)> =
+            users.iter().map(|&u| self.presence.status(u)).collect();
+        let Some(cluster) = &self.cluster else {
+            return local;
+        };
+        let remote = match cluster.statuses(users).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(cause = %e, "cluster presence unreachable: answering with this node's");
+                return local;
+            }
+        };
+        local
+            .into_iter()
+            .zip(remote)
+            .map(|(here, there)| if here.0 == Status::Online { here } else { there })
+            .collect()
     }
 
     /// The members of a channel, if `user` is one of them: `forbidden` if not,
@@ -196,13 +258,14 @@ impl App {
             return Ok(accepted);
         }
         Metrics::inc(&self.metrics.messages_accepted);
-        self.fan_out(&accepted, from, client_msg_id, text);
+        self.fan_out(&accepted, from, client_msg_id, text).await;
         Ok(accepted)
     }
 
     /// Queues the message on every connected device of every member (not the
-    /// sending device), and hands a push notification for each member with none.
-    fn fan_out(&self, accepted: &Accepted, from: TokenOwner, client_msg_id: &str, text: &str) {
+    /// sending device), here and (in a cluster) on the other nodes, and hands a
+    /// push notification for each member with no connected device anywhere.
+    async fn fan_out(&self, accepted: &Accepted, from: TokenOwner, client_msg_id: &str, text: &str) {
         // Each member has its own `seq`, everything else is shared: serialize the
         // shared part once and splice each member's seq in front of it, so a long
         // text is escaped once per message rather than once per member.
@@ -218,11 +281,25 @@ impl App {
             ts: accepted.ts,
         })
         .expect("message frames always serialize");
+        let mut offline_here = Vec::new();
         for &(member, seq) in &accepted.recipients {
             let frame: Utf8Bytes = splice_seq(&shared, seq).into();
             let skip = (member == from.user_id).then_some(from.device_id);
-            let reached = self.hub.deliver(member, skip, &frame);
+            let reached = self.hub.deliver_seq(member, seq, skip, &frame);
             if reached.connections == 0 && member != from.user_id {
+                offline_here.push(member);
+            }
+        }
+        let elsewhere = match &self.cluster {
+            Some(cluster) => {
+                cluster
+                    .route_message(&accepted.recipients, from.user_id, from.device_id, &shared)
+                    .await
+            }
+            None => Default::default(),
+        };
+        for member in offline_here {
+            if !elsewhere.contains(&member) {
                 self.push.notify(Notification {
                     user_id: member,
                     channel: accepted.channel.clone(),
@@ -261,17 +338,7 @@ impl App {
     }
 }
 
-/// `{"seq":N,` followed by a serialized object without its opening brace: the
-/// member's `message` frame, built with one copy of the shared bytes.
-pub fn splice_seq(shared: &str, seq: u64) -> String {
-    let body = shared.strip_prefix('{').unwrap_or(shared);
-    let mut frame = String::with_capacity(body.len() + 28);
-    frame.push_str("{\"seq\":");
-    frame.push_str(&seq.to_string());
-    frame.push(',');
-    frame.push_str(body);
-    frame
-}
+pub use crate::protocol::splice_seq;
 
 #[cfg(test)]
 mod tests {

@@ -21,10 +21,16 @@ pub struct Opts {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Storage backend: memory, embedded:DIR, redis://HOST:PORT, postgres://...
+    /// Storage backend: memory, embedded:DIR, redis://HOST:PORT (or a Redis
+    /// Cluster: redis-cluster://HOST:PORT?node=HOST:PORT...), postgres://...
     /// The default is durable (history is kept forever) and needs nothing installed.
     #[arg(long, default_value = "embedded:./chatscale-data")]
     pub storage: String,
+
+    /// Join a cluster of nodes over this Redis: redis://HOST:PORT[/DB][?prefix=NAME]
+    /// (or redis-cluster://...). Needs shared storage (redis:// or postgres://).
+    #[arg(long)]
+    pub cluster: Option<String>,
 
     /// This node's name in discovery and metrics (default: node-PID).
     #[arg(long)]
@@ -99,6 +105,8 @@ pub struct Opts {
 pub struct Config {
     pub listen: SocketAddr,
     pub storage: String,
+    /// The cluster's Redis URL (`--cluster`), if this node is part of one.
+    pub cluster: Option<String>,
     pub node_id: String,
     pub advertise: Option<String>,
     pub heartbeat_interval: Duration,
@@ -153,6 +161,48 @@ impl Opts {
         if self.password_hash_iterations == 0 {
             return err("password-hash-iterations", "must be above 0");
         }
+        if !crate::store::is_known_url(&self.storage) {
+            return Err(ConfigError {
+                flag: "storage",
+                reason: format!(
+                    "unknown storage {:?}: use memory, embedded:DIR, redis://HOST:PORT, \
+                     redis-cluster://HOST:PORT or postgres://...",
+                    crate::store::redact(&self.storage)
+                ),
+            });
+        }
+        if let Some(url) = &self.cluster {
+            if !crate::store::is_redis_url(url) {
+                return err(
+                    "cluster",
+                    "must be redis://HOST:PORT[/DB] (or redis-cluster://HOST:PORT?node=...)",
+                );
+            }
+            let shared = crate::store::is_redis_url(&self.storage)
+                || self.storage.starts_with("postgres://")
+                || self.storage.starts_with("postgresql://");
+            if !shared {
+                return err(
+                    "cluster",
+                    "needs storage every node shares (--storage redis://... or postgres://...): \
+                     with memory or embedded: storage each node would keep its own accounts, \
+                     messages and inboxes",
+                );
+            }
+            if let Some(id) = &self.node_id {
+                let ok = !id.is_empty()
+                    && id.len() <= 64
+                    && id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+                if !ok {
+                    return err(
+                        "node-id",
+                        "must be 1-64 characters of A-Z a-z 0-9 _ - . in a cluster",
+                    );
+                }
+            }
+        }
         if let Some(a) = &self.advertise {
             if !(a.starts_with("ws://") || a.starts_with("wss://")) {
                 return err("advertise", "must be ws://HOST:PORT or wss://HOST:PORT");
@@ -166,6 +216,7 @@ impl Opts {
         Ok(Config {
             listen: self.listen,
             storage: self.storage,
+            cluster: self.cluster,
             node_id: self
                 .node_id
                 .unwrap_or_else(|| format!("node-{}", std::process::id())),

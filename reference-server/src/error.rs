@@ -61,6 +61,16 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::cluster::ClusterError> for ApiError {
+    fn from(e: crate::cluster::ClusterError) -> Self {
+        tracing::error!(cause = %e, "cluster failed");
+        ApiError::new(
+            ErrorCode::Internal,
+            "the cluster's Redis is unreachable; retry later",
+        )
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status())

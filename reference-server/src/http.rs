@@ -175,7 +175,7 @@ async fn login(
         token,
         user_id: user.id,
         device_id,
-        servers: app.servers.clone(),
+        servers: app.servers(),
     }))
 }
 
@@ -186,7 +186,7 @@ async fn logout(State(app): AppState, auth: Auth) -> ApiResult<StatusCode> {
 
 async fn discovery(State(app): AppState, _auth: Auth) -> Json<DiscoveryResponse> {
     Json(DiscoveryResponse {
-        servers: app.servers.clone(),
+        servers: app.servers(),
     })
 }
 
@@ -208,10 +208,12 @@ async fn add_friend(
 async fn friends(State(app): AppState, auth: Auth) -> ApiResult<Json<FriendsResponse>> {
     let ids = app.store.friends(auth.owner.user_id).await?;
     let users = app.store.users(&ids).await?;
+    let ids: Vec<UserId> = users.iter().map(|u| u.id).collect();
+    let statuses = app.statuses(&ids).await;
     let friends = users
         .into_iter()
-        .map(|u| {
-            let (status, seen) = app.presence.status(u.id);
+        .zip(statuses)
+        .map(|(u, (status, seen))| {
             Friend {
                 user_id: u.id,
                 username: u.username,
@@ -349,10 +351,12 @@ async fn presence(
         return Err(app.count(ApiError::bad_request("at most 1000 users per query")));
     }
     let users = app.store.users(&ids).await?;
+    let ids: Vec<UserId> = users.iter().map(|u| u.id).collect();
+    let statuses = app.statuses(&ids).await;
     let presence = users
         .into_iter()
-        .map(|u| {
-            let (status, seen) = app.presence.status(u.id);
+        .zip(statuses)
+        .map(|(u, (status, seen))| {
             let last_active_at = if status == Status::Online {
                 seen
             } else {
@@ -377,12 +381,16 @@ async fn healthz(State(app): AppState) -> Response {
 }
 
 async fn metrics(State(app): AppState) -> Response {
-    let body = app.metrics.render(
+    let mut body = app.metrics.render(
+        &app.config.node_id,
         app.hub.devices_online(),
         app.presence.online_users(),
         app.store.kind(),
         &app.store.durability(),
     );
+    if let Some(cluster) = &app.cluster {
+        cluster.render_metrics(&app.config.node_id, &mut body);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

@@ -15,11 +15,13 @@
 //! - [`presence`]: online/offline by heartbeats, pushed to friends.
 //! - [`push`]: push notifications for offline members.
 //! - [`auth`]: password hashing and tokens.
+//! - [`cluster`]: nodes over Redis (discovery, routing, cluster-wide presence).
 //! - [`metrics`]: counters for `/metrics`.
 //! - [`error`]: `ApiError`, a protocol error code with a message.
 //! - [`store`]: the storage trait and its backends.
 pub mod auth;
 pub mod chat;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod http;

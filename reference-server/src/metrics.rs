@@ -24,6 +24,11 @@ pub struct Metrics {
     pub presence_changes: AtomicU64,
     pub storage_accept_micros_sum: AtomicU64,
     pub storage_accept_count: AtomicU64,
+    /// Ordered delivery (cluster mode, see `hub`): frames that waited for an
+    /// earlier seq, frames dropped as older than what was released, gaps skipped.
+    pub seq_held: AtomicU64,
+    pub seq_dropped: AtomicU64,
+    pub seq_skipped: AtomicU64,
     errors: [AtomicU64; ErrorCode::ALL.len()],
 }
 
@@ -41,20 +46,23 @@ impl Metrics {
         self.errors[i].fetch_add(1, Relaxed);
     }
 
-    /// Renders every metric. `devices_online` and `users_online` come from the
-    /// hub and presence, which own those numbers.
+    /// Renders every metric, each series labelled with this node's id (`node`).
+    /// `devices_online` and `users_online` come from the hub and presence, which
+    /// own those numbers.
     pub fn render(
         &self,
+        node: &str,
         devices_online: usize,
         users_online: usize,
         storage: &str,
         durability: &str,
     ) -> String {
         let mut out = String::with_capacity(4096);
+        let node = label(node);
         let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
             let _ = writeln!(
                 out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {value}"
             );
         };
         let get = |c: &AtomicU64| c.load(Relaxed);
@@ -137,6 +145,24 @@ impl Metrics {
             get(&self.presence_changes),
         );
         metric(
+            "chatscale_seq_held_total",
+            "counter",
+            "Message frames that waited for an earlier seq of their user (cluster mode).",
+            get(&self.seq_held),
+        );
+        metric(
+            "chatscale_seq_dropped_total",
+            "counter",
+            "Message frames dropped as older than one already delivered (the device syncs).",
+            get(&self.seq_dropped),
+        );
+        metric(
+            "chatscale_seq_skipped_total",
+            "counter",
+            "Seq gaps given up on after the grace (the device sees the gap and syncs).",
+            get(&self.seq_skipped),
+        );
+        metric(
             "chatscale_process_resident_memory_bytes",
             "gauge",
             "Resident memory of the server process.",
@@ -145,31 +171,37 @@ impl Metrics {
         let _ = writeln!(out, "# HELP chatscale_storage_accept_seconds Time spent in the storage accept operation.\n# TYPE chatscale_storage_accept_seconds summary");
         let _ = writeln!(
             out,
-            "chatscale_storage_accept_seconds_sum{{storage=\"{storage}\"}} {:.6}",
+            "chatscale_storage_accept_seconds_sum{{node=\"{node}\",storage=\"{storage}\"}} {:.6}",
             get(&self.storage_accept_micros_sum) as f64 / 1e6
         );
         let _ = writeln!(
             out,
-            "chatscale_storage_accept_seconds_count{{storage=\"{storage}\"}} {}",
+            "chatscale_storage_accept_seconds_count{{node=\"{node}\",storage=\"{storage}\"}} {}",
             get(&self.storage_accept_count)
         );
-        let label = |v: &str| {
-            v.replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', " ")
-        };
         let _ = writeln!(
             out,
-            "# HELP chatscale_storage_info The storage backend and what an acked message survives.\n# TYPE chatscale_storage_info gauge\nchatscale_storage_info{{storage=\"{}\",durability=\"{}\"}} 1",
+            "# HELP chatscale_storage_info The storage backend and what an acked message survives.\n# TYPE chatscale_storage_info gauge\nchatscale_storage_info{{node=\"{node}\",storage=\"{}\",durability=\"{}\"}} 1",
             label(storage),
             label(durability)
         );
         let _ = writeln!(out, "# HELP chatscale_errors_total Error answers by protocol code.\n# TYPE chatscale_errors_total counter");
         for (code, n) in ErrorCode::ALL.iter().zip(&self.errors) {
-            let _ = writeln!(out, "chatscale_errors_total{{code=\"{code}\"}} {}", get(n));
+            let _ = writeln!(
+                out,
+                "chatscale_errors_total{{node=\"{node}\",code=\"{code}\"}} {}",
+                get(n)
+            );
         }
         out
     }
+}
+
+/// A Prometheus label value, escaped.
+pub fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', " ")
 }
 
 /// Resident set size of this process, from `/proc/self/status` (Linux).

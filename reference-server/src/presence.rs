@@ -8,15 +8,18 @@
 //!
 //! Only online users have an entry, so memory follows the online population.
 //! Status changes are coalesced per user into a pending map (bounded by the number
-//! of users, not by traffic) that one notifier task drains: it records
-//! `last_active_at` in storage and pushes a `presence` frame to the user's
-//! connected friends. Coalescing means a flap faster than the notifier collapses
-//! into its final state, which is what friends should see.
+//! of users, not by traffic) that one notifier task drains into [`Changes`]: alone,
+//! [`ToFriends`] records `last_active_at` in storage and pushes a `presence` frame
+//! to the user's connected friends; in a cluster, the changes go to the cluster's
+//! directory, which tells friends only of cluster-wide transitions
+//! (`cluster::presence`). Coalescing means a flap faster than the notifier
+//! collapses into its final state, which is what friends should see.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -117,36 +120,39 @@ impl Presence {
         self.state.lock().online.len()
     }
 
+    /// Every user online on this node.
+    pub fn users(&self) -> Vec<UserId> {
+        self.state.lock().online.keys().copied().collect()
+    }
+
     fn take_pending(&self) -> HashMap<UserId, (Status, Millis)> {
         std::mem::take(&mut self.state.lock().pending)
     }
 }
 
-/// Runs the sweep timer and the notifier until `shutdown`.
-pub async fn run(
-    presence: Arc<Presence>,
-    store: Arc<dyn Store>,
-    hub: Arc<Hub>,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) {
-    // A few sweeps per timeout bounds how late "offline" is (by a quarter of the
-    // timeout at most), at the cost of one pass over online users per tick.
-    let tick = Duration::from_millis((presence.offline_after_ms / 4).clamp(10, 1000));
-    let mut timer = tokio::time::interval(tick);
-    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = timer.tick() => presence.sweep(now_ms()),
-            _ = presence.changed.notified() => {}
-        }
-        for (user, (status, at)) in presence.take_pending() {
-            Metrics::inc(&metrics.presence_changes);
-            if let Err(e) = store.set_last_active(user, at).await {
+/// Where this node's presence changes go: `user -> (status, last_active_at)`.
+#[async_trait]
+pub trait Changes: Send + Sync {
+    async fn changed(&self, batch: HashMap<UserId, (Status, Millis)>);
+}
+
+/// A node alone: record `last_active_at` and push a `presence` frame to the
+/// user's friends connected here.
+pub struct ToFriends {
+    pub store: Arc<dyn Store>,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl Changes for ToFriends {
+    async fn changed(&self, batch: HashMap<UserId, (Status, Millis)>) {
+        for (user, (status, at)) in batch {
+            Metrics::inc(&self.metrics.presence_changes);
+            if let Err(e) = self.store.set_last_active(user, at).await {
                 tracing::warn!(user_id = user, cause = %e, "recording last_active_at failed");
             }
-            let friends = match store.friends(user).await {
+            let friends = match self.store.friends(user).await {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::warn!(user_id = user, cause = %e, "presence: reading friends failed");
@@ -161,8 +167,28 @@ pub async fn run(
             .to_json()
             .into();
             for friend in friends {
-                hub.deliver(friend, None, &frame);
+                self.hub.deliver(friend, None, &frame);
             }
+        }
+    }
+}
+
+/// Runs the sweep timer and the notifier until `shutdown`.
+pub async fn run(presence: Arc<Presence>, changes: Arc<dyn Changes>, shutdown: CancellationToken) {
+    // A few sweeps per timeout bounds how late "offline" is (by a quarter of the
+    // timeout at most), at the cost of one pass over online users per tick.
+    let tick = Duration::from_millis((presence.offline_after_ms / 4).clamp(10, 1000));
+    let mut timer = tokio::time::interval(tick);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = timer.tick() => presence.sweep(now_ms()),
+            _ = presence.changed.notified() => {}
+        }
+        let pending = presence.take_pending();
+        if !pending.is_empty() {
+            changes.changed(pending).await;
         }
     }
 }

@@ -305,6 +305,18 @@ pub struct MessageRef<'a> {
     pub ts: Millis,
 }
 
+/// `{"seq":N,` followed by a serialized object without its opening brace: the
+/// member's `message` frame, built with one copy of the shared bytes.
+pub fn splice_seq(shared: &str, seq: u64) -> String {
+    let body = shared.strip_prefix('{').unwrap_or(shared);
+    let mut frame = String::with_capacity(body.len() + 28);
+    frame.push_str("{\"seq\":");
+    frame.push_str(&seq.to_string());
+    frame.push(',');
+    frame.push_str(body);
+    frame
+}
+
 /// A frame from the server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

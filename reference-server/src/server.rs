@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::chat::App;
+use crate::cluster::{Cluster, ClusterError, Membership, Parts};
 use crate::config::Config;
 use crate::store::{self, OpenError};
 
@@ -31,6 +32,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Storage(#[from] OpenError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     #[error("server I/O failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("flushing storage at shutdown failed: {0}")]
@@ -77,12 +80,38 @@ impl Server {
         };
         tracing::info!(%addr, storage = store.kind(), durability = %store.durability(), node = %config.node_id, "starting");
         let shutdown = CancellationToken::new();
-        let app = Arc::new(App::new(config, store, vec![ws_url], shutdown.clone()));
+        let cluster_url = config.cluster.clone();
+        let mut app = App::new(config, store, vec![ws_url.clone()], shutdown.clone());
+        let changes: Arc<dyn crate::presence::Changes> = match cluster_url {
+            Some(url) => {
+                let me = Membership {
+                    url,
+                    node_id: app.config.node_id.clone(),
+                    ws_url,
+                    capacity: app.max_connections as u64,
+                    offline_after: app.config.offline_after,
+                };
+                let parts = Parts {
+                    hub: app.hub.clone(),
+                    presence: app.presence.clone(),
+                    store: app.store.clone(),
+                    metrics: app.metrics.clone(),
+                };
+                let cluster = Cluster::join(me, parts, shutdown.clone()).await?;
+                let changes = cluster.changes();
+                app.cluster = Some(cluster);
+                changes
+            }
+            None => Arc::new(crate::presence::ToFriends {
+                store: app.store.clone(),
+                hub: app.hub.clone(),
+                metrics: app.metrics.clone(),
+            }),
+        };
+        let app = Arc::new(app);
         tokio::spawn(crate::presence::run(
             app.presence.clone(),
-            app.store.clone(),
-            app.hub.clone(),
-            app.metrics.clone(),
+            changes,
             shutdown.clone(),
         ));
         let task = tokio::spawn(serve(listener, app.clone(), shutdown.clone()));

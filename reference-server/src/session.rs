@@ -260,7 +260,7 @@ async fn hello(
     socket: &mut WebSocket,
     owner: TokenOwner,
 ) -> Result<(), Option<(u16, &'static str)>> {
-    let head = match app.store.inbox_head(owner.user_id).await {
+    let head = match app.attach(owner).await {
         Ok(seq) => seq,
         Err(e) => {
             tracing::warn!(user_id = owner.user_id, cause = %e, "reading inbox head failed");

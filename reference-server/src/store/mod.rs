@@ -237,9 +237,12 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, OpenError> {
 }
 
 fn failed(url: &str, reason: impl std::fmt::Display) -> OpenError {
+    let reason = reason.to_string();
+    // The backend's own words, without the generic "storage backend failed: ".
+    let prefix = StoreError::Backend(String::new()).to_string();
     OpenError::Failed {
         url: redact(url),
-        reason: reason.to_string(),
+        reason: reason.strip_prefix(&prefix).unwrap_or(&reason).to_string(),
     }
 }
 

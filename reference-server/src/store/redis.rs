@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 mod accept;
 mod keys;
-mod scripts;
+pub(crate) mod scripts;
 
 pub(crate) use keys::Keys;
 use scripts::{Call, Scripts};

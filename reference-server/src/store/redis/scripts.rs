@@ -95,31 +95,46 @@ impl Scripts {
     }
 
     /// Runs several scripts in one pipeline; the replies in the order of the calls.
-    /// Any error fails the whole lot (after one reload-and-retry for `NOSCRIPT`).
     pub(crate) async fn run_many(
         &self,
         client: &Client,
         calls: Vec<Call<'_>>,
     ) -> StoreResult<Vec<Value>> {
-        if calls.is_empty() {
-            return Ok(Vec::new());
+        eval_many(client, calls, &self.all())
+            .await
+            .map_err(backend)
+    }
+}
+
+/// Runs several scripts in one pipeline (one round trip per node involved); the
+/// replies in the order of the calls. A `NOSCRIPT` answer (the node restarted)
+/// loads every script of `known` into every node and retries once; any other
+/// error fails the whole lot.
+pub(crate) async fn eval_many(
+    client: &Client,
+    calls: Vec<Call<'_>>,
+    known: &[&Script],
+) -> Result<Vec<Value>, Error> {
+    if calls.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut reloaded = false;
+    loop {
+        let pipe = client.pipeline();
+        for call in &calls {
+            let _: () = pipe.custom(evalsha(), call.argv()).await?;
         }
-        let mut reloaded = false;
-        loop {
-            let pipe = client.pipeline();
-            for call in &calls {
-                let _: () = pipe.custom(evalsha(), call.argv()).await.map_err(backend)?;
+        let results: Vec<Result<Value, Error>> = pipe.try_all().await;
+        let noscript = results
+            .iter()
+            .any(|r| matches!(r, Err(e) if e.details().starts_with("NOSCRIPT")));
+        if noscript && !reloaded {
+            for script in known {
+                script.load(client).await?;
             }
-            let results: Vec<Result<Value, Error>> = pipe.try_all().await;
-            let noscript = results
-                .iter()
-                .any(|r| matches!(r, Err(e) if e.details().starts_with("NOSCRIPT")));
-            if noscript && !reloaded {
-                self.load(client).await?;
-                reloaded = true;
-                continue;
-            }
-            return results.into_iter().map(|r| r.map_err(backend)).collect();
+            reloaded = true;
+            continue;
         }
+        return results.into_iter().collect();
     }
 }
