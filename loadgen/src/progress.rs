@@ -41,7 +41,8 @@ impl ServerMemory {
     }
 }
 
-/// One unlabelled value of a server's `/metrics` (Prometheus text format).
+/// The first series of a metric in a server's `/metrics` (Prometheus text
+/// format), labelled (`name{node="n1"} 5`, as servers label every series) or not.
 pub async fn scrape(client: &reqwest::Client, base: &str, name: &str) -> Option<f64> {
     let text = client
         .get(format!("{base}/metrics"))
@@ -52,11 +53,11 @@ pub async fn scrape(client: &reqwest::Client, base: &str, name: &str) -> Option<
         .text()
         .await
         .ok()?;
-    let prefix = format!("{name} ");
+    let (bare, labelled) = (format!("{name} "), format!("{name}{{"));
     text.lines()
-        .find(|l| l.starts_with(&prefix))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
+        .find(|l| l.starts_with(&bare) || l.starts_with(&labelled))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.trim().parse().ok())
 }
 
 /// Shared with the run: which phase is running (index into `names`).

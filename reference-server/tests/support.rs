@@ -19,8 +19,21 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 
 pub struct TestServer {
     server: Option<Server>,
+    api: Api,
+}
+
+/// The HTTP API of one server (in-process or a node process), by URL.
+#[derive(Clone)]
+pub struct Api {
     pub url: String,
     http: reqwest::Client,
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 /// A logged-in device.
@@ -45,8 +58,7 @@ impl TestServer {
         let url = server.url();
         TestServer {
             server: Some(server),
-            url,
-            http: reqwest::Client::new(),
+            api: Api::new(url),
         }
     }
 
@@ -58,6 +70,15 @@ impl TestServer {
     pub async fn stop(mut self) {
         if let Some(s) = self.server.take() {
             s.stop().await.expect("clean stop");
+        }
+    }
+}
+
+impl Api {
+    pub fn new(url: String) -> Self {
+        Api {
+            url,
+            http: reqwest::Client::new(),
         }
     }
 
@@ -170,13 +191,50 @@ impl TestServer {
             .text()
             .await
             .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-            .unwrap_or_else(|| panic!("metric {name} missing"))
-            .trim()
-            .parse()
-            .unwrap()
+        metric_value(&text, name).unwrap_or_else(|| panic!("metric {name} missing"))
     }
+}
+
+/// A series' value in Prometheus text: `name` alone, or `name{k="v",...}` to pick
+/// the series carrying (at least) those labels. Every series also carries the
+/// node label, which need not be named.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    let (base, wanted) = match name.split_once('{') {
+        Some((base, labels)) => (base, split_labels(labels.trim_end_matches('}'))),
+        None => (name, Vec::new()),
+    };
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (line_base, labels) = match series.split_once('{') {
+            Some((b, l)) => (b, split_labels(l.trim_end_matches('}'))),
+            None => (series, Vec::new()),
+        };
+        if line_base != base || !wanted.iter().all(|w| labels.contains(w)) {
+            return None;
+        }
+        value.trim().parse().ok()
+    })
+}
+
+/// `k="v",k2="v2"` -> the pairs as written (values may hold commas inside quotes).
+fn split_labels(labels: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let (mut cur, mut quoted, mut escaped) = (String::new(), false, false);
+    for c in labels.chars() {
+        match c {
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            '"' if !escaped => {
+                quoted = !quoted;
+                cur.push(c);
+            }
+            _ => cur.push(c),
+        }
+        escaped = c == '\\' && !escaped;
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
 }
 
 impl Drop for TestServer {

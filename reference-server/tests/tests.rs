@@ -27,3 +27,7 @@ mod web_chat;
 mod conformance;
 /// Durability: acked messages survive `kill -9` of the server (embedded, redis, postgres).
 mod durability;
+
+/// The cluster: node processes over one Redis (delivery, order, presence, push,
+/// logout, discovery, SIGTERM, kill -9 failover, PostgreSQL storage).
+mod cluster;

@@ -94,10 +94,18 @@ impl PostgresStore {
                 .await
                 .map_err(|e| StoreError::Backend(super::unreachable(&base, &e)))?;
             let task = tokio::spawn(conn);
-            client
+            let created = client
                 .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-                .await
-                .map_err(backend)?;
+                .await;
+            match created {
+                Ok(()) => {}
+                // Nodes starting together race to create it; the loser's error
+                // means it exists now.
+                Err(e)
+                    if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+                        || e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_SCHEMA) => {}
+                Err(e) => return Err(backend(e)),
+            }
             drop(client);
             let _ = task.await;
             config.options(format!("-c search_path={schema}"));
