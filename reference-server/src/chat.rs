@@ -31,8 +31,8 @@ use crate::metrics::Metrics;
 use crate::outbox::CloseReason;
 use crate::presence::Presence;
 use crate::protocol::{
-    check_text, ChannelId, ErrorCode, Message, MessageRef, Millis, Recipient, Seq, Status,
-    UserId, MAX_CLIENT_MSG_ID_CHARS,
+    check_text, ChannelId, ErrorCode, Message, MessageRef, Millis, Recipient, Seq, Status, UserId,
+    MAX_CLIENT_MSG_ID_CHARS,
 };
 use crate::push::{preview, Notification, PushGateway};
 use crate::store::{Accepted, NewMessage, Store, TokenOwner};
@@ -173,7 +173,13 @@ impl App {
         local
             .into_iter()
             .zip(remote)
-            .map(|(here, there)| if here.0 == Status::Online { here } else { there })
+            .map(|(here, there)| {
+                if here.0 == Status::Online {
+                    here
+                } else {
+                    there
+                }
+            })
             .collect()
     }
 
@@ -265,7 +271,13 @@ impl App {
     /// Queues the message on every connected device of every member (not the
     /// sending device), here and (in a cluster) on the other nodes, and hands a
     /// push notification for each member with no connected device anywhere.
-    async fn fan_out(&self, accepted: &Accepted, from: TokenOwner, client_msg_id: &str, text: &str) {
+    async fn fan_out(
+        &self,
+        accepted: &Accepted,
+        from: TokenOwner,
+        client_msg_id: &str,
+        text: &str,
+    ) {
         // Each member has its own `seq`, everything else is shared: serialize the
         // shared part once and splice each member's seq in front of it, so a long
         // text is escaped once per message rather than once per member.

@@ -213,13 +213,11 @@ async fn friends(State(app): AppState, auth: Auth) -> ApiResult<Json<FriendsResp
     let friends = users
         .into_iter()
         .zip(statuses)
-        .map(|(u, (status, seen))| {
-            Friend {
-                user_id: u.id,
-                username: u.username,
-                status,
-                last_active_at: seen.or(u.last_active_at),
-            }
+        .map(|(u, (status, seen))| Friend {
+            user_id: u.id,
+            username: u.username,
+            status,
+            last_active_at: seen.or(u.last_active_at),
         })
         .collect();
     Ok(Json(FriendsResponse { friends }))

@@ -293,7 +293,10 @@ impl Hub {
             for entry in shard.values_mut() {
                 let User { conns, order } = entry;
                 let Some(order) = order else { continue };
-                if order.since.is_some_and(|t| now.duration_since(t) >= SEQ_GRACE) {
+                if order
+                    .since
+                    .is_some_and(|t| now.duration_since(t) >= SEQ_GRACE)
+                {
                     self.skip_ahead(conns, order);
                 }
             }

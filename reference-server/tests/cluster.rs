@@ -61,7 +61,10 @@ where
 {
     let started = Instant::now();
     while !check().await {
-        assert!(started.elapsed() < PATIENCE * 2, "{what}: not within the patience");
+        assert!(
+            started.elapsed() < PATIENCE * 2,
+            "{what}: not within the patience"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     started.elapsed()
@@ -97,18 +100,25 @@ async fn delivery_across_nodes(ns: Namespace) {
     // 1:1 sent on node 1: bob's device on node 2 and alice's other device on node 2.
     let (dm, id, seq) = send(&mut wa1, 1, json!({"user": b1.user_id}), "hi bob").await;
     let m = wb1.next_message().await;
-    assert_eq!((m.channel.as_str(), m.id, m.text.as_str()), (dm.as_str(), id, "hi bob"));
+    assert_eq!(
+        (m.channel.as_str(), m.id, m.text.as_str()),
+        (dm.as_str(), id, "hi bob")
+    );
     let m = wa2.next_message().await;
-    assert_eq!((m.channel.as_str(), m.id, m.seq), (dm.as_str(), id, Some(seq)));
+    assert_eq!(
+        (m.channel.as_str(), m.id, m.seq),
+        (dm.as_str(), id, Some(seq))
+    );
 
     // A group message sent on node 2: every other device, on all three nodes.
-    let group = nodes[2]
-        .create_group(&c1, &[a1.user_id, b1.user_id])
-        .await;
+    let group = nodes[2].create_group(&c1, &[a1.user_id, b1.user_id]).await;
     let (_, gid, _) = send(&mut wb1, 2, json!({"channel": group}), "hello all").await;
     for ws in [&mut wa1, &mut wa2, &mut wc1] {
         let m = ws.next_message().await;
-        assert_eq!((m.channel.as_str(), m.id, m.text.as_str()), (group.as_str(), gid, "hello all"));
+        assert_eq!(
+            (m.channel.as_str(), m.id, m.text.as_str()),
+            (group.as_str(), gid, "hello all")
+        );
         assert_eq!(m.from, b1.user_id);
     }
     // Not back to the sending device.
@@ -156,7 +166,13 @@ async fn concurrent_senders_on_two_nodes_keep_id_order_everywhere() {
         tokio::spawn(async move {
             let mut ws = d.connect().await;
             for i in 1..=EACH {
-                send(&mut ws, i, json!({"channel": group}), &format!("{} {i}", d.user_id)).await;
+                send(
+                    &mut ws,
+                    i,
+                    json!({"channel": group}),
+                    &format!("{} {i}", d.user_id),
+                )
+                .await;
             }
         })
     });
@@ -172,9 +188,16 @@ async fn concurrent_senders_on_two_nodes_keep_id_order_everywhere() {
             }
         }
         let ids: Vec<u64> = live.iter().map(|m| m.id).collect();
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "live ids in order: {ids:?}");
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "live ids in order: {ids:?}"
+        );
         let all: BTreeSet<u64> = ws.sync_all(0, 500).await.iter().map(|m| m.id).collect();
-        assert_eq!(all, (1..=2 * EACH as u64).collect(), "every message in the inbox");
+        assert_eq!(
+            all,
+            (1..=2 * EACH as u64).collect(),
+            "every message in the inbox"
+        );
     }
     ns.remove(nodes).await;
 }
@@ -220,9 +243,16 @@ async fn presence_is_cluster_wide() {
     let quiet = Instant::now();
     drop(wb);
     assert_eq!(next_presence(&mut wa).await, (b.user_id, Status::Offline));
-    assert!(quiet.elapsed() >= Duration::from_millis(700), "not before the timeout");
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(700),
+        "not before the timeout"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(presence_queued(&mut wa, 2).await, vec![], "one frame per transition");
+    assert_eq!(
+        presence_queued(&mut wa, 2).await,
+        vec![],
+        "one frame per transition"
+    );
     ns.remove(nodes).await;
 }
 
@@ -241,7 +271,10 @@ async fn push_only_for_members_connected_nowhere() {
     let mut wr = r.connect().await;
     send(&mut ws, 1, json!({"user": r.user_id}), "while connected").await;
     wr.next_message().await;
-    assert_eq!(nodes[0].metric("chatscale_push_notifications_total").await, 0.0);
+    assert_eq!(
+        nodes[0].metric("chatscale_push_notifications_total").await,
+        0.0
+    );
     drop(wr);
     // The reader's node drops it from the directory on its own schedule: keep
     // sending until a send finds the reader connected nowhere.
@@ -251,7 +284,10 @@ async fn push_only_for_members_connected_nowhere() {
         if nodes[0].metric("chatscale_push_notifications_total").await >= 1.0 {
             break;
         }
-        assert!(started.elapsed() < PATIENCE, "no push for a reader connected nowhere");
+        assert!(
+            started.elapsed() < PATIENCE,
+            "no push for a reader connected nowhere"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     ns.remove(nodes).await;
@@ -294,7 +330,13 @@ async fn discovery_orders_by_load_and_sigterm_leaves_at_once() {
     nodes[0].signup("busy").await;
     let mut held = Vec::new();
     for i in 0..4 {
-        held.push(nodes[0].device("busy", Some(&format!("d{i}"))).await.connect().await);
+        held.push(
+            nodes[0]
+                .device("busy", Some(&format!("d{i}")))
+                .await
+                .connect()
+                .await,
+        );
     }
     let token = nodes[0].login("busy", None).await.token;
     let quiet = nodes[1].ws_url();
@@ -341,13 +383,21 @@ async fn kill9_clients_fail_over_and_lose_nothing() {
     let mut acked = BTreeSet::new();
     let mut cursor = 0;
     for i in 1..=10 {
-        acked.insert(send(&mut ww, i, json!({"user": v.user_id}), "before").await.1);
+        acked.insert(
+            send(&mut ww, i, json!({"user": v.user_id}), "before")
+                .await
+                .1,
+        );
         cursor = wv.next_message().await.seq.expect("seq");
     }
     nodes[1].kill9().await;
     let killed = Instant::now();
     for i in 11..=20 {
-        acked.insert(send(&mut ww, i, json!({"user": v.user_id}), "after").await.1);
+        acked.insert(
+            send(&mut ww, i, json!({"user": v.user_id}), "after")
+                .await
+                .1,
+        );
     }
     assert_eq!(wv.close_code().await, None, "no goodbye from a killed node");
     let dead = nodes[1].ws_url();
@@ -356,7 +406,10 @@ async fn kill9_clients_fail_over_and_lose_nothing() {
         async move { !discovery(&nodes[0], token).await.contains(dead) }
     })
     .await;
-    eprintln!("kill -9: out of discovery {:?} after the kill", killed.elapsed().max(left));
+    eprintln!(
+        "kill -9: out of discovery {:?} after the kill",
+        killed.elapsed().max(left)
+    );
     // The victim logs in again through discovery and syncs from its cursor.
     let servers = discovery(&nodes[0], &v.token).await;
     let again = Device {
@@ -380,6 +433,172 @@ async fn cluster_with_unshared_storage_exits_2() {
             .expect("run");
         assert_eq!(out.status.code(), Some(2), "{storage}");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("--cluster") && stderr.contains("shares"), "{stderr}");
+        assert!(
+            stderr.contains("--cluster") && stderr.contains("shares"),
+            "{stderr}"
+        );
     }
+}
+
+/// A private `redis-server` (append-only, fsync always) the test can stop and
+/// start again on the same port and directory.
+struct PrivateRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<tokio::process::Child>,
+}
+
+impl PrivateRedis {
+    async fn start() -> Option<PrivateRedis> {
+        if std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            assert!(
+                std::env::var("CHATSCALE_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "redis-server is not installed but CHATSCALE_REQUIRE_SERVICES=1"
+            );
+            eprintln!("skipped: redis-server is not installed");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut redis = PrivateRedis {
+            port,
+            dir: tempfile::tempdir().expect("temp dir"),
+            child: None,
+        };
+        redis.up().await;
+        Some(redis)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn up(&mut self) {
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        eventually("redis-server answering", || {
+            let addr = addr.clone();
+            async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
+        })
+        .await;
+    }
+
+    /// `kill -9`: acked writes are in the fsynced append-only file.
+    async fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("kill redis");
+        }
+    }
+}
+
+/// Redis (storage and cluster) dies under traffic and comes back: sends in
+/// between are answered with an error, never a false ack; the nodes reconnect,
+/// re-subscribe and register again by themselves; live delivery across nodes
+/// resumes; every acked message is in the recipient's inbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_recovers_and_loses_nothing_acked() {
+    let Some(mut redis) = PrivateRedis::start().await else {
+        return;
+    };
+    let ns = Namespace {
+        storage: format!("{}?prefix=rs", redis.url()),
+        cluster: format!("{}?prefix=rs", redis.url()),
+    };
+    let nodes = Node::start_many(&ns, 2, &[]).await;
+    nodes[0].signup("src").await;
+    nodes[0].signup("dst").await;
+    let s = nodes[0].device("src", None).await;
+    let d = nodes[1].device("dst", None).await;
+    let (mut ws, mut wd) = (s.connect().await, d.connect().await);
+    let mut acked = BTreeSet::new();
+    acked.insert(
+        send(&mut ws, 1, json!({"user": d.user_id}), "before")
+            .await
+            .1,
+    );
+    let cursor = wd.next_message().await.seq.expect("seq");
+
+    redis.crash().await;
+    // Waits for Redis (up to the command timeout), then gets an error.
+    for req in 2..=2 {
+        let answer = ws
+            .send_to(
+                req,
+                json!({"user": d.user_id}),
+                &format!("m{req}"),
+                "during",
+            )
+            .await;
+        match answer {
+            ServerFrame::Ack { id, .. } => {
+                acked.insert(id);
+            }
+            ServerFrame::Error { code, .. } => {
+                assert!(matches!(code.as_str(), "internal" | "overloaded"), "{code}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    redis.up().await;
+
+    // Live delivery across nodes comes back by itself.
+    let mut req = 10;
+    let started = Instant::now();
+    loop {
+        req += 1;
+        let answer = ws
+            .send_to(req, json!({"user": d.user_id}), &format!("m{req}"), "after")
+            .await;
+        if let ServerFrame::Ack { id, .. } = answer {
+            acked.insert(id);
+            let live = tokio::time::timeout(Duration::from_secs(1), async {
+                loop {
+                    if wd.next_message().await.id == id {
+                        return;
+                    }
+                }
+            });
+            if live.await.is_ok() {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < PATIENCE * 3,
+            "cross-node delivery did not come back"
+        );
+    }
+    eprintln!(
+        "live cross-node delivery back {:?} after Redis restarted",
+        started.elapsed()
+    );
+    let inbox: BTreeSet<u64> = wd
+        .sync_all(cursor - 1, 100)
+        .await
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert!(acked.is_subset(&inbox), "acked {acked:?}, inbox {inbox:?}");
+    drop(nodes);
 }

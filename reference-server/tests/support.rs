@@ -203,17 +203,19 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
         Some((base, labels)) => (base, split_labels(labels.trim_end_matches('}'))),
         None => (name, Vec::new()),
     };
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        let (line_base, labels) = match series.split_once('{') {
-            Some((b, l)) => (b, split_labels(l.trim_end_matches('}'))),
-            None => (series, Vec::new()),
-        };
-        if line_base != base || !wanted.iter().all(|w| labels.contains(w)) {
-            return None;
-        }
-        value.trim().parse().ok()
-    })
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (line_base, labels) = match series.split_once('{') {
+                Some((b, l)) => (b, split_labels(l.trim_end_matches('}'))),
+                None => (series, Vec::new()),
+            };
+            if line_base != base || !wanted.iter().all(|w| labels.contains(w)) {
+                return None;
+            }
+            value.trim().parse().ok()
+        })
 }
 
 /// `k="v",k2="v2"` -> the pairs as written (values may hold commas inside quotes).

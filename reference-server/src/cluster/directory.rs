@@ -163,14 +163,23 @@ impl Directory {
         let mut args = adds;
         args.push("-".into());
         args.extend(removes);
-        calls.push((Lua::NodeUsers, vec![self.link.node_users_key(&self.instance)], args));
+        calls.push((
+            Lua::NodeUsers,
+            vec![self.link.node_users_key(&self.instance)],
+            args,
+        ));
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         let replies = self.link.run_many(calls).await?;
         let users = chunk.iter().map(|&(u, hint)| (u, hint));
         self.report(users, &replies, now_ms())
     }
 
-    fn state_call(&self, user: UserId, connected: bool, online: bool) -> (Lua, Vec<String>, Vec<Value>) {
+    fn state_call(
+        &self,
+        user: UserId,
+        connected: bool,
+        online: bool,
+    ) -> (Lua, Vec<String>, Vec<Value>) {
         let flag = |b: bool| Value::from(if b { "1" } else { "0" });
         (
             Lua::UserState,
@@ -193,7 +202,9 @@ impl Directory {
                 reply.first().and_then(Value::as_i64),
                 reply.get(1).and_then(Value::as_i64),
             ) else {
-                return Err(ClusterError::Redis(format!("user_state answered {reply:?}")));
+                return Err(ClusterError::Redis(format!(
+                    "user_state answered {reply:?}"
+                )));
             };
             let (status, at) = match change {
                 1 => (Status::Online, now),
@@ -235,12 +246,7 @@ impl Directory {
     pub async fn reap(&self, instance: &str, last_seen: Millis) -> Result<usize, ClusterError> {
         let key = self.link.node_users_key(instance);
         self.round_trips.fetch_add(1, Ordering::Relaxed);
-        let users: Vec<UserId> = self
-            .link
-            .client()
-            .smembers(&key)
-            .await
-            .map_err(redis_err)?;
+        let users: Vec<UserId> = self.link.client().smembers(&key).await.map_err(redis_err)?;
         let dead = |user: UserId| {
             let flag = Value::from("0");
             (
@@ -253,7 +259,11 @@ impl Directory {
             let calls = chunk.iter().map(|&u| dead(u)).collect();
             self.round_trips.fetch_add(1, Ordering::Relaxed);
             let replies = self.link.run_many(calls).await?;
-            self.report(chunk.iter().map(|&u| (u, Some(last_seen))), &replies, last_seen)?;
+            self.report(
+                chunk.iter().map(|&u| (u, Some(last_seen))),
+                &replies,
+                last_seen,
+            )?;
         }
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         let _: i64 = self.link.client().del(&key).await.map_err(redis_err)?;

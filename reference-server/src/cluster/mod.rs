@@ -91,7 +91,8 @@ impl Inbound for Arrivals {
         routing::deliver_message(&self.hub, from, from_device, to, shared);
     }
     fn presence(&self, user: UserId, status: Status, at: Millis, epoch: u64, to: &[UserId]) {
-        self.presence.apply(user, Transition { status, at, epoch }, to);
+        self.presence
+            .apply(user, Transition { status, at, epoch }, to);
     }
     fn close(&self, user: UserId, device: DeviceId) {
         self.revocation.apply(user, device);
@@ -117,7 +118,11 @@ impl Cluster {
             me.capacity,
             me.offline_after,
         ));
-        let router = Arc::new(Router::new(link.clone(), instance.clone(), registry.clone()));
+        let router = Arc::new(Router::new(
+            link.clone(),
+            instance.clone(),
+            registry.clone(),
+        ));
         let presence = Arc::new(ClusterPresence::new(
             link.clone(),
             router.clone(),
@@ -164,7 +169,11 @@ impl Cluster {
         ));
         tokio::spawn(directory.clone().run(shutdown.clone()));
         tokio::spawn(presence.run(shutdown.clone()));
-        tokio::spawn(refresh_loop(cluster.clone(), parts.metrics, shutdown.clone()));
+        tokio::spawn(refresh_loop(
+            cluster.clone(),
+            parts.metrics,
+            shutdown.clone(),
+        ));
         tokio::spawn(release_loop(parts.hub, shutdown));
         tracing::info!(%instance, url = %crate::store::redact(&me.url), "joined the cluster");
         Ok(cluster)
@@ -197,7 +206,10 @@ impl Cluster {
         {
             Ok(reachable) => reachable,
             Err(e) => {
-                self.router.counters.failures.fetch_add(1, Ordering::Relaxed);
+                self.router
+                    .counters
+                    .failures
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(cause = %e, "cluster: routing a message failed");
                 HashSet::new()
             }
@@ -228,12 +240,42 @@ impl Cluster {
         let c = &self.router.counters;
         let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let rows: [(&str, &str, &str, u64); 6] = [
-            ("chatscale_cluster_nodes", "gauge", "Live nodes in this node's view of the registry.", self.registry.nodes().len() as u64),
-            ("chatscale_cluster_published_total", "counter", "Envelopes published to other nodes (messages, presence, logouts).", get(&c.published)),
-            ("chatscale_cluster_received_total", "counter", "Envelopes received from other nodes.", get(&c.received)),
-            ("chatscale_cluster_lost_total", "counter", "Envelopes dropped because this node fell behind its pub/sub buffer.", get(&c.lost)),
-            ("chatscale_cluster_route_failures_total", "counter", "Messages whose routing to other nodes failed (Redis unreachable).", get(&c.failures)),
-            ("chatscale_cluster_malformed_total", "counter", "Envelopes that could not be decoded.", get(&c.malformed)),
+            (
+                "chatscale_cluster_nodes",
+                "gauge",
+                "Live nodes in this node's view of the registry.",
+                self.registry.nodes().len() as u64,
+            ),
+            (
+                "chatscale_cluster_published_total",
+                "counter",
+                "Envelopes published to other nodes (messages, presence, logouts).",
+                get(&c.published),
+            ),
+            (
+                "chatscale_cluster_received_total",
+                "counter",
+                "Envelopes received from other nodes.",
+                get(&c.received),
+            ),
+            (
+                "chatscale_cluster_lost_total",
+                "counter",
+                "Envelopes dropped because this node fell behind its pub/sub buffer.",
+                get(&c.lost),
+            ),
+            (
+                "chatscale_cluster_route_failures_total",
+                "counter",
+                "Messages whose routing to other nodes failed (Redis unreachable).",
+                get(&c.failures),
+            ),
+            (
+                "chatscale_cluster_malformed_total",
+                "counter",
+                "Envelopes that could not be decoded.",
+                get(&c.malformed),
+            ),
         ];
         for (name, kind, help, value) in rows {
             let _ = writeln!(
@@ -330,7 +372,9 @@ async fn reap(cluster: Arc<Cluster>, instance: String, last_seen: Millis) {
             }
             tracing::info!(%instance, users, "cluster: reaped a dead node");
         }
-        Err(e) => tracing::warn!(%instance, cause = %e, "cluster: reaping failed; retried after the lease"),
+        Err(e) => {
+            tracing::warn!(%instance, cause = %e, "cluster: reaping failed; retried after the lease")
+        }
     }
 }
 

@@ -155,7 +155,10 @@ impl ClusterPresence {
     pub fn apply(&self, user: UserId, t: Transition, friends: &[UserId]) {
         {
             let mut applied = self.applied.lock();
-            if applied.get(&user).is_some_and(|&(epoch, _)| epoch >= t.epoch) {
+            if applied
+                .get(&user)
+                .is_some_and(|&(epoch, _)| epoch >= t.epoch)
+            {
                 return;
             }
             applied.insert(user, (t.epoch, Instant::now()));

@@ -154,7 +154,11 @@ impl Registry {
                 expires: local_now + Duration::from_millis(expiry.saturating_sub(now)),
             });
         }
-        nodes.sort_by(|a, b| a.load().total_cmp(&b.load()).then(a.node_id.cmp(&b.node_id)));
+        nodes.sort_by(|a, b| {
+            a.load()
+                .total_cmp(&b.load())
+                .then(a.node_id.cmp(&b.node_id))
+        });
         *self.view.write() = nodes;
         let claimed = reply[3 + 3 * n..]
             .chunks_exact(2)

@@ -81,7 +81,11 @@ impl Envelope {
                 epoch,
                 to,
             } => {
-                let status = if *status == Status::Online { "on" } else { "off" };
+                let status = if *status == Status::Online {
+                    "on"
+                } else {
+                    "off"
+                };
                 format!("p\n{user}\n{status}\n{at}\n{epoch}\n{}", list(to.iter()))
             }
             Envelope::Close { user, device } => format!("c\n{user}\n{device}"),
@@ -191,10 +195,7 @@ impl Router {
         }
         let pipe = self.link.client().pipeline();
         for &u in users {
-            let _: () = pipe
-                .hkeys(self.link.user_key(u))
-                .await
-                .map_err(redis_err)?;
+            let _: () = pipe.hkeys(self.link.user_key(u)).await.map_err(redis_err)?;
         }
         self.counters.round_trips.fetch_add(1, Ordering::Relaxed);
         let replies: Vec<Value> = pipe.all().await.map_err(redis_err)?;

@@ -103,7 +103,8 @@ impl PostgresStore {
                 // means it exists now.
                 Err(e)
                     if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
-                        || e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_SCHEMA) => {}
+                        || e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_SCHEMA) => {
+                }
                 Err(e) => return Err(backend(e)),
             }
             drop(client);

@@ -42,6 +42,8 @@ use super::{
 use crate::protocol::{DeviceId, Message, MessageId, Millis, Seq, UserId};
 
 const POOL_SIZE: usize = 4;
+/// The longest a command waits (for its answer, or for Redis to come back).
+pub const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The fields of a message that are not in its key (JSON in `P:{c:channel}:msgs`).
 #[derive(Serialize, Deserialize)]
@@ -74,9 +76,11 @@ pub(crate) async fn connect(url: &str, size: usize) -> Result<Pool, String> {
         .with_connection_config(|c| {
             c.connection_timeout = std::time::Duration::from_secs(5);
         })
-        // A command never waits forever: the caller gets a backend error.
+        // A command never waits forever: while Redis is away commands queue for a
+        // reconnect, and past this the caller gets a backend error (a send is
+        // answered `internal`, never acked).
         .with_performance_config(|p| {
-            p.default_command_timeout = std::time::Duration::from_secs(10);
+            p.default_command_timeout = COMMAND_TIMEOUT;
         })
         // A dropped connection is re-opened (the first one still fails fast, so a
         // wrong URL or a Redis that is down is reported at start-up).

@@ -100,9 +100,7 @@ impl Scripts {
         client: &Client,
         calls: Vec<Call<'_>>,
     ) -> StoreResult<Vec<Value>> {
-        eval_many(client, calls, &self.all())
-            .await
-            .map_err(backend)
+        eval_many(client, calls, &self.all()).await.map_err(backend)
     }
 }
 
