@@ -12,10 +12,14 @@
 #   - starts PostgreSQL as its own cluster (initdb + pg_ctl, run as the `postgres`
 #     user, since root cannot run postgres) on 127.0.0.1:${CHATSCALE_POSTGRES_PORT:-5440}
 #     with trust auth on loopback only, database `chatscale`;
-#   - waits until both answer, exports CHATSCALE_REDIS_URL, CHATSCALE_POSTGRES_URL and
-#     CHATSCALE_REQUIRE_SERVICES=1 (the tests then fail, not skip, when a service is
-#     missing), and registers `chatscale_services_stop` on EXIT (keeping any EXIT trap
-#     the caller already had).
+#   - starts a 3-master Redis Cluster on 127.0.0.1:${CHATSCALE_REDIS_CLUSTER_PORT:-6391}
+#     and the next two ports (`.ci/redis-cluster.sh`: `redis-server --cluster-enabled yes`
+#     x3, then `redis-cli --cluster create ... --cluster-replicas 0`), for the storage
+#     conformance suite's `redis_cluster` backend;
+#   - waits until all answer, exports CHATSCALE_REDIS_URL, CHATSCALE_REDIS_CLUSTER_URL,
+#     CHATSCALE_POSTGRES_URL and CHATSCALE_REQUIRE_SERVICES=1 (the tests then fail, not
+#     skip, when a service is missing), and registers `chatscale_services_stop` on EXIT
+#     (keeping any EXIT trap the caller already had).
 #
 # It is sourced, so it does not change the caller's shell options; every step checks
 # its own status and the script returns non-zero on failure.
@@ -23,6 +27,8 @@
 chatscale_services_dir="${CHATSCALE_SERVICES_DIR:-/tmp/chatscale-services}"
 chatscale_redis_port="${CHATSCALE_REDIS_PORT:-6390}"
 chatscale_pg_port="${CHATSCALE_POSTGRES_PORT:-5440}"
+chatscale_cluster_port="${CHATSCALE_REDIS_CLUSTER_PORT:-6391}"
+chatscale_cluster_script="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/redis-cluster.sh"
 
 chatscale_services_log() { echo "services: $*" >&2; }
 
@@ -115,8 +121,15 @@ chatscale_pg_start() {
     fi
 }
 
+chatscale_redis_cluster_start() {
+    chatscale_redis_cluster_url="$(bash "$chatscale_cluster_script" start \
+        "$chatscale_cluster_port" "$chatscale_services_dir/redis-cluster")" || return 1
+}
+
 chatscale_services_stop() {
     local bin
+    bash "$chatscale_cluster_script" stop "$chatscale_cluster_port" \
+        "$chatscale_services_dir/redis-cluster" >/dev/null 2>&1 || true
     if [ -f "$chatscale_services_dir/redis/redis.pid" ]; then
         redis-cli -h 127.0.0.1 -p "$chatscale_redis_port" shutdown nosave >/dev/null 2>&1 || true
         rm -f "$chatscale_services_dir/redis/redis.pid"
@@ -131,8 +144,10 @@ chatscale_services_stop() {
 chatscale_services_start() {
     chatscale_services_install || return 1
     chatscale_redis_start || return 1
+    chatscale_redis_cluster_start || return 1
     chatscale_pg_start || return 1
     export CHATSCALE_REDIS_URL="redis://127.0.0.1:$chatscale_redis_port"
+    export CHATSCALE_REDIS_CLUSTER_URL="$chatscale_redis_cluster_url"
     export CHATSCALE_POSTGRES_URL="postgres://postgres@127.0.0.1:$chatscale_pg_port/chatscale"
     export CHATSCALE_REQUIRE_SERVICES=1
     # Stop both when the sourcing shell exits, after whatever EXIT trap it had.
@@ -144,7 +159,7 @@ chatscale_services_start() {
         *) trap "$previous; chatscale_services_stop" EXIT ;;
     esac
     chatscale_services_log "redis $CHATSCALE_REDIS_URL (appendonly yes, appendfsync always)," \
-        "postgres $CHATSCALE_POSTGRES_URL"
+        "redis cluster $CHATSCALE_REDIS_CLUSTER_URL, postgres $CHATSCALE_POSTGRES_URL"
 }
 
 chatscale_services_start

@@ -8,7 +8,8 @@
 //! so Redis runs it atomically on whichever node owns that slot. An operation whose
 //! keys live in several slots is a short sequence of single-slot steps in an order
 //! that is safe to stop anywhere: [`accept`] (channel, then members, then finalize)
-//! explains the hot one; signing up writes the account before claiming the name, a
+//! explains the hot one, which on a single Redis (not a cluster) runs as one script
+//! instead, one round trip, writing the same keys; signing up writes the account before claiming the name, a
 //! new group takes its number before writing its members, a friendship adds both
 //! directions (idempotent, so a retry completes a half-done one). Pipelines group the
 //! steps' commands, so a step costs one round trip per Redis node it touches.
@@ -62,6 +63,8 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 /// The Redis-backed store: a small pool of multiplexed connections.
 pub struct RedisStore {
     pool: Pool,
+    /// A Redis Cluster: `accept` runs in single-slot steps (see [`accept`]).
+    clustered: bool,
     keys: Keys,
     scripts: Arc<Scripts>,
     durability: String,
@@ -130,6 +133,7 @@ impl RedisStore {
         scripts.load(pool.next()).await?;
         tracing::info!(url = %base, prefix = %prefix, durability = %durability, "redis storage open");
         Ok(Self {
+            clustered: pool.next().is_clustered(),
             pool,
             keys: Keys::new(&prefix),
             scripts,
@@ -498,7 +502,11 @@ impl Store for RedisStore {
             ts: msg.ts,
         })
         .map_err(backend)?;
-        accept::accept(self, msg, payload).await
+        if self.clustered {
+            accept::stepwise(self, msg, payload).await
+        } else {
+            accept::single(self, msg, payload).await
+        }
     }
 
     async fn history(

@@ -1,7 +1,13 @@
-//! `accept` on Redis, in four steps that each stay inside one hash slot, so the same
-//! code runs on one Redis or a Redis Cluster. The order makes a crash at any point
-//! safe and the outcome the same as the all-in-one-transaction accept of the other
-//! backends, for every property the conformance suite checks:
+//! `accept` on Redis: one script on a single Redis, single-slot steps on a Redis
+//! Cluster. Both write the same keys, so the data does not depend on the mode.
+//!
+//! **One Redis** ([`single`], `accept_single.lua`): the whole accept in one
+//! script, one round trip, atomic; its keys span slots, which only a single Redis
+//! allows.
+//!
+//! **A Redis Cluster** ([`stepwise`]): four steps that each stay inside one hash
+//! slot. The order makes a crash at any point safe and the outcome the same as the
+//! all-in-one accept, for every property the conformance suite checks:
 //!
 //! 1. **Check** (one pipeline): the sender's dedupe record (`{u:from}`) and that
 //!    every member exists (each `{u:m}`). A final dedupe record answers at once.
@@ -16,8 +22,10 @@
 //!    channel even when accepts on several nodes overlap: whoever gets to a member
 //!    first appends all earlier pending messages too (helping), and nobody appends
 //!    an id below one already appended.
-//! 4. **Finalize** (`{c:channel}`): the pending messages this accept saw are now in
-//!    every member's inbox; they stop being pending.
+//! 4. **Finalize** (`{c:channel}`, after the answer: nothing waits for it): the
+//!    pending messages this accept saw are in every member's inbox; they stop
+//!    being pending. If it never happens, the next accept in the channel redoes
+//!    step 3 for them (a no-op) and finalizes them.
 //!
 //! What is atomic: each step. What is not: the whole. A crash after step 2 leaves a
 //! stored, pending message that is in some inboxes or none; it was never acked. The
@@ -90,19 +98,83 @@ fn parse_pending(id: &Value, entry: &Value) -> StoreResult<Pending> {
     })
 }
 
-pub(super) async fn accept(
+/// The members in order, each once.
+fn distinct(members: &[UserId]) -> Vec<UserId> {
+    let mut out: Vec<UserId> = Vec::with_capacity(members.len());
+    for &m in members {
+        if !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    out
+}
+
+/// The whole accept in one script (a single Redis).
+pub(super) async fn single(
+    s: &RedisStore,
+    msg: NewMessage<'_>,
+    payload: String,
+) -> StoreResult<Accepted> {
+    let keys = &s.keys;
+    let members = distinct(msg.members);
+    let channel_keys = keys.accept_keys(msg.channel);
+    let mut call_keys = vec![
+        keys.user_part(msg.from, "dd"),
+        channel_keys[0].clone(),
+        channel_keys[1].clone(),
+        channel_keys[4].clone(),
+    ];
+    let mut args: Vec<Value> = vec![
+        msg.channel.into(),
+        msg.from.to_string().into(),
+        msg.client_msg_id.into(),
+        msg.ts.to_string().into(),
+        payload.into(),
+    ];
+    for &m in &members {
+        call_keys.push(keys.user(m));
+        call_keys.extend(keys.inbox_keys(m).into_iter().take(3));
+        args.push(m.to_string().into());
+    }
+    let call = Call {
+        script: &s.scripts.accept_single,
+        keys: call_keys,
+        args,
+    };
+    let reply = s.scripts.run(s.pool.next(), call).await?.into_array();
+    match reply.first().map(int).transpose()? {
+        Some(0) => {
+            let id = int(reply.get(1).ok_or_else(|| bad("accept_single", &reply))?)?;
+            let seqs = reply[2..].iter().map(int).collect::<StoreResult<Vec<_>>>()?;
+            let recipients: Vec<(UserId, Seq)> = members.iter().copied().zip(seqs).collect();
+            let sender_seq = recipients
+                .iter()
+                .find(|(m, _)| *m == msg.from)
+                .map_or(0, |&(_, seq)| seq);
+            Ok(Accepted {
+                channel: msg.channel.to_string(),
+                id,
+                ts: msg.ts,
+                sender_seq,
+                recipients,
+                duplicate: false,
+            })
+        }
+        Some(1) => duplicate(&text(reply.get(1).ok_or_else(|| bad("accept_single", &reply))?)?),
+        Some(2) => Err(StoreError::NotFound),
+        _ => Err(bad("accept_single", &reply)),
+    }
+}
+
+/// The accept in single-slot steps (a Redis Cluster; see the module doc).
+pub(super) async fn stepwise(
     s: &RedisStore,
     msg: NewMessage<'_>,
     payload: String,
 ) -> StoreResult<Accepted> {
     let keys = &s.keys;
     let client = s.pool.next();
-    let mut members: Vec<UserId> = Vec::with_capacity(msg.members.len());
-    for &m in msg.members {
-        if !members.contains(&m) {
-            members.push(m);
-        }
-    }
+    let members = distinct(msg.members);
 
     // 1. The sender's dedupe record, and that every member exists.
     let pipe = client.pipeline();
@@ -216,17 +288,21 @@ pub(super) async fn accept(
         .find(|(m, _)| *m == this.from)
         .map_or(0, |&(_, seq)| seq);
 
-    // 4. Finalize what this accept saw. A failure here is harmless: the messages
-    // are in every inbox already, and a later accept finalizes them.
+    // 4. Finalize what this accept saw, without making the sender wait for it.
     let finalize = keys.accept_keys(msg.channel);
-    let call = Call {
-        script: &s.scripts.accept_finalize,
-        keys: vec![finalize[2].clone(), finalize[3].clone()],
-        args: pending.iter().map(|p| p.id.to_string().into()).collect(),
-    };
-    if let Err(e) = s.scripts.run(client, call).await {
-        tracing::debug!(cause = %e, "redis: finalizing an accept failed");
-    }
+    let finalize = vec![finalize[2].clone(), finalize[3].clone()];
+    let ids: Vec<Value> = pending.iter().map(|p| p.id.to_string().into()).collect();
+    let (scripts, client_owned) = (s.scripts.clone(), client.clone());
+    tokio::spawn(async move {
+        let call = Call {
+            script: &scripts.accept_finalize,
+            keys: finalize,
+            args: ids,
+        };
+        if let Err(e) = scripts.run(&client_owned, call).await {
+            tracing::debug!(cause = %e, "redis: finalizing an accept failed (the next one will)");
+        }
+    });
     if created && !this.members.contains(&msg.from) {
         // A sender outside the member list: no member script wrote its record.
         let record = format!("{}\n{id}\n0\n{}", msg.channel, this.ts);

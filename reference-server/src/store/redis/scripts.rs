@@ -15,6 +15,7 @@ use crate::store::StoreResult;
 
 /// The scripts, each documented in its own file under `store/redis/`.
 pub(crate) struct Scripts {
+    pub(crate) accept_single: Script,
     pub(crate) accept_channel: Script,
     pub(crate) accept_member: Script,
     pub(crate) accept_finalize: Script,
@@ -54,6 +55,7 @@ impl Call<'_> {
 impl Scripts {
     pub(crate) fn new() -> Self {
         Scripts {
+            accept_single: Script::from_lua(include_str!("accept_single.lua")),
             accept_channel: Script::from_lua(include_str!("accept_channel.lua")),
             accept_member: Script::from_lua(include_str!("accept_member.lua")),
             accept_finalize: Script::from_lua(include_str!("accept_finalize.lua")),
@@ -66,8 +68,9 @@ impl Scripts {
         }
     }
 
-    fn all(&self) -> [&Script; 9] {
+    fn all(&self) -> [&Script; 10] {
         [
+            &self.accept_single,
             &self.accept_channel,
             &self.accept_member,
             &self.accept_finalize,
