@@ -90,6 +90,31 @@ fn bad_flags_are_refused_with_a_message_naming_them() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+#[test]
+fn bad_storage_exits_2_and_unreachable_storage_exits_3_with_a_plain_message() {
+    let run = |storage: &str| {
+        Command::new(env!("CARGO_BIN_EXE_reference-server"))
+            .args(["--listen", "127.0.0.1:0", "--storage", storage])
+            .output()
+            .unwrap()
+    };
+    let out = run("bogus://x");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--storage"));
+    for url in [
+        "redis://127.0.0.1:1",
+        "postgres://postgres@127.0.0.1:1/none",
+    ] {
+        let out = run(url);
+        assert_eq!(out.status.code(), Some(3), "{url}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("connection refused to {url}")) && !stderr.contains("Os {"),
+            "{stderr}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn stopping_the_library_server_closes_sessions_with_1001() {
     let s = TestServer::start().await;

@@ -52,10 +52,19 @@ fn main() -> anyhow::Result<()> {
     let rate: u64 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(200);
     let dir = std::env::temp_dir().join(format!("cluster-latency-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let mut redis = Command::new("redis-server")
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
+        .args([
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ])
         .arg("--dir")
         .arg(&dir)
         .stdout(Stdio::null())
@@ -70,7 +79,9 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(run(&nodes, port, messages, rate));
     for n in &mut nodes {
-        let _ = Command::new("kill").args(["-TERM", &n.0.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &n.0.id().to_string()])
+            .status();
         let _ = n.0.wait();
     }
     let _ = redis.kill();
@@ -85,7 +96,12 @@ fn start_node(url: &str, id: &str) -> anyhow::Result<NodeProcess> {
     let mut child = Command::new(std::env::current_exe()?)
         .args(["serve", "--listen", "127.0.0.1:0", "--node-id", id])
         .args(["--storage", url, "--cluster", url])
-        .args(["--password-hash-memory-kib", "8", "--password-hash-iterations", "1"])
+        .args([
+            "--password-hash-memory-kib",
+            "8",
+            "--password-hash-iterations",
+            "1",
+        ])
         .args(["--send-rate-per-sec", "0"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -164,9 +180,19 @@ async fn run(nodes: &[NodeProcess], port: u16, messages: usize, rate: u64) -> an
     let gap = Duration::from_micros(1_000_000 / rate.max(1));
     let mut next = Instant::now();
     for i in 0..messages {
-        let to = if i % 2 == 0 { same.user_id } else { cross.user_id };
+        let to = if i % 2 == 0 {
+            same.user_id
+        } else {
+            cross.user_id
+        };
         let sent_us = base.elapsed().as_micros() as u64;
-        send(&mut sender, json!({"user": to}), &format!("l{i}"), &sent_us.to_string()).await?;
+        send(
+            &mut sender,
+            json!({"user": to}),
+            &format!("l{i}"),
+            &sent_us.to_string(),
+        )
+        .await?;
         sent += 1;
         next += gap;
         tokio::time::sleep_until(next.into()).await;
@@ -178,7 +204,12 @@ async fn run(nodes: &[NodeProcess], port: u16, messages: usize, rate: u64) -> an
     for label in ["same node", "cross node"] {
         let mut v = lat.lock().unwrap().remove(label).unwrap_or_default();
         v.sort_unstable();
-        let pct = |p: f64| v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
+        let pct = |p: f64| {
+            v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0) as f64
+                / 1000.0
+        };
         println!(
             "  {label:>10}: {} received, p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms",
             v.len(),
@@ -196,7 +227,13 @@ async fn run(nodes: &[NodeProcess], port: u16, messages: usize, rate: u64) -> an
     let n = 500;
     let before = (commandstats(port).await?, round_trips(&c, nodes).await?);
     for i in 0..n {
-        send(&mut sender, json!({"user": cross.user_id}), &format!("x{i}"), "x").await?;
+        send(
+            &mut sender,
+            json!({"user": cross.user_id}),
+            &format!("x{i}"),
+            "x",
+        )
+        .await?;
         sent += 1;
     }
     all_acked(&acked, sent).await;
@@ -226,7 +263,13 @@ async fn run(nodes: &[NodeProcess], port: u16, messages: usize, rate: u64) -> an
     let group = g["channel"].as_str().unwrap_or_default().to_string();
     let before = (commandstats(port).await?, round_trips(&c, nodes).await?);
     for i in 0..n {
-        send(&mut sender, json!({"channel": group}), &format!("g{i}"), "g").await?;
+        send(
+            &mut sender,
+            json!({"channel": group}),
+            &format!("g{i}"),
+            "g",
+        )
+        .await?;
         sent += 1;
     }
     all_acked(&acked, sent).await;
@@ -248,7 +291,8 @@ async fn run(nodes: &[NodeProcess], port: u16, messages: usize, rate: u64) -> an
     let heartbeats = 10 * devices.len();
     for _ in 0..10 {
         for ws in &mut devices {
-            ws.send(WsMessage::Text(r#"{"type":"heartbeat"}"#.into())).await?;
+            ws.send(WsMessage::Text(r#"{"type":"heartbeat"}"#.into()))
+                .await?;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -300,7 +344,11 @@ async fn receive(
         let now = base.elapsed().as_micros() as u64;
         if let Ok(ServerFrame::Message(m)) = serde_json::from_str::<ServerFrame>(&t) {
             if let (true, Ok(sent)) = (m.client_msg_id.starts_with('l'), m.text.parse::<u64>()) {
-                into.lock().unwrap().entry(label).or_default().push(now.saturating_sub(sent));
+                into.lock()
+                    .unwrap()
+                    .entry(label)
+                    .or_default()
+                    .push(now.saturating_sub(sent));
             }
         }
     }
@@ -332,7 +380,12 @@ async fn commandstats(port: u16) -> anyhow::Result<HashMap<String, u64>> {
         .lines()
         .filter_map(|l| {
             let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest.strip_prefix("calls=")?.split(',').next()?.parse().ok()?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
             Some((name.to_string(), calls))
         })
         .collect())
@@ -342,7 +395,13 @@ async fn commandstats(port: u16) -> anyhow::Result<HashMap<String, u64>> {
 async fn round_trips(c: &Client, nodes: &[NodeProcess]) -> anyhow::Result<HashMap<String, u64>> {
     let mut out = HashMap::new();
     for n in nodes {
-        let text = c.http.get(format!("{}/metrics", n.1)).send().await?.text().await?;
+        let text = c
+            .http
+            .get(format!("{}/metrics", n.1))
+            .send()
+            .await?
+            .text()
+            .await?;
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("chatscale_cluster_redis_round_trips_total{") {
                 let op = rest.split("op=\"").nth(1).and_then(|s| s.split('"').next());

@@ -145,7 +145,10 @@ pub(super) async fn single(
     match reply.first().map(int).transpose()? {
         Some(0) => {
             let id = int(reply.get(1).ok_or_else(|| bad("accept_single", &reply))?)?;
-            let seqs = reply[2..].iter().map(int).collect::<StoreResult<Vec<_>>>()?;
+            let seqs = reply[2..]
+                .iter()
+                .map(int)
+                .collect::<StoreResult<Vec<_>>>()?;
             let recipients: Vec<(UserId, Seq)> = members.iter().copied().zip(seqs).collect();
             let sender_seq = recipients
                 .iter()
@@ -160,7 +163,9 @@ pub(super) async fn single(
                 duplicate: false,
             })
         }
-        Some(1) => duplicate(&text(reply.get(1).ok_or_else(|| bad("accept_single", &reply))?)?),
+        Some(1) => duplicate(&text(
+            reply.get(1).ok_or_else(|| bad("accept_single", &reply))?,
+        )?),
         Some(2) => Err(StoreError::NotFound),
         _ => Err(bad("accept_single", &reply)),
     }
