@@ -26,11 +26,11 @@
 //! and compare the two latencies of one run (the ratio cancels most noise).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chatscale_benches::{post_json, ServerProcess};
 use futures_util::{SinkExt, StreamExt};
 use reference_server::protocol::{LoginResponse, ServerFrame};
 use serde_json::json;
@@ -41,13 +41,10 @@ type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("serve") {
-        let opts = <reference_server::config::Opts as clap::Parser>::parse_from(&args[1..]);
-        let config = opts.into_config()?;
-        let rt = tokio::runtime::Runtime::new()?;
-        return Ok(rt.block_on(reference_server::server::run_until_signal(config))?);
+    if let Some(served) = chatscale_benches::serve_if_asked() {
+        return served;
     }
+    let args: Vec<String> = std::env::args().collect();
     let messages: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(2_000);
     let rate: u64 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(200);
     let dir = std::env::temp_dir().join(format!("cluster-latency-{}", std::process::id()));
@@ -74,46 +71,19 @@ fn main() -> anyhow::Result<()> {
     let url = format!("redis://127.0.0.1:{port}?prefix=bench");
     let mut nodes = Vec::new();
     for id in ["n1", "n2"] {
-        nodes.push(start_node(&url, id)?);
+        let flags = ["--node-id", id, "--storage", &url, "--cluster", &url];
+        let no_limit = ["--send-rate-per-sec", "0"];
+        nodes.push(ServerProcess::start(&[&flags[..], &no_limit].concat())?);
     }
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(run(&nodes, port, messages, rate));
     for n in &mut nodes {
-        let _ = Command::new("kill")
-            .args(["-TERM", &n.0.id().to_string()])
-            .status();
-        let _ = n.0.wait();
+        n.stop();
     }
     let _ = redis.kill();
     let _ = redis.wait();
     let _ = std::fs::remove_dir_all(&dir);
     result
-}
-
-struct NodeProcess(Child, String);
-
-fn start_node(url: &str, id: &str) -> anyhow::Result<NodeProcess> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["serve", "--listen", "127.0.0.1:0", "--node-id", id])
-        .args(["--storage", url, "--cluster", url])
-        .args([
-            "--password-hash-memory-kib",
-            "8",
-            "--password-hash-iterations",
-            "1",
-        ])
-        .args(["--send-rate-per-sec", "0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .ok_or_else(|| anyhow::anyhow!("unexpected first line {line:?}"))?
-        .to_string();
-    Ok(NodeProcess(child, url))
 }
 
 struct Client {
@@ -123,30 +93,16 @@ struct Client {
 impl Client {
     async fn signup(&self, node: &str, name: &str) -> anyhow::Result<u64> {
         let body = json!({"username": name, "password": "password123"});
-        let r: serde_json::Value = self
-            .http
-            .post(format!("{node}/v1/signup"))
-            .json(&body)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let r: serde_json::Value =
+            post_json(&self.http, &format!("{node}/v1/signup"), None, &body).await?;
         Ok(r["user_id"].as_u64().unwrap_or(0))
     }
 
     /// Logs in and connects to `node` itself (not where discovery points).
     async fn connect(&self, node: &str, name: &str) -> anyhow::Result<(LoginResponse, Ws)> {
         let body = json!({"username": name, "password": "password123"});
-        let r: LoginResponse = self
-            .http
-            .post(format!("{node}/v1/login"))
-            .json(&body)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let r: LoginResponse =
+            post_json(&self.http, &format!("{node}/v1/login"), None, &body).await?;
         let ws_url = format!("{}/v1/ws?token={}", node.replacen("http", "ws", 1), r.token);
         let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await?;
         ws.next().await; // hello
@@ -154,8 +110,8 @@ impl Client {
     }
 }
 
-async fn run(nodes: &[NodeProcess], port: u16, messages: usize, rate: u64) -> anyhow::Result<()> {
-    let (n1, n2) = (nodes[0].1.as_str(), nodes[1].1.as_str());
+async fn run(nodes: &[ServerProcess], port: u16, messages: usize, rate: u64) -> anyhow::Result<()> {
+    let (n1, n2) = (nodes[0].url.as_str(), nodes[1].url.as_str());
     let c = Client {
         http: reqwest::Client::new(),
     };
@@ -225,20 +181,17 @@ async fn run(nodes: &[NodeProcess], port: u16, messages: usize, rate: u64) -> an
 
     // 2. Redis per message.
     let n = 500;
-    let before = (commandstats(port).await?, round_trips(&c, nodes).await?);
-    for i in 0..n {
-        send(
-            &mut sender,
-            json!({"user": cross.user_id}),
-            &format!("x{i}"),
-            "x",
-        )
+    let mut phase = Phase {
+        sender: &mut sender,
+        acked: &acked,
+        sent: &mut sent,
+        port,
+        client: &c,
+        nodes,
+    };
+    phase
+        .measure("1:1 cross-node message", n, json!({"user": cross.user_id}))
         .await?;
-        sent += 1;
-    }
-    all_acked(&acked, sent).await;
-    let after = (commandstats(port).await?, round_trips(&c, nodes).await?);
-    report("1:1 cross-node message", n, &before, &after);
 
     let mut members = vec![same.user_id, cross.user_id];
     let mut held = Vec::new();
@@ -250,31 +203,17 @@ async fn run(nodes: &[NodeProcess], port: u16, messages: usize, rate: u64) -> an
         held.push(tokio::spawn(discard(ws)));
     }
     let token = c.connect(n1, "sender").await?.0.token;
-    let g: serde_json::Value = c
-        .http
-        .post(format!("{n1}/v1/groups"))
-        .bearer_auth(&token)
-        .json(&json!({"name": "bench", "members": members}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let body = json!({"name": "bench", "members": members});
+    let g: serde_json::Value =
+        post_json(&c.http, &format!("{n1}/v1/groups"), Some(&token), &body).await?;
     let group = g["channel"].as_str().unwrap_or_default().to_string();
-    let before = (commandstats(port).await?, round_trips(&c, nodes).await?);
-    for i in 0..n {
-        send(
-            &mut sender,
+    phase
+        .measure(
+            "group message (10 members, 2 nodes)",
+            n,
             json!({"channel": group}),
-            &format!("g{i}"),
-            "g",
         )
         .await?;
-        sent += 1;
-    }
-    all_acked(&acked, sent).await;
-    let after = (commandstats(port).await?, round_trips(&c, nodes).await?);
-    report("group message (10 members, 2 nodes)", n, &before, &after);
 
     // 3. Redis per heartbeat.
     let mut devices = Vec::new();
@@ -303,6 +242,38 @@ async fn run(nodes: &[NodeProcess], port: u16, messages: usize, rate: u64) -> an
 }
 
 type Sink = futures_util::stream::SplitSink<Ws, WsMessage>;
+
+/// What a "Redis per message" measurement needs.
+struct Phase<'a> {
+    sender: &'a mut Sink,
+    acked: &'a std::sync::atomic::AtomicUsize,
+    sent: &'a mut usize,
+    port: u16,
+    client: &'a Client,
+    nodes: &'a [ServerProcess],
+}
+
+impl Phase<'_> {
+    /// Sends `n` messages to `to`, waits for their acks, and reports the Redis
+    /// commands and cluster round trips per message.
+    async fn measure(&mut self, what: &str, n: usize, to: serde_json::Value) -> anyhow::Result<()> {
+        let before = (
+            commandstats(self.port).await?,
+            round_trips(self.client, self.nodes).await?,
+        );
+        for i in 0..n {
+            send(self.sender, to.clone(), &format!("{what}{i}"), "x").await?;
+            *self.sent += 1;
+        }
+        all_acked(self.acked, *self.sent).await;
+        let after = (
+            commandstats(self.port).await?,
+            round_trips(self.client, self.nodes).await?,
+        );
+        report(what, n, &before, &after);
+        Ok(())
+    }
+}
 
 async fn send(ws: &mut Sink, to: serde_json::Value, cmid: &str, text: &str) -> anyhow::Result<()> {
     let frame = json!({"type": "send", "to": to, "client_msg_id": cmid, "text": text});
@@ -392,12 +363,12 @@ async fn commandstats(port: u16) -> anyhow::Result<HashMap<String, u64>> {
 }
 
 /// The cluster's own round-trip counters, summed over the nodes: op -> count.
-async fn round_trips(c: &Client, nodes: &[NodeProcess]) -> anyhow::Result<HashMap<String, u64>> {
+async fn round_trips(c: &Client, nodes: &[ServerProcess]) -> anyhow::Result<HashMap<String, u64>> {
     let mut out = HashMap::new();
     for n in nodes {
         let text = c
             .http
-            .get(format!("{}/metrics", n.1))
+            .get(format!("{}/metrics", n.url))
             .send()
             .await?
             .text()

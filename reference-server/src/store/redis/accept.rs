@@ -109,6 +109,14 @@ fn distinct(members: &[UserId]) -> Vec<UserId> {
     out
 }
 
+/// A user's seq among the recipients (0 if it is not one).
+fn seq_among(recipients: &[(UserId, Seq)], user: UserId) -> Seq {
+    recipients
+        .iter()
+        .find(|(m, _)| *m == user)
+        .map_or(0, |&(_, seq)| seq)
+}
+
 /// The whole accept in one script (a single Redis).
 pub(super) async fn single(
     s: &RedisStore,
@@ -150,10 +158,7 @@ pub(super) async fn single(
                 .map(int)
                 .collect::<StoreResult<Vec<_>>>()?;
             let recipients: Vec<(UserId, Seq)> = members.iter().copied().zip(seqs).collect();
-            let sender_seq = recipients
-                .iter()
-                .find(|(m, _)| *m == msg.from)
-                .map_or(0, |&(_, seq)| seq);
+            let sender_seq = seq_among(&recipients, msg.from);
             Ok(Accepted {
                 channel: msg.channel.to_string(),
                 id,
@@ -288,10 +293,7 @@ pub(super) async fn stepwise(
         .iter()
         .map(|&m| Ok((m, seq_of(m)?)))
         .collect::<StoreResult<_>>()?;
-    let sender_seq = recipients
-        .iter()
-        .find(|(m, _)| *m == this.from)
-        .map_or(0, |&(_, seq)| seq);
+    let sender_seq = seq_among(&recipients, this.from);
 
     // 4. Finalize what this accept saw, without making the sender wait for it.
     let finalize = keys.accept_keys(msg.channel);
