@@ -367,19 +367,33 @@ async fn discovery_orders_by_load_and_sigterm_leaves_at_once() {
 
 /// `kill -9` of a node: it leaves discovery by itself; its clients log in
 /// through discovery on a live node, sync from their cursors and lose nothing
-/// that was acked.
+/// that was acked. Its users' presence is reaped once `offline_after` has passed
+/// since the node was last seen: one that reconnected elsewhere meanwhile does not
+/// flap, one that did not goes offline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_clients_fail_over_and_lose_nothing() {
     let Some(ns) = Namespace::redis("kill9") else {
         return;
     };
-    let mut nodes = Node::start_many(&ns, 2, &[]).await;
-    nodes[0].signup("writer").await;
-    nodes[0].signup("victim").await;
-    let w = nodes[0].device("writer", None).await;
+    let mut nodes = Node::start_many(&ns, 2, &["--offline-after-ms", "6000"]).await;
+    for name in ["writer", "victim", "quiet"] {
+        nodes[0].signup(name).await;
+    }
+    let w = nodes[0].device("writer", Some("sends")).await;
+    let watcher = nodes[0].device("writer", Some("watches")).await;
     let v = nodes[1].device("victim", None).await;
-    let mut ww = w.connect().await;
-    let mut wv = v.connect().await;
+    let q = nodes[1].device("quiet", None).await;
+    nodes[0].befriend(&w, &v).await;
+    nodes[0].befriend(&w, &q).await;
+    let (mut ww, mut watch) = (w.connect().await, watcher.connect().await);
+    let (mut wv, _wq) = (v.connect().await, q.connect().await);
+    let online = [
+        next_presence(&mut watch).await,
+        next_presence(&mut watch).await,
+    ];
+    for user in [v.user_id, q.user_id] {
+        assert!(online.contains(&(user, Status::Online)), "{online:?}");
+    }
     let mut acked = BTreeSet::new();
     let mut cursor = 0;
     for i in 1..=10 {
@@ -390,6 +404,12 @@ async fn kill9_clients_fail_over_and_lose_nothing() {
         );
         cursor = wv.next_message().await.seq.expect("seq");
     }
+    let dead = nodes[1].ws_url();
+    eventually("both nodes in discovery", || {
+        let (nodes, token, dead) = (&nodes, &w.token, &dead);
+        async move { discovery(&nodes[0], token).await.contains(dead) }
+    })
+    .await;
     nodes[1].kill9().await;
     let killed = Instant::now();
     for i in 11..=20 {
@@ -400,15 +420,14 @@ async fn kill9_clients_fail_over_and_lose_nothing() {
         );
     }
     assert_eq!(wv.close_code().await, None, "no goodbye from a killed node");
-    let dead = nodes[1].ws_url();
-    let left = eventually("the killed node out of discovery", || {
+    eventually("the killed node out of discovery", || {
         let (nodes, token, dead) = (&nodes, &w.token, &dead);
         async move { !discovery(&nodes[0], token).await.contains(dead) }
     })
     .await;
     eprintln!(
         "kill -9: out of discovery {:?} after the kill",
-        killed.elapsed().max(left)
+        killed.elapsed()
     );
     // The victim logs in again through discovery and syncs from its cursor.
     let servers = discovery(&nodes[0], &v.token).await;
@@ -420,6 +439,34 @@ async fn kill9_clients_fail_over_and_lose_nothing() {
     let mut have: BTreeSet<u64> = acked.iter().copied().filter(|&id| id <= 10).collect();
     have.extend(wv.sync_all(cursor, 7).await.iter().map(|m| m.id));
     assert_eq!(have, acked, "every acked message reached the victim");
+    // The reap: the quiet user goes offline; the victim, back on a live node and
+    // heartbeating there, never did.
+    let heartbeats = tokio::spawn(async move {
+        for req in 1.. {
+            wv.drain(req).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    assert_eq!(
+        next_presence(&mut watch).await,
+        (q.user_id, Status::Offline)
+    );
+    eprintln!(
+        "kill -9: its idle user offline {:?} after the kill",
+        killed.elapsed()
+    );
+    assert!(
+        killed.elapsed() >= Duration::from_secs(3),
+        "not before offline_after"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        presence_queued(&mut watch, 1).await,
+        vec![],
+        "no flap for the victim"
+    );
+    assert_eq!(status_of(&nodes[0], &w.token, v.user_id).await, "online");
+    heartbeats.abort();
     ns.remove(nodes).await;
 }
 

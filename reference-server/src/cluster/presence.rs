@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 use fred::prelude::*;
+use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +41,8 @@ use crate::store::Store;
 
 /// How long a node remembers the last epoch it applied for a user.
 const REMEMBER: Duration = Duration::from_secs(120);
+/// Transitions told to friends at once.
+const EMIT_CONCURRENCY: usize = 32;
 
 /// A cluster-wide presence change of one user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,12 +116,17 @@ impl ClusterPresence {
                     continue;
                 }
             }
+            // Several at a time: after a node dies, thousands of users change at
+            // once, and each costs a few round trips (epochs keep the order right).
             let batch = std::mem::take(&mut *self.queue.lock());
-            for (user, t) in batch {
-                if let Err(e) = self.tell_friends(user, t).await {
-                    tracing::warn!(user_id = user, cause = %e, "cluster presence: telling friends failed");
-                }
-            }
+            let this = &*self;
+            futures_util::stream::iter(batch)
+                .for_each_concurrent(EMIT_CONCURRENCY, |(user, t)| async move {
+                    if let Err(e) = this.tell_friends(user, t).await {
+                        tracing::warn!(user_id = user, cause = %e, "cluster presence: telling friends failed");
+                    }
+                })
+                .await;
         }
     }
 

@@ -8,9 +8,10 @@
 -- reap list, due once offline_after has passed since it was last seen (its users'
 -- heartbeats may be that old by then); claims up to max_claims due reaps for this
 -- node for lease_ms (another node takes a claim over if this one dies while
--- reaping). Returns `{now, rejoined, n, (instance, expiry, JSON) x n,
--- (instance, last_seen)...}`; `rejoined` is 1 when this node was not live before
--- the call (first registration, or its entry ran out while it was cut off).
+-- reaping). Returns `{now, rejoined, n, (instance, expiry, JSON) x n, m,
+-- instance x m (dead, not reaped yet), (instance, last_seen)...(claimed)}`;
+-- `rejoined` is 1 when this node was not live before the call (first
+-- registration, or its entry ran out while it was cut off).
 local nodes, info, reap, seen = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local me, json = ARGV[1], ARGV[2]
 local ttl, offline_after = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -56,5 +57,8 @@ for i = 1, #live, 2 do
   out[#out + 1] = tonumber(live[i + 1])
   out[#out + 1] = redis.call('HGET', info, live[i]) or '{}'
 end
+local gone = redis.call('ZRANGE', reap, 0, -1)
+out[#out + 1] = #gone
+for i = 1, #gone do out[#out + 1] = gone[i] end
 for i = 1, #claimed do out[#out + 1] = claimed[i] end
 return out

@@ -58,6 +58,15 @@ impl Node {
     }
 }
 
+/// This node's view of the registry, as of its last refresh.
+#[derive(Default)]
+struct View {
+    /// Live nodes, least loaded first.
+    nodes: Vec<Node>,
+    /// Nodes known dead and not reaped yet.
+    dead: std::collections::HashSet<String>,
+}
+
 /// What a refresh brought back besides the view.
 pub struct Refreshed {
     /// This node was not live before the refresh (first time, or after its entry ran out).
@@ -73,7 +82,7 @@ pub struct Registry {
     url: String,
     capacity: u64,
     offline_after_ms: u64,
-    view: RwLock<Vec<Node>>,
+    view: RwLock<View>,
     /// Round trips to Redis, for `/metrics`.
     pub(crate) round_trips: AtomicU64,
 }
@@ -94,7 +103,7 @@ impl Registry {
             url,
             capacity,
             offline_after_ms: offline_after.as_millis() as u64,
-            view: RwLock::new(Vec::new()),
+            view: RwLock::new(View::default()),
             round_trips: AtomicU64::new(0),
         }
     }
@@ -159,8 +168,14 @@ impl Registry {
                 .total_cmp(&b.load())
                 .then(a.node_id.cmp(&b.node_id))
         });
-        *self.view.write() = nodes;
-        let claimed = reply[3 + 3 * n..]
+        let rest = &reply[3 + 3 * n..];
+        let m = rest.first().and_then(num).ok_or_else(bad)? as usize;
+        if rest.len() < 1 + m {
+            return Err(bad());
+        }
+        let dead = rest[1..=m].iter().filter_map(Value::as_string).collect();
+        *self.view.write() = View { nodes, dead };
+        let claimed = rest[1 + m..]
             .chunks_exact(2)
             .filter_map(|c| Some((c[0].as_string()?, num(&c[1])?)))
             .collect();
@@ -175,6 +190,7 @@ impl Registry {
         let now = Instant::now();
         self.view
             .read()
+            .nodes
             .iter()
             .filter(|n| n.expires > now)
             .cloned()
@@ -191,13 +207,17 @@ impl Registry {
         urls
     }
 
-    /// True if `instance` is live in this node's view.
-    pub fn is_live(&self, instance: &str) -> bool {
+    /// False only for a node known dead: its entry ran out (in this view, or it
+    /// is on the reap list). A node this view does not know yet joined after the
+    /// last refresh: it counts as live, so that its users are not taken for
+    /// connected nowhere during its first second.
+    pub fn maybe_live(&self, instance: &str) -> bool {
         let now = Instant::now();
-        self.view
-            .read()
-            .iter()
-            .any(|n| n.instance == instance && n.expires > now)
+        let view = self.view.read();
+        match view.nodes.iter().find(|n| n.instance == instance) {
+            Some(n) => n.expires > now,
+            None => !view.dead.contains(instance),
+        }
     }
 
     /// Leaves the registry at once (SIGTERM); the users are reaped later.

@@ -249,12 +249,11 @@ impl Router {
                 if instance == self.instance {
                     continue;
                 }
-                if self.registry.is_live(&instance) {
+                if self.registry.maybe_live(&instance) {
                     reachable.insert(user);
                 }
-                // Published even to an instance this view does not know: it may have
-                // joined within the last refresh. A dead one costs one wasted publish
-                // until it is reaped.
+                // Published even to a node this view holds dead: a wasted publish
+                // until it is reaped is cheaper than a lookup of the dead.
                 by_node.entry(instance).or_default().push(user);
             }
         }
