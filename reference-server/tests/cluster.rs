@@ -142,6 +142,14 @@ async fn messages_reach_every_device_on_every_node_with_postgres_storage() {
     delivery_across_nodes(ns).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_reach_every_device_on_every_node_over_a_redis_cluster() {
+    let Some(ns) = Namespace::redis_cluster("rcdeliver") else {
+        return;
+    };
+    delivery_across_nodes(ns).await;
+}
+
 /// Two nodes send into one group at once: every device (on a third node, and
 /// the senders' other devices) sees the group's ids in increasing order, and
 /// has every message (live, or by a sync from its cursor).

@@ -42,6 +42,17 @@ impl Namespace {
         })
     }
 
+    /// Storage and cluster on the Redis Cluster of `CHATSCALE_REDIS_CLUSTER_URL`.
+    pub fn redis_cluster(tag: &str) -> Option<Namespace> {
+        let redis = crate::conformance::service_url("CHATSCALE_REDIS_CLUSTER_URL")?;
+        let sep = if redis.contains('?') { '&' } else { '?' };
+        let url = format!("{redis}{sep}prefix={}", unique(tag));
+        Some(Namespace {
+            storage: url.clone(),
+            cluster: url,
+        })
+    }
+
     /// Storage in a fresh PostgreSQL schema, the cluster on Redis.
     pub fn postgres(tag: &str) -> Option<Namespace> {
         let redis = crate::conformance::service_url("CHATSCALE_REDIS_URL")?;
