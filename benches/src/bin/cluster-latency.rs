@@ -2,11 +2,11 @@
 //! one message and one heartbeat cost in Redis.
 //!
 //! ```text
-//! cargo run --release -p chatscale-benches --bin cluster-latency -- [MESSAGES] [RATE]
+//! RUST_LOG=warn cargo run --release -p chatscale-benches --bin cluster-latency -- [MESSAGES] [RATE] [FSYNC]
 //! ```
 //!
-//! Starts a private `redis-server` (append-only, `appendfsync always`, like CI) on
-//! a free port, and two nodes as child processes (this binary re-executed with
+//! Starts a private `redis-server` (append-only, `appendfsync FSYNC`: `always` by
+//! default, like CI; `no` takes the disk out of the latencies) on a free port, and two nodes as child processes (this binary re-executed with
 //! `serve`) with `--storage` and `--cluster` on it. Then, from this process:
 //!
 //! 1. **Latency**: one sender on node 1 sends `MESSAGES` (default 2,000) 1:1
@@ -47,6 +47,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let messages: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(2_000);
     let rate: u64 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(200);
+    let fsync = args.get(3).map_or("always", String::as_str);
     let dir = std::env::temp_dir().join(format!("cluster-latency-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -58,7 +59,7 @@ fn main() -> anyhow::Result<()> {
             "--appendonly",
             "yes",
             "--appendfsync",
-            "always",
+            fsync,
             "--save",
             "",
         ])
