@@ -15,7 +15,9 @@ use serde_json::{json, Value};
 use crate::support::{Device, Ws, PATIENCE};
 
 mod nodes;
+mod private_redis;
 use nodes::{Namespace, Node};
+use private_redis::PrivateRedis;
 
 /// Sends and returns the ack's (channel, id, seq), panicking on anything else.
 async fn send(ws: &mut Ws, req: i64, to: Value, text: &str) -> (String, u64, u64) {
@@ -492,79 +494,6 @@ async fn cluster_with_unshared_storage_exits_2() {
             stderr.contains("--cluster") && stderr.contains("shares"),
             "{stderr}"
         );
-    }
-}
-
-/// A private `redis-server` (append-only, fsync always) the test can stop and
-/// start again on the same port and directory.
-struct PrivateRedis {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<tokio::process::Child>,
-}
-
-impl PrivateRedis {
-    async fn start() -> Option<PrivateRedis> {
-        if std::process::Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            assert!(
-                std::env::var("CHATSCALE_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "redis-server is not installed but CHATSCALE_REQUIRE_SERVICES=1"
-            );
-            eprintln!("skipped: redis-server is not installed");
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let mut redis = PrivateRedis {
-            port,
-            dir: tempfile::tempdir().expect("temp dir"),
-            child: None,
-        };
-        redis.up().await;
-        Some(redis)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn up(&mut self) {
-        let child = tokio::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        let addr = format!("127.0.0.1:{}", self.port);
-        eventually("redis-server answering", || {
-            let addr = addr.clone();
-            async move { tokio::net::TcpStream::connect(addr).await.is_ok() }
-        })
-        .await;
-    }
-
-    /// `kill -9`: acked writes are in the fsynced append-only file.
-    async fn crash(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await.expect("kill redis");
-        }
     }
 }
 

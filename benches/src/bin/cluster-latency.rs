@@ -55,14 +55,7 @@ fn main() -> anyhow::Result<()> {
         .port();
     let mut redis = Command::new("redis-server")
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .args([
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            fsync,
-            "--save",
-            "",
-        ])
+        .args(["--appendonly", "yes", "--appendfsync", fsync, "--save", ""])
         .arg("--dir")
         .arg(&dir)
         .stdout(Stdio::null())

@@ -30,9 +30,12 @@ use fred::prelude::*;
 use serde::{Deserialize, Serialize};
 
 mod accept;
+mod connection;
 mod keys;
 pub(crate) mod scripts;
 
+pub(crate) use connection::connect;
+pub use connection::COMMAND_TIMEOUT;
 pub(crate) use keys::Keys;
 use scripts::{Call, Scripts};
 
@@ -43,8 +46,6 @@ use super::{
 use crate::protocol::{DeviceId, Message, MessageId, Millis, Seq, UserId};
 
 const POOL_SIZE: usize = 4;
-/// The longest a command waits (for its answer, or for Redis to come back).
-pub const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The fields of a message that are not in its key (JSON in `P:{c:channel}:msgs`).
 #[derive(Serialize, Deserialize)]
@@ -70,30 +71,6 @@ pub struct RedisStore {
     durability: String,
 }
 
-/// Connects a pool to `redis://...` or `redis-cluster://...` (without our own
-/// query parameters), failing fast when nothing answers: the storage and the
-/// cluster module both start this way.
-pub(crate) async fn connect(url: &str, size: usize) -> Result<Pool, String> {
-    let config = Config::from_url(url).map_err(|e| e.to_string())?;
-    let pool = Builder::from_config(config)
-        .with_connection_config(|c| {
-            c.connection_timeout = std::time::Duration::from_secs(5);
-        })
-        // A command never waits forever: while Redis is away commands queue for a
-        // reconnect, and past this the caller gets a backend error (a send is
-        // answered `internal`, never acked).
-        .with_performance_config(|p| {
-            p.default_command_timeout = COMMAND_TIMEOUT;
-        })
-        // A dropped connection is re-opened (the first one still fails fast, so a
-        // wrong URL or a Redis that is down is reported at start-up).
-        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
-        .build_pool(size)
-        .map_err(|e| e.to_string())?;
-    pool.init().await.map_err(|e| super::unreachable(url, &e))?;
-    Ok(pool)
-}
-
 impl RedisStore {
     /// Connects to `redis://HOST:PORT[/DB][?prefix=NAME]` (prefix default `cs`), or to
     /// a Redis Cluster with `redis-cluster://HOST:PORT[?node=HOST:PORT...]`.
@@ -105,30 +82,10 @@ impl RedisStore {
                 "redis: ?prefix= must not contain braces (they are hash tags)".into(),
             ));
         }
-        let pool = connect(&base, POOL_SIZE)
+        let pool = connection::connect(&base, POOL_SIZE)
             .await
             .map_err(StoreError::Backend)?;
-        let setting = |name: &'static str| {
-            let pool = &pool;
-            async move {
-                let pair: Vec<String> = pool.config_get(name).await.map_err(backend)?;
-                Ok::<_, StoreError>(pair.get(1).cloned().unwrap_or_else(|| "?".into()))
-            }
-        };
-        let durability = match (setting("appendonly").await, setting("appendfsync").await) {
-            (Ok(aof), Ok(fsync)) => {
-                let meaning = match (aof.as_str(), fsync.as_str()) {
-                    ("yes", "always") => {
-                        "process crash and power loss (AOF fsynced before the reply)"
-                    }
-                    ("yes", "everysec") => "process crash; power loss may lose the last second",
-                    ("yes", _) => "process crash; power loss leaves it to the OS",
-                    _ => "only what the server's RDB snapshots caught",
-                };
-                format!("redis appendonly={aof} appendfsync={fsync}: {meaning}")
-            }
-            (Err(e), _) | (_, Err(e)) => format!("redis: unknown (CONFIG GET failed: {e})"),
-        };
+        let durability = connection::durability(&pool).await;
         let scripts = Arc::new(Scripts::new());
         scripts.load(pool.next()).await?;
         tracing::info!(url = %base, prefix = %prefix, durability = %durability, "redis storage open");
