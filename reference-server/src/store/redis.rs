@@ -3,8 +3,8 @@
 //! shared store of a cluster of chat nodes, through the `fred` client.
 //!
 //! **One code path for one Redis and a Redis Cluster.** Every key carries a hash tag
-//! ([`keys`]): a user's keys share a slot, a channel's keys share a slot, a group's
-//! keys share a slot. Every Lua script receives its keys in `KEYS`, all in one slot,
+//! ([`keys`]): a user's keys share a slot, a channel's keys share a slot (a group's
+//! name and members are in its channel's). Every Lua script receives its keys in `KEYS`, all in one slot,
 //! so Redis runs it atomically on whichever node owns that slot. An operation whose
 //! keys live in several slots is a short sequence of single-slot steps in an order
 //! that is safe to stop anywhere: [`accept`] (channel, then members, then finalize)

@@ -2,10 +2,10 @@
 //! keys one script touches share one Redis Cluster slot, and the same code runs
 //! against one Redis or a Redis Cluster.
 //!
-//! Four kinds of slot: a user's (`{u:ID}`: account, inbox, dedupe, devices,
+//! Three kinds of slot: a user's (`{u:ID}`: account, inbox, dedupe, devices,
 //! friends), a channel's (`{c:CHANNEL}`: head, messages, pending fan-out, channel
-//! dedupe), a group's (`{g:N}`: name and members), and single-key ones (a
-//! username, a token, the id counters). `docs/storage.md` has the table.
+//! dedupe; for a group channel `g:N` also the group's name and members), and
+//! single-key ones (a username, a token, the id counters). `docs/storage.md` has the table.
 
 use crate::protocol::UserId;
 
@@ -59,11 +59,13 @@ impl Keys {
             .collect()
     }
 
-    /// `P:{g:N}:name` (string; the group exists while it does) and `P:{g:N}:m` (list).
+    /// `P:{c:g:N}:name` (string; the group exists while it does) and
+    /// `P:{c:g:N}:m` (list): in the slot of the group's channel `g:N`, so that a
+    /// script of the channel can read the members in the same atomic step.
     pub(crate) fn group_keys(&self, group: u64) -> Vec<String> {
         vec![
-            format!("{}:{{g:{group}}}:name", self.prefix),
-            format!("{}:{{g:{group}}}:m", self.prefix),
+            format!("{}:{{c:g:{group}}}:name", self.prefix),
+            format!("{}:{{c:g:{group}}}:m", self.prefix),
         ]
     }
 
@@ -107,6 +109,7 @@ mod tests {
             .all(|t| t == "c:dm:1:2"));
         assert!(tags(k.inbox_keys(7)).iter().all(|t| t == "u:7"));
         assert_eq!(tag(&k.user(7)), "u:7");
-        assert!(tags(k.group_keys(3)).iter().all(|t| t == "g:3"));
+        assert!(tags(k.group_keys(3)).iter().all(|t| t == "c:g:3"));
+        assert_eq!(tag(&k.channel("g:3", "head")), "c:g:3");
     }
 }
