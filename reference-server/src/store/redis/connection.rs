@@ -41,11 +41,9 @@ pub(crate) async fn connect(url: &str, size: usize) -> Result<Pool, String> {
 
 /// What an acked write survives on this Redis, in words, from `CONFIG GET`.
 pub(super) async fn durability(pool: &Pool) -> String {
-    let setting = |name: &'static str| {
-        async move {
-            let pair: Vec<String> = pool.config_get(name).await.map_err(backend)?;
-            Ok::<_, StoreError>(pair.get(1).cloned().unwrap_or_else(|| "?".into()))
-        }
+    let setting = |name: &'static str| async move {
+        let pair: Vec<String> = pool.config_get(name).await.map_err(backend)?;
+        Ok::<_, StoreError>(pair.get(1).cloned().unwrap_or_else(|| "?".into()))
     };
     match (setting("appendonly").await, setting("appendfsync").await) {
         (Ok(aof), Ok(fsync)) => {
