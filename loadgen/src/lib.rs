@@ -5,6 +5,7 @@
 //! - [`cli`]: the command line (`Opts`).
 //! - [`error`]: `LoadgenError` and the exit statuses.
 //! - [`units`]: durations, rates and sizes as scenario files write them.
+//! - [`catalog`]: every counter and latency metric, declared once.
 //! - [`scenario`]: scenario files, parsed and validated before anything starts.
 //! - [`run`]: one scenario run, end to end (embedded server, population, phases,
 //!   audit, report).
@@ -23,6 +24,7 @@
 //! - [`thresholds`], [`projection`], [`report`], [`compare`]: judging and
 //!   presenting outcomes.
 pub mod audit;
+pub mod catalog;
 pub mod cli;
 pub mod compare;
 pub mod device;

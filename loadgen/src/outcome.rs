@@ -13,44 +13,7 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-/// Latency metric names (keys of [`Outcome::histograms`]) and what they measure.
-pub const LATENCY_METRICS: &[(&str, &str)] = &[
-    (
-        "delivery_latency",
-        "scheduled send -> each recipient device receives it",
-    ),
-    (
-        "delivery_latency_1to1",
-        "delivery_latency for one-to-one messages",
-    ),
-    (
-        "delivery_latency_group",
-        "delivery_latency for group messages",
-    ),
-    ("ack_latency", "scheduled send -> the sender's ack"),
-    (
-        "fanout_latency",
-        "scheduled send -> the last online member device of a group receives it",
-    ),
-    ("connect_latency", "TCP connect -> hello frame"),
-    (
-        "sync_latency",
-        "reconnect -> the device's inbox is caught up",
-    ),
-    (
-        "presence_latency",
-        "a status change -> an online friend receives the presence frame",
-    ),
-    (
-        "delivery_latency_uncorrected",
-        "actual send -> each recipient device receives it",
-    ),
-    ("ack_latency_uncorrected", "actual send -> the sender's ack"),
-    (
-        "history_latency",
-        "scheduled history read -> the whole page received (HTTP)",
-    ),
-];
+pub use crate::catalog::{AuditCounts, Counters, LATENCY_METRICS};
 
 /// A new latency histogram: 1 µs to 1 hour, 3 significant digits.
 pub fn new_histogram() -> Histogram<u64> {
@@ -67,64 +30,6 @@ pub struct Interval {
     pub histogram: Histogram<u64>,
 }
 
-/// Event counts over the measured phases.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Counters {
-    /// Sends the open-model schedule asked for.
-    pub messages_scheduled: u64,
-    /// Sends written to a socket.
-    pub messages_sent: u64,
-    pub messages_acked: u64,
-    /// Sends answered with an `error` frame.
-    pub send_errors: u64,
-    /// Message frames received by devices (live and by sync, first copy per device).
-    pub deliveries: u64,
-    pub connects: u64,
-    pub connect_errors: u64,
-    /// Abrupt disconnects the scenario injected (no close frame).
-    pub disconnects: u64,
-    /// Connections closed by the server (1008 slow consumer, 1001 shutdown, ...).
-    pub server_closes: u64,
-    pub reconnects: u64,
-    pub syncs: u64,
-    pub heartbeats: u64,
-    pub presence_frames: u64,
-    /// History page reads the open-model schedule asked for (`history_rate`).
-    #[serde(default)]
-    pub history_scheduled: u64,
-    /// History pages received in full (a 2xx answer, parsed).
-    #[serde(default)]
-    pub history_reads: u64,
-    /// Messages in those pages (their mean size is this over `history_reads`).
-    #[serde(default)]
-    pub history_messages: u64,
-    /// Reads not issued because too many were in flight (the generator's cap).
-    #[serde(default)]
-    pub history_skipped: u64,
-}
-
-impl Counters {
-    pub fn merge(&mut self, o: &Counters) {
-        self.messages_scheduled += o.messages_scheduled;
-        self.messages_sent += o.messages_sent;
-        self.messages_acked += o.messages_acked;
-        self.send_errors += o.send_errors;
-        self.deliveries += o.deliveries;
-        self.connects += o.connects;
-        self.connect_errors += o.connect_errors;
-        self.disconnects += o.disconnects;
-        self.server_closes += o.server_closes;
-        self.reconnects += o.reconnects;
-        self.syncs += o.syncs;
-        self.heartbeats += o.heartbeats;
-        self.presence_frames += o.presence_frames;
-        self.history_scheduled += o.history_scheduled;
-        self.history_reads += o.history_reads;
-        self.history_messages += o.history_messages;
-        self.history_skipped += o.history_skipped;
-    }
-}
-
 /// One audit finding, as an example in the report.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AuditExample {
@@ -137,28 +42,34 @@ pub struct AuditExample {
 }
 
 /// The end-of-run audit: every acked message against every device of every member.
+/// Its counts ([`AuditCounts`]) read as its own fields (`audit.lost`) and sit
+/// beside the examples in report.json.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Audit {
-    /// Acked messages checked.
-    pub messages_checked: u64,
-    /// (message, member device) pairs that had to arrive.
-    pub deliveries_expected: u64,
-    pub lost: u64,
-    pub duplicated: u64,
-    pub reordered: u64,
+    #[serde(flatten)]
+    pub counts: AuditCounts,
     /// A few findings of each kind (at most [`Audit::MAX_EXAMPLES`] in all).
     pub examples: Vec<AuditExample>,
+}
+
+impl std::ops::Deref for Audit {
+    type Target = AuditCounts;
+    fn deref(&self) -> &AuditCounts {
+        &self.counts
+    }
+}
+
+impl std::ops::DerefMut for Audit {
+    fn deref_mut(&mut self) -> &mut AuditCounts {
+        &mut self.counts
+    }
 }
 
 impl Audit {
     pub const MAX_EXAMPLES: usize = 20;
 
     pub fn merge(&mut self, o: &Audit) {
-        self.messages_checked += o.messages_checked;
-        self.deliveries_expected += o.deliveries_expected;
-        self.lost += o.lost;
-        self.duplicated += o.duplicated;
-        self.reordered += o.reordered;
+        self.counts.merge(&o.counts);
         for e in &o.examples {
             if self.examples.len() < Self::MAX_EXAMPLES {
                 self.examples.push(e.clone());

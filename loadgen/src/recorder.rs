@@ -20,7 +20,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 
-use crate::outcome::{new_histogram, Counters, Interval, Outcome, LATENCY_METRICS};
+pub use crate::catalog::{inc, AtomicCounters, Metric};
+use crate::outcome::{new_histogram, Interval, Outcome, LATENCY_METRICS};
 
 /// Unix time in microseconds, monotonic within this process.
 #[derive(Debug, Clone, Copy)]
@@ -55,31 +56,6 @@ impl Default for Clock {
     }
 }
 
-/// A latency metric, by its index in [`LATENCY_METRICS`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Metric(usize);
-
-impl Metric {
-    const fn named(i: usize) -> Metric {
-        Metric(i)
-    }
-    pub const DELIVERY: Metric = Metric::named(0);
-    pub const DELIVERY_1TO1: Metric = Metric::named(1);
-    pub const DELIVERY_GROUP: Metric = Metric::named(2);
-    pub const ACK: Metric = Metric::named(3);
-    pub const FANOUT: Metric = Metric::named(4);
-    pub const CONNECT: Metric = Metric::named(5);
-    pub const SYNC: Metric = Metric::named(6);
-    pub const PRESENCE: Metric = Metric::named(7);
-    pub const DELIVERY_UNCORRECTED: Metric = Metric::named(8);
-    pub const ACK_UNCORRECTED: Metric = Metric::named(9);
-    pub const HISTORY: Metric = Metric::named(10);
-
-    pub fn name(self) -> &'static str {
-        LATENCY_METRICS[self.0].0
-    }
-}
-
 /// A histogram for one interval: same precision as the totals, but sized to
 /// the values it has seen (it grows on demand), since a run keeps one per
 /// metric per interval and most hold only small values.
@@ -109,58 +85,6 @@ impl Series {
             duration_ms: interval_ms,
             histogram: h,
         });
-    }
-}
-
-/// Event counts, as atomics (see [`Counters`] for their meaning).
-#[derive(Default)]
-pub struct AtomicCounters {
-    pub messages_scheduled: AtomicU64,
-    pub messages_sent: AtomicU64,
-    pub messages_acked: AtomicU64,
-    pub send_errors: AtomicU64,
-    pub deliveries: AtomicU64,
-    pub connects: AtomicU64,
-    pub connect_errors: AtomicU64,
-    pub disconnects: AtomicU64,
-    pub server_closes: AtomicU64,
-    pub reconnects: AtomicU64,
-    pub syncs: AtomicU64,
-    pub heartbeats: AtomicU64,
-    pub presence_frames: AtomicU64,
-    pub history_scheduled: AtomicU64,
-    pub history_reads: AtomicU64,
-    pub history_messages: AtomicU64,
-    pub history_skipped: AtomicU64,
-}
-
-/// Adds one to a counter.
-pub fn inc(c: &AtomicU64) {
-    c.fetch_add(1, Relaxed);
-}
-
-impl AtomicCounters {
-    pub fn snapshot(&self) -> Counters {
-        let g = |c: &AtomicU64| c.load(Relaxed);
-        Counters {
-            messages_scheduled: g(&self.messages_scheduled),
-            messages_sent: g(&self.messages_sent),
-            messages_acked: g(&self.messages_acked),
-            send_errors: g(&self.send_errors),
-            deliveries: g(&self.deliveries),
-            connects: g(&self.connects),
-            connect_errors: g(&self.connect_errors),
-            disconnects: g(&self.disconnects),
-            server_closes: g(&self.server_closes),
-            reconnects: g(&self.reconnects),
-            syncs: g(&self.syncs),
-            heartbeats: g(&self.heartbeats),
-            presence_frames: g(&self.presence_frames),
-            history_scheduled: g(&self.history_scheduled),
-            history_reads: g(&self.history_reads),
-            history_messages: g(&self.history_messages),
-            history_skipped: g(&self.history_skipped),
-        }
     }
 }
 
@@ -212,7 +136,7 @@ impl Recorder {
     /// Records a latency in microseconds (clamped to the histogram's range).
     pub fn record(&self, metric: Metric, micros: u64) {
         let index = self.elapsed_ms() / self.interval_ms;
-        let mut s = self.series[metric.0]
+        let mut s = self.series[metric.index()]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if index > s.index {
@@ -260,7 +184,7 @@ impl Recorder {
 
     /// A quantile (in µs) of everything recorded so far for a metric.
     pub fn quantile_so_far(&self, metric: Metric, q: f64) -> Option<u64> {
-        let s = self.series[metric.0]
+        let s = self.series[metric.index()]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let mut h = s.total.clone();
@@ -328,8 +252,5 @@ mod tests {
             2
         );
         assert_eq!(o.errors["connect"], 2);
-        assert_eq!(Metric::FANOUT.name(), "fanout_latency");
-        assert_eq!(Metric::ACK_UNCORRECTED.name(), "ack_latency_uncorrected");
-        assert_eq!(Metric::HISTORY.name(), "history_latency");
     }
 }

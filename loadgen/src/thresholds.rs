@@ -14,34 +14,22 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::LoadgenError;
-use crate::outcome::{Outcome, LATENCY_METRICS};
+use crate::outcome::{AuditCounts, Counters, Outcome, LATENCY_METRICS};
 use crate::report::measures;
 use crate::units::{parse_duration, parse_rate, parse_size};
 
-/// Plain counts a threshold may name, read from the outcome's counters and audit.
-const COUNTS: &[&str] = &[
-    "messages_scheduled",
-    "messages_sent",
-    "messages_acked",
-    "send_errors",
-    "deliveries",
-    "connects",
-    "connect_errors",
-    "disconnects",
-    "server_closes",
-    "reconnects",
-    "syncs",
-    "heartbeats",
-    "presence_frames",
-    "lost",
-    "duplicated",
-    "reordered",
-    "messages_checked",
-    "deliveries_expected",
-    "peak_connections",
-    "errors",
-    "generator_limited",
-];
+/// Counts a threshold may name besides the counters and the audit's counts
+/// (those come from their declaration in [`crate::catalog`]).
+const OTHER_COUNTS: &[&str] = &["peak_connections", "errors", "generator_limited"];
+
+/// Every plain count a threshold may name.
+fn count_names() -> impl Iterator<Item = &'static str> {
+    Counters::NAMES
+        .iter()
+        .chain(AuditCounts::NAMES)
+        .chain(OTHER_COUNTS)
+        .copied()
+}
 
 /// A comparison operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,7 +93,8 @@ pub enum Stat {
 pub enum Metric {
     /// A histogram of [`LATENCY_METRICS`], or `generator_lag`.
     Latency { name: String, stat: Stat },
-    /// One of [`COUNTS`], or `errors.CODE`.
+    /// A counter, an audit count, `peak_connections`, `errors`,
+    /// `generator_limited`, or `errors.CODE`.
     Count(String),
     /// `throughput` (acked messages/s) or `delivery_rate` (deliveries/s).
     Rate(String),
@@ -257,7 +246,7 @@ fn parse_metric(key: &str) -> Result<Metric, String> {
         }
         return Ok(Metric::Count(key.to_string()));
     }
-    if COUNTS.contains(&key) {
+    if count_names().any(|n| n == key) {
         return Ok(Metric::Count(key.to_string()));
     }
     match key {
@@ -276,7 +265,7 @@ fn parse_metric(key: &str) -> Result<Metric, String> {
              {}, errors.CODE, throughput, delivery_rate, server_memory_per_connection, \
              loadgen_memory_per_connection, provisioning_time",
             LATENCY_METRICS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
-            COUNTS.join(", ")
+            count_names().collect::<Vec<_>>().join(", ")
         ));
     }
     if stat.is_empty() {
@@ -382,26 +371,10 @@ impl Observed {
 }
 
 fn count(o: &Outcome, name: &str) -> u64 {
-    let c = &o.counters;
+    if let Some(n) = o.counters.get(name).or_else(|| o.audit.get(name)) {
+        return n;
+    }
     match name {
-        "messages_scheduled" => c.messages_scheduled,
-        "messages_sent" => c.messages_sent,
-        "messages_acked" => c.messages_acked,
-        "send_errors" => c.send_errors,
-        "deliveries" => c.deliveries,
-        "connects" => c.connects,
-        "connect_errors" => c.connect_errors,
-        "disconnects" => c.disconnects,
-        "server_closes" => c.server_closes,
-        "reconnects" => c.reconnects,
-        "syncs" => c.syncs,
-        "heartbeats" => c.heartbeats,
-        "presence_frames" => c.presence_frames,
-        "lost" => o.audit.lost,
-        "duplicated" => o.audit.duplicated,
-        "reordered" => o.audit.reordered,
-        "messages_checked" => o.audit.messages_checked,
-        "deliveries_expected" => o.audit.deliveries_expected,
         "peak_connections" => o.peak_connections,
         "errors" => o.errors.values().sum(),
         "generator_limited" => u64::from(o.generator.limited()),

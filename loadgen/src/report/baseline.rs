@@ -150,11 +150,7 @@ impl Baseline {
             });
         }
         for &(name, base_n) in &self.audit {
-            let now = match name {
-                "lost" => current.lost,
-                "duplicated" => current.duplicated,
-                _ => current.reordered,
-            } as f64;
+            let now = current.audit.get(name).unwrap_or(0) as f64;
             rows.push(ThresholdRow {
                 expr: format!("{name} <= baseline"),
                 value: now,

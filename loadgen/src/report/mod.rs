@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::LoadgenError;
 use crate::outcome::{
-    Audit, Counters, Outcome, PhaseOutcome, Provisioning, TargetInfo, LATENCY_METRICS,
+    Audit, AuditCounts, Counters, Outcome, PhaseOutcome, Provisioning, TargetInfo, LATENCY_METRICS,
 };
 use crate::projection::{self, Measured, Projection, ProjectionConfig};
 use crate::thresholds::{ThresholdRow, Thresholds};
@@ -91,15 +91,17 @@ pub struct RunSection {
 /// sit beside the counts, as scenarios.md shows them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
+    /// The audit's counts (`lost`, `duplicated`, `reordered`, ...), top-level
+    /// numbers. Declared before `latency`: serde hands flattened fields the
+    /// unclaimed keys in order, and these must not reach the latency map.
+    #[serde(flatten)]
+    pub audit: AuditCounts,
     #[serde(flatten)]
     pub latency: BTreeMap<String, LatencySummary>,
     pub messages_scheduled: u64,
     pub messages_sent: u64,
     pub messages_acked: u64,
     pub deliveries: u64,
-    pub lost: u64,
-    pub duplicated: u64,
-    pub reordered: u64,
     pub peak_connections: u64,
     /// Bytes of server RSS per connected device (least-squares slope); `null`
     /// when it could not be measured (see `server_memory_note`).
@@ -164,9 +166,7 @@ pub fn build(
         messages_sent: outcome.counters.messages_sent,
         messages_acked: outcome.counters.messages_acked,
         deliveries: outcome.counters.deliveries,
-        lost: outcome.audit.lost,
-        duplicated: outcome.audit.duplicated,
-        reordered: outcome.audit.reordered,
+        audit: outcome.audit.counts.clone(),
         peak_connections: outcome.peak_connections,
         server_memory_per_connection: server_fit.map(|f| f.slope.round()),
         server_memory_note,
@@ -347,7 +347,7 @@ pub fn summary(report: &Report) -> String {
     );
     out += &format!(
         "  audit: {} lost, {} duplicated, {} reordered\n",
-        m.lost, m.duplicated, m.reordered
+        m.audit.lost, m.audit.duplicated, m.audit.reordered
     );
     if report.generator.limited {
         out += &format!(
