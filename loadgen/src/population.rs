@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::LoadgenError;
 use crate::outcome::Provisioning;
-use crate::scenario::Population as PopulationSpec;
+use crate::scenario::{Population as PopulationSpec, Scenario};
 
 const PASSWORD: &str = "loadgen-password";
 
@@ -374,6 +374,32 @@ pub async fn provision(
         groups: pop.groups.len() as u64,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Creates the scenario's population on the server; returns it with the HTTP
+/// client that made it (history reads reuse its connection pool).
+pub async fn provision_for(
+    scenario: &Scenario,
+    base: &str,
+) -> Result<(Population, Provisioning, reqwest::Client), LoadgenError> {
+    let concurrency = scenario.generator.provision_concurrency;
+    let client = http_client(concurrency)?;
+    wait_healthy(&client, base).await?;
+    let mut pop = plan(&scenario.population, scenario.seed);
+    eprintln!(
+        "creating the population: {} users, {} devices, {} friendships, {} groups",
+        pop.users.len(),
+        pop.devices.len(),
+        pop.friendships.len(),
+        pop.groups.len()
+    );
+    let provisioning = provision(&client, base, &mut pop, concurrency).await?;
+    eprintln!(
+        "population created in {:.1}s; running {} phase(s) against {base}",
+        provisioning.seconds,
+        scenario.phases.len()
+    );
+    Ok((pop, provisioning, client))
 }
 
 #[cfg(test)]

@@ -14,25 +14,18 @@
 //! outcomes with [`Outcome::merge`] before judging.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::RunOpts;
 use crate::embedded::{EmbeddedConfig, EmbeddedServer};
+use crate::engine::history::Endpoint;
+use crate::engine::progress::ServerMemory;
 use crate::error::{exit, LoadgenError};
-use crate::history::{Endpoint, Reader};
-use crate::outcome::{Outcome, Provisioning, TargetInfo};
-use crate::population::Population;
-use crate::progress::{self, Progress, ServerMemory};
-use crate::recorder::{Clock, Metric, Recorder};
+use crate::outcome::{Outcome, TargetInfo};
 use crate::report::{self, RunInfo};
-use crate::scenario::{check_target_url, Phase, Scenario};
-use crate::schedule::Scheduler;
-use crate::sim::{lock, Sim};
-use crate::{audit, population};
+use crate::scenario::{check_target_url, Scenario};
+use crate::{engine, population};
 
 /// Descriptors kept aside for provisioning, the audit, logs and the runtime.
 const FD_SLACK: u64 = 256;
@@ -86,7 +79,8 @@ pub async fn run(opts: RunOpts) -> Result<u8, LoadgenError> {
         // and the population; drive this worker's share of the users.
         let base =
             target.ok_or_else(|| LoadgenError::invalid("--target", "a worker needs the target"))?;
-        return crate::workers::run_worker(&opts, &scenario, &base, role, &stop).await;
+        let outcome = crate::workers::run_worker(&scenario, &base, role, &stop).await?;
+        return finish(&opts, &scenario, &outcome, false);
     }
 
     let server = match &target {
@@ -119,7 +113,15 @@ pub async fn run(opts: RunOpts) -> Result<u8, LoadgenError> {
         None => ServerMemory::Metrics(population::http_client(1)?, base.clone()),
     };
     let result = if opts.workers > 1 {
-        crate::workers::run_parent(&opts, &scenario, &base, info, memory, &stop).await
+        let out = opts
+            .out
+            .clone()
+            .unwrap_or_else(|| default_out_dir(&scenario.name));
+        match crate::workers::run_parent(&opts, &scenario, &base, &out, (info, memory), &stop).await
+        {
+            Ok(outcome) => finish(&opts, &scenario, &outcome, true),
+            Err(e) => Err(e),
+        }
     } else {
         drive(&opts, &scenario, &base, info, memory, &stop).await
     };
@@ -167,13 +169,13 @@ async fn drive(
     memory: ServerMemory,
     stop: &CancellationToken,
 ) -> Result<u8, LoadgenError> {
-    let (pop, provisioning, client) = provision(scenario, base).await?;
+    let (pop, provisioning, client) = population::provision_for(scenario, base).await?;
     let owned = (0..pop.users.len() as u32).collect();
     let endpoint = Endpoint {
         client,
         base: base.to_string(),
     };
-    let mut outcome = simulate(
+    let mut outcome = engine::simulate(
         scenario,
         pop,
         scenario.seed,
@@ -187,126 +189,6 @@ async fn drive(
     outcome.provisioning = provisioning;
     outcome.target = target;
     finish(opts, scenario, &outcome, true)
-}
-
-/// Creates the scenario's population on the server; returns it with the HTTP
-/// client that made it (history reads reuse its connection pool).
-pub(crate) async fn provision(
-    scenario: &Scenario,
-    base: &str,
-) -> Result<(Population, Provisioning, reqwest::Client), LoadgenError> {
-    let concurrency = scenario.generator.provision_concurrency;
-    let client = population::http_client(concurrency)?;
-    population::wait_healthy(&client, base).await?;
-    let mut pop = population::plan(&scenario.population, scenario.seed);
-    eprintln!(
-        "creating the population: {} users, {} devices, {} friendships, {} groups",
-        pop.users.len(),
-        pop.devices.len(),
-        pop.friendships.len(),
-        pop.groups.len()
-    );
-    let provisioning = population::provision(&client, base, &mut pop, concurrency).await?;
-    eprintln!(
-        "population created in {:.1}s; running {} phase(s) against {base}",
-        provisioning.seconds,
-        scenario.phases.len()
-    );
-    Ok((pop, provisioning, client))
-}
-
-/// Runs the phases with the users in `owned`, drains, stops the devices and
-/// audits: everything one worker measures. `server`: where its memory is read
-/// and where history is read from. `show`: print live progress.
-#[allow(clippy::too_many_arguments)] // one call site per mode; a struct would only rename them
-pub(crate) async fn simulate(
-    scenario: &Scenario,
-    pop: Population,
-    seed: u64,
-    owned: Vec<u32>,
-    phases: &[Phase],
-    (memory, endpoint): (ServerMemory, Endpoint),
-    show: bool,
-    stop: &CancellationToken,
-) -> Outcome {
-    let concurrency = scenario.generator.provision_concurrency;
-    let mut outcome = Outcome::new(
-        &scenario.name,
-        scenario.generator.max_lag.as_secs_f64() * 1000.0,
-    );
-    let clock = Clock::new();
-    let mine: std::collections::HashSet<u32> = owned.iter().copied().collect();
-    let sim = Sim::new(
-        pop,
-        Recorder::new(clock, scenario.generator.interval),
-        scenario.behavior.clone(),
-        scenario.generator.connect_timeout,
-        seed,
-    );
-    let progress = Arc::new(Progress {
-        phase: AtomicUsize::new(0),
-        names: phases.iter().map(|p| p.name.clone()).collect(),
-        samples: Mutex::new(Vec::new()),
-    });
-    let progress_done = CancellationToken::new();
-    let progress_task = tokio::spawn(progress::run(
-        progress.clone(),
-        sim.clone(),
-        memory,
-        show,
-        progress_done.clone(),
-    ));
-
-    let cpu_before = progress::self_cpu_seconds();
-    outcome.started_at_ms = clock.now_us() / 1000;
-    let started = Instant::now();
-    let mut scheduler =
-        Scheduler::new(sim.clone(), owned).with_reader(Reader::new(sim.clone(), endpoint));
-    for (i, phase) in phases.iter().enumerate() {
-        progress.phase.store(i, Relaxed);
-        let done = scheduler.run_phase(phase, stop).await;
-        outcome.phases.push(done);
-        if stop.is_cancelled() {
-            break;
-        }
-    }
-    outcome.duration_s = started.elapsed().as_secs_f64();
-    // Drain: no new sends; in-flight acks and deliveries arrive.
-    tokio::select! {
-        _ = stop.cancelled() => {}
-        _ = tokio::time::sleep(scenario.generator.drain) => {}
-    }
-    sim.ending.store(true, Relaxed);
-    sim.stop_all.cancel();
-    sim.tasks.close();
-    if tokio::time::timeout(Duration::from_secs(15), sim.tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some devices did not stop within 15s");
-        sim.rec.error("device_stop_timeout");
-    }
-    outcome.generator.cpu_seconds = progress::self_cpu_seconds() - cpu_before;
-    progress_done.cancel();
-    let _ = progress_task.await;
-    outcome.memory = std::mem::take(&mut *lock(&progress.samples));
-
-    // Fan-out: scheduled send -> the last member device that got it live.
-    for (_, (sched, last)) in std::mem::take(&mut *lock(&sim.fanout)) {
-        sim.rec.record(Metric::FANOUT, last.saturating_sub(sched));
-    }
-    if show {
-        eprintln!("auditing: reading the inbox of every member");
-    }
-    let audit_started = Instant::now();
-    outcome.audit = audit::audit(&sim, concurrency, |u| mine.contains(&u)).await;
-    tracing::info!(
-        seconds = audit_started.elapsed().as_secs_f64(),
-        "audit done"
-    );
-    sim.rec.drain_into(&mut outcome);
-    outcome.generator.peak_rss_bytes = progress::self_peak_rss();
-    outcome
 }
 
 /// Judges the outcome, writes the report, prints the summary; the exit status.

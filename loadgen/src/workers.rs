@@ -24,11 +24,12 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::RunOpts;
+use crate::engine::progress::ServerMemory;
+use crate::engine::simulate;
 use crate::error::LoadgenError;
 use crate::outcome::{MemorySample, Outcome, TargetInfo};
+use crate::population::provision_for;
 use crate::population::Population;
-use crate::progress::ServerMemory;
-use crate::run::{default_out_dir, finish, provision, simulate};
 use crate::scenario::{Phase, Scenario};
 
 /// `I/N`: this process is worker I of N.
@@ -91,14 +92,13 @@ pub fn share(phases: &[Phase], owned: usize, users: usize, count: u32) -> Vec<Ph
         .collect()
 }
 
-/// Worker side: drive this worker's users, write its run directory.
+/// Worker side: drive this worker's users; the caller writes its run directory.
 pub async fn run_worker(
-    opts: &RunOpts,
     scenario: &Scenario,
     base: &str,
     role: Role,
     stop: &CancellationToken,
-) -> Result<u8, LoadgenError> {
+) -> Result<Outcome, LoadgenError> {
     crate::embedded::watch_parent();
     let pop = Population::load(&role.population)?;
     let owned: Vec<u32> = (0..pop.users.len() as u32)
@@ -107,8 +107,8 @@ pub async fn run_worker(
     let phases = share(&scenario.phases, owned.len(), pop.users.len(), role.count);
     let seed = scenario.seed ^ (role.index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let memory = ServerMemory::Metrics(crate::population::http_client(1)?, base.to_string());
-    let endpoint = crate::history::Endpoint {
-        client: crate::population::http_client(crate::history::MAX_IN_FLIGHT)?,
+    let endpoint = crate::engine::history::Endpoint {
+        client: crate::population::http_client(crate::engine::history::MAX_IN_FLIGHT)?,
         base: base.to_string(),
     };
     let mut outcome = simulate(
@@ -128,7 +128,7 @@ pub async fn run_worker(
         storage: format!("worker {}/{}", role.index, role.count),
         durability: None,
     };
-    finish(opts, scenario, &outcome, false)
+    Ok(outcome)
 }
 
 fn worker_exe() -> Result<PathBuf, LoadgenError> {
@@ -140,20 +140,17 @@ fn worker_exe() -> Result<PathBuf, LoadgenError> {
     }
 }
 
-/// Parent side: provision, start the workers, sample, merge, judge.
+/// Parent side: provision, start the workers (their run directories go under
+/// `out/workers/`), sample, merge; the caller judges the merged outcome.
 pub async fn run_parent(
     opts: &RunOpts,
     scenario: &Scenario,
     base: &str,
-    target: TargetInfo,
-    memory: ServerMemory,
+    out: &Path,
+    (target, memory): (TargetInfo, ServerMemory),
     stop: &CancellationToken,
-) -> Result<u8, LoadgenError> {
-    let (pop, provisioning, _) = provision(scenario, base).await?;
-    let out = opts
-        .out
-        .clone()
-        .unwrap_or_else(|| default_out_dir(&scenario.name));
+) -> Result<Outcome, LoadgenError> {
+    let (pop, provisioning, _) = provision_for(scenario, base).await?;
     let work = out.join("workers");
     std::fs::create_dir_all(&work).map_err(|source| LoadgenError::Io {
         path: work.clone(),
@@ -222,7 +219,7 @@ pub async fn run_parent(
                 }
             }
         }
-        let connections = crate::progress::scrape(&client, base, "chatscale_connections")
+        let connections = crate::engine::progress::scrape(&client, base, "chatscale_connections")
             .await
             .unwrap_or(0.0) as u64;
         let loadgen_rss = pids
@@ -236,9 +233,10 @@ pub async fn run_parent(
             loadgen_rss_bytes: loadgen_rss,
         });
         if last_print.elapsed() >= Duration::from_secs(5) {
-            let acked = crate::progress::scrape(&client, base, "chatscale_messages_accepted_total")
-                .await
-                .unwrap_or(0.0);
+            let acked =
+                crate::engine::progress::scrape(&client, base, "chatscale_messages_accepted_total")
+                    .await
+                    .unwrap_or(0.0);
             eprintln!("[{:>5.0}s] {n} workers: {connections} connections on the server, {acked:.0} messages accepted", started.elapsed().as_secs_f64());
             last_print = Instant::now();
         }
@@ -278,7 +276,7 @@ pub async fn run_parent(
     outcome.memory = samples;
     outcome.provisioning = provisioning;
     outcome.target = target;
-    finish(opts, scenario, &outcome, true)
+    Ok(outcome)
 }
 
 fn worker_dir(work: &Path, i: u32) -> PathBuf {

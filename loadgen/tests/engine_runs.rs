@@ -122,7 +122,7 @@ async fn the_schedule_keeps_its_rate_while_the_server_stalls() {
     let path = scenario(dir.path(), "stall", Some(&t.url), &steady("50/s", 4, "0/s"));
     let (_, r) = run(opts(path, dir.path().join("out"))).await;
     let scheduled = num(&r, &["counters", "messages_scheduled"]);
-    let planned = loadgen::schedule::planned_arrivals(7, 50.0, Duration::from_secs(4));
+    let planned = loadgen::engine::schedule::planned_arrivals(7, 50.0, Duration::from_secs(4));
     assert_eq!(
         scheduled as u64, planned,
         "every arrival the seed plans is issued"

@@ -17,7 +17,7 @@
 //!   higher one in the same channel.
 //!
 //! The live findings are recorded by the devices as they happen
-//! ([`crate::sim::Sim::finding`]); the rest is computed here.
+//! ([`crate::engine::sim::Sim::finding`]); the rest is computed here.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -28,9 +28,10 @@ use futures_util::SinkExt;
 use reference_server::protocol::{ChannelId, ClientFrame, ServerFrame};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::inbox::Rec;
+use crate::engine::command::{chan_key, To};
+use crate::engine::inbox::Rec;
+use crate::engine::sim::{lock, Sim};
 use crate::outcome::{Audit, AuditExample};
-use crate::sim::{chan_key, lock, Sim, To};
 
 /// How long reading one user's inbox may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -121,7 +122,7 @@ pub async fn audit(sim: &Arc<Sim>, concurrency: usize, owns: impl Fn(u32) -> boo
                 .unwrap_or_default()
         })
         .collect();
-    let members_of = |a: &crate::sim::Acked| -> Vec<u32> {
+    let members_of = |a: &crate::engine::sim::Acked| -> Vec<u32> {
         let sender = pop.devices[a.device as usize].user;
         match a.to {
             To::User(u) => vec![sender, u],

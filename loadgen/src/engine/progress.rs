@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::engine::recorder::{Metric, Recorder};
+use crate::engine::sim::{lock, Sim};
 use crate::outcome::MemorySample;
-use crate::recorder::{Metric, Recorder};
-use crate::sim::{lock, Sim};
 
 /// Where the server's memory is read from.
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::sim::SendJob;
+use crate::engine::command::SendJob;
 
 /// A growable bit set over sequence numbers.
 #[derive(Debug, Default, Clone)]

@@ -25,11 +25,13 @@ use tokio_util::sync::CancellationToken;
 
 use reference_server::protocol::ChannelId;
 
-use crate::history::{Read, Reader};
+use crate::engine::command::{Cmd, SendJob, To};
+use crate::engine::device;
+use crate::engine::history::{Read, Reader};
+use crate::engine::recorder::inc;
+use crate::engine::sim::Sim;
 use crate::outcome::PhaseOutcome;
-use crate::recorder::inc;
 use crate::scenario::{Behavior, Phase};
-use crate::sim::{Cmd, SendJob, Sim, To};
 
 /// Online users tried when looking for a sender with a connected device.
 const PICK_TRIES: usize = 8;
@@ -100,7 +102,7 @@ impl Scheduler {
     fn bring_online(&mut self) {
         if let Some(u) = self.offline.pop() {
             for &d in &self.sim.pop.users[u as usize].devices {
-                self.sim.start_device(d);
+                device::start(&self.sim, d);
             }
             self.online.push(u);
         }

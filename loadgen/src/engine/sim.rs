@@ -10,7 +10,6 @@
 //! it received.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -18,42 +17,16 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::inbox::DeviceState;
+use crate::engine::command::{Cmd, To};
+use crate::engine::inbox::DeviceState;
+use crate::engine::recorder::Recorder;
 use crate::outcome::{Audit, AuditExample};
 use crate::population::Population;
-use crate::recorder::Recorder;
 use crate::scenario::Behavior;
 
 /// Locks a mutex, ignoring poisoning (a panicked device task must not stop the run).
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Where a scheduled message goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum To {
-    /// A friend, by user index.
-    User(u32),
-    /// A group, by group index.
-    Group(u32),
-}
-
-/// One scheduled send.
-#[derive(Debug, Clone)]
-pub struct SendJob {
-    /// When the open-model schedule wanted it sent (Unix µs).
-    pub sched_us: u64,
-    pub to: To,
-    pub len: u32,
-    /// Unique per run: keeps `client_msg_id` unique per sender.
-    pub n: u64,
-}
-
-#[derive(Debug)]
-pub enum Cmd {
-    Send(SendJob),
-    /// Drop the connection abruptly (no close frame) and reconnect later.
-    Drop,
 }
 
 #[derive(Default)]
@@ -135,20 +108,6 @@ impl Sim {
         })
     }
 
-    /// Starts a device (or cancels its pending stop).
-    pub fn start_device(self: &Arc<Self>, d: u32) {
-        let slot = &self.slots[d as usize];
-        let mut ctl = lock(&slot.ctl);
-        ctl.stop = false;
-        if ctl.running {
-            return;
-        }
-        ctl.running = true;
-        let state = ctl.parked.take();
-        drop(ctl);
-        self.tasks.spawn(crate::device::run(self.clone(), d, state));
-    }
-
     /// Asks a device to go offline (close cleanly, park its state).
     pub fn stop_device(&self, d: u32) {
         let slot = &self.slots[d as usize];
@@ -191,59 +150,5 @@ impl Sim {
 
     pub fn is_connected(&self, d: u32) -> bool {
         self.slots[d as usize].connected.load(Relaxed)
-    }
-}
-
-/// A compact, deterministic key for a channel id (the audit compares keys, not
-/// strings, to keep per-device records small).
-pub fn chan_key(channel: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    channel.hash(&mut h);
-    h.finish()
-}
-
-/// `client_msg_id` carrying the scheduled and the actual send time, so a
-/// receiver computes both latencies without a shared map: `S-A-N` with S and A
-/// in Unix µs, N the run-unique send number.
-pub fn encode_msg_id(sched_us: u64, actual_us: u64, n: u64) -> String {
-    format!("{sched_us}-{actual_us}-{n}")
-}
-
-/// The scheduled and actual send times of a `client_msg_id` made by
-/// [`encode_msg_id`]; `None` for one this generator did not make.
-pub fn decode_msg_id(id: &str) -> Option<(u64, u64)> {
-    let mut parts = id.splitn(3, '-');
-    let sched = parts.next()?.parse().ok()?;
-    let actual = parts.next()?.parse().ok()?;
-    parts.next()?;
-    Some((sched, actual))
-}
-
-/// Text of `len` ASCII characters, from one shared pattern.
-pub fn text_of(len: u32) -> String {
-    const PATTERN: &[u8] = b"the quick brown fox jumps over the lazy dog 0123456789 ";
-    let len = len as usize;
-    let mut s = String::with_capacity(len);
-    while s.len() < len {
-        let take = (len - s.len()).min(PATTERN.len());
-        s.push_str(std::str::from_utf8(&PATTERN[..take]).unwrap_or("x"));
-    }
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn msg_ids_carry_both_send_times() {
-        let id = encode_msg_id(1_700_000_000_000_000, 1_700_000_000_250_000, 42);
-        assert!(id.len() <= 64);
-        assert_eq!(
-            decode_msg_id(&id),
-            Some((1_700_000_000_000_000, 1_700_000_000_250_000))
-        );
-        assert_eq!(decode_msg_id("someone-else"), None);
-        assert_eq!(text_of(130).len(), 130);
     }
 }

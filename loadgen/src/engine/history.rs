@@ -28,8 +28,8 @@ use std::time::Instant;
 use reference_server::protocol::{ErrorBody, HistoryResponse};
 use tokio::sync::Semaphore;
 
-use crate::recorder::{inc, Metric};
-use crate::sim::{lock, Sim};
+use crate::engine::recorder::{inc, Metric};
+use crate::engine::sim::{lock, Sim};
 
 /// Reads waiting on the server at once; past it an arrival is skipped and counted.
 pub const MAX_IN_FLIGHT: usize = 64;

@@ -32,9 +32,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::inbox::{Bits, DeviceState, Pending};
-use crate::recorder::{inc, Metric};
-use crate::sim::{chan_key, decode_msg_id, encode_msg_id, lock, text_of, Cmd, SendJob, Sim, To};
+use crate::engine::command::{chan_key, decode_msg_id, encode_msg_id, text_of, Cmd, SendJob, To};
+use crate::engine::inbox::{Bits, DeviceState, Pending};
+use crate::engine::recorder::{inc, Metric};
+use crate::engine::sim::{lock, Sim};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -49,6 +50,21 @@ enum End {
     Stop,
     /// The scenario dropped it, or it failed: reconnect after a delay.
     Reconnect,
+}
+
+/// Starts a device's task (or cancels its pending stop): the scheduler brings
+/// a user online with this.
+pub fn start(sim: &Arc<Sim>, d: u32) {
+    let slot = &sim.slots[d as usize];
+    let mut ctl = lock(&slot.ctl);
+    ctl.stop = false;
+    if ctl.running {
+        return;
+    }
+    ctl.running = true;
+    let state = ctl.parked.take();
+    drop(ctl);
+    sim.tasks.spawn(run(sim.clone(), d, state));
 }
 
 /// The device task: connects, runs, reconnects, until stopped; then parks its state.
@@ -371,7 +387,7 @@ async fn on_frame(
             rec.record(Metric::ACK_UNCORRECTED, now.saturating_sub(p.actual_us));
             inc(&rec.counters.messages_acked);
             let key = chan_key(&channel);
-            lock(&sim.ledger).push(crate::sim::Acked {
+            lock(&sim.ledger).push(crate::engine::sim::Acked {
                 channel: key,
                 id,
                 device: d,
@@ -510,9 +526,9 @@ fn receive(
 mod footprint {
     use std::time::Duration;
 
-    use crate::recorder::{Clock, Recorder};
+    use crate::engine::recorder::{Clock, Recorder};
+    use crate::engine::sim::Sim;
     use crate::scenario::Scenario;
-    use crate::sim::Sim;
 
     /// Per-device memory is mostly the task's future: keep the always-live part
     /// small (the connection is boxed, and allocated only while connected).
@@ -527,7 +543,7 @@ mod footprint {
             Duration::from_secs(1),
             1,
         );
-        let mut st = crate::inbox::DeviceState::new(1, 0);
+        let mut st = crate::engine::inbox::DeviceState::new(1, 0);
         let conn = super::connection(&sim, 0, &mut st);
         assert!(
             std::mem::size_of_val(&conn) < 3 * 1024,
@@ -550,12 +566,13 @@ mod latency {
 
     use reference_server::protocol::Message;
 
-    use crate::inbox::DeviceState;
+    use crate::engine::command::encode_msg_id;
+    use crate::engine::inbox::DeviceState;
+    use crate::engine::recorder::{Clock, Recorder};
+    use crate::engine::sim::Sim;
     use crate::outcome::Outcome;
     use crate::population::{Device, Population, User};
-    use crate::recorder::{Clock, Recorder};
     use crate::scenario::Scenario;
-    use crate::sim::{encode_msg_id, Sim};
 
     /// Delivery latency runs from the *scheduled* send time carried in the
     /// `client_msg_id`; the uncorrected figure from the actual send. A send the
