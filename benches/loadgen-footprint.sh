@@ -5,6 +5,7 @@
 # message, with the server's memory per connection beside them.
 #
 #   benches/loadgen-footprint.sh [SCENARIO.toml] [extra loadgen run flags...]
+#   LOADGEN=/path/to/loadgen benches/loadgen-footprint.sh   # another build
 #
 # Memory per device is the least-squares slope of loadgen's resident memory
 # against connected devices over the per-second samples: over the whole run
@@ -19,9 +20,13 @@ command -v jq >/dev/null || { echo "this script reads report.json with jq: apt-g
 scenario="${1:-scenarios/capacity-10k.toml}"
 shift || true
 out="reports/runs/footprint-$(date -u +%Y%m%d-%H%M%S)"
-cargo build --release -q -p loadgen
+loadgen="${LOADGEN:-}"
+if [ -z "$loadgen" ]; then
+  cargo build --release -q -p loadgen
+  loadgen=./target/release/loadgen
+fi
 status=0
-./target/release/loadgen run "$scenario" --out "$out" "$@" || status=$?
+"$loadgen" run "$scenario" --out "$out" "$@" || status=$?
 report="$out/report.json"
 [ -f "$report" ] || { echo "no report (loadgen exit $status)"; exit "$status"; }
 jq -r '

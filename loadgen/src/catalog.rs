@@ -117,6 +117,11 @@ counts! {
         history_messages: "history messages read",
         /// Reads not issued because too many were in flight (the generator's cap).
         history_skipped: "history reads skipped (in-flight cap)",
+        /// Receipts stamped before their scheduled time (clocks of two processes
+        /// apart): counted, not recorded as a latency.
+        negative_latency: "receipts before their scheduled time",
+        /// Send arrivals drawn while nobody was online yet: not scheduled.
+        sends_before_online: "send arrivals before anyone was online (not scheduled)",
     }
 }
 
@@ -127,9 +132,26 @@ counts! {
         messages_checked: "acked messages checked",
         /// (message, member device) pairs that had to arrive.
         deliveries_expected: "expected deliveries",
+        /// Pairs the device received live (a `message` frame; the sender: its ack).
+        delivered_live: "delivered live",
+        /// Pairs the device received by a sync (after a seq gap or a reconnect).
+        recovered: "recovered by a sync",
+        /// Pairs in the member's inbox that a connected device never received
+        /// (only the audit's read found them): the live path failed.
+        undelivered: "undelivered (only the audit's read found them)",
+        /// Pairs in the inbox of a device that was offline at the end, above
+        /// what it had received: its next sync brings them.
+        awaiting_sync: "awaiting the device's next sync (offline at the end)",
+        /// Pairs not in the member's inbox at all.
         lost: "lost",
         duplicated: "duplicated",
         reordered: "reordered",
+        /// Sends written but not acked by the end of the drain.
+        unacked: "sends written, never acked",
+        /// Sends queued for a device that never got to write them.
+        unsent: "sends queued, never written",
+        /// Sends refused because the device's queue was full (the generator's bound).
+        refused: "sends refused (generator queue full)",
     }
 }
 
@@ -179,6 +201,7 @@ latency_metrics! {
     DELIVERY_UNCORRECTED = "delivery_latency_uncorrected": "actual send -> each recipient device receives it",
     ACK_UNCORRECTED = "ack_latency_uncorrected": "actual send -> the sender's ack",
     HISTORY = "history_latency": "scheduled history read -> the whole page received (HTTP)",
+    RECOVERY = "recovery_latency": "a server-initiated close (1008, 1001, lost connection) -> reconnected and caught up",
 }
 
 #[cfg(test)]

@@ -50,6 +50,13 @@ pub struct Audit {
     pub counts: AuditCounts,
     /// A few findings of each kind (at most [`Audit::MAX_EXAMPLES`] in all).
     pub examples: Vec<AuditExample>,
+    /// The audit could not check everything (an inbox it could not read, a
+    /// ledger it could not write): the run is then never a pass (exit 3).
+    #[serde(default)]
+    pub incomplete: bool,
+    /// Why it is incomplete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incomplete_reason: Option<String>,
 }
 
 impl std::ops::Deref for Audit {
@@ -68,8 +75,17 @@ impl std::ops::DerefMut for Audit {
 impl Audit {
     pub const MAX_EXAMPLES: usize = 20;
 
+    /// Marks the audit incomplete, keeping the first reason.
+    pub fn incomplete(&mut self, reason: impl Into<String>) {
+        self.incomplete = true;
+        self.incomplete_reason.get_or_insert_with(|| reason.into());
+    }
+
     pub fn merge(&mut self, o: &Audit) {
         self.counts.merge(&o.counts);
+        if o.incomplete {
+            self.incomplete(o.incomplete_reason.clone().unwrap_or_default());
+        }
         for e in &o.examples {
             if self.examples.len() < Self::MAX_EXAMPLES {
                 self.examples.push(e.clone());
@@ -105,10 +121,21 @@ pub struct Provisioning {
 /// How well the generator kept its own schedule.
 #[derive(Clone, Debug)]
 pub struct GeneratorHealth {
-    /// How late scheduled work ran, in microseconds.
+    /// How late timers ran (the scheduler's wake-ups, every device's
+    /// heartbeat timer), in microseconds.
     pub lag: Histogram<u64>,
-    /// The lag (p99, in ms) past which the run counts as generator-limited.
+    /// Every send's lateness: the frame written minus its scheduled time, µs.
+    pub send_delay: Histogram<u64>,
+    /// Bytes each simulated device's own state accounts for (sampled at the
+    /// end of the phases: task, slot, records, queues).
+    pub device_memory: Histogram<u64>,
+    /// The send delay (p99, in ms) past which the run counts as
+    /// generator-limited (timer lag when the run sent nothing).
     pub bound_ms: f64,
+    /// The generator ran out of descriptors or ports: which, and what to change.
+    pub exhausted: Option<String>,
+    /// How the clock thread was scheduled (`realtime (SCHED_FIFO)`, or why not).
+    pub clock: Option<String>,
     /// CPU time the generator used during the measured phases, in seconds.
     pub cpu_seconds: f64,
     pub peak_rss_bytes: u64,
@@ -118,23 +145,64 @@ impl GeneratorHealth {
     pub fn new(bound_ms: f64) -> Self {
         GeneratorHealth {
             lag: new_histogram(),
+            send_delay: new_histogram(),
+            device_memory: new_histogram(),
             bound_ms,
+            exhausted: None,
+            clock: None,
             cpu_seconds: 0.0,
             peak_rss_bytes: 0,
         }
     }
 
-    /// True when the generator could not keep its schedule: its results say more
-    /// about the generator than about the server.
+    /// The p99 (ms) the verdict compares with the bound: send delay, or timer
+    /// lag for a run that sent nothing.
+    pub fn judged_p99_ms(&self) -> Option<f64> {
+        let h = if self.send_delay.is_empty() {
+            &self.lag
+        } else {
+            &self.send_delay
+        };
+        (!h.is_empty()).then(|| h.value_at_quantile(0.99) as f64 / 1000.0)
+    }
+
+    /// True when the generator could not keep its schedule (its sends went out
+    /// late) or ran out of descriptors or ports: its results say more about
+    /// the generator than about the server.
     pub fn limited(&self) -> bool {
-        !self.lag.is_empty() && self.lag.value_at_quantile(0.99) as f64 / 1000.0 > self.bound_ms
+        self.exhausted.is_some() || self.judged_p99_ms().is_some_and(|p| p > self.bound_ms)
+    }
+
+    /// Why the generator is limited, in a sentence with what to change.
+    pub fn limited_reason(&self) -> Option<String> {
+        if let Some(why) = &self.exhausted {
+            return Some(why.clone());
+        }
+        let p99 = self.judged_p99_ms().filter(|&p| p > self.bound_ms)?;
+        let what = if self.send_delay.is_empty() {
+            "timer lag"
+        } else {
+            "send delay"
+        };
+        Some(format!(
+            "the generator could not keep its schedule ({what} p99 {p99:.3}ms > {:.3}ms): these results measure the generator, not the server; give it fewer devices or a lower rate, or more --workers",
+            self.bound_ms
+        ))
     }
 
     pub fn merge(&mut self, o: &GeneratorHealth) {
         let _ = self.lag.add(&o.lag);
+        let _ = self.send_delay.add(&o.send_delay);
+        let _ = self.device_memory.add(&o.device_memory);
         self.cpu_seconds += o.cpu_seconds;
         self.peak_rss_bytes += o.peak_rss_bytes;
         self.bound_ms = self.bound_ms.max(o.bound_ms);
+        if self.exhausted.is_none() {
+            self.exhausted.clone_from(&o.exhausted);
+        }
+        if self.clock.is_none() {
+            self.clock.clone_from(&o.clock);
+        }
     }
 }
 

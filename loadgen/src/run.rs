@@ -79,7 +79,8 @@ pub async fn run(opts: RunOpts) -> Result<u8, LoadgenError> {
         // and the population; drive this worker's share of the users.
         let base =
             target.ok_or_else(|| LoadgenError::invalid("--target", "a worker needs the target"))?;
-        let outcome = crate::workers::run_worker(&scenario, &base, role, &stop).await?;
+        let out = out_dir(&opts, &scenario);
+        let outcome = crate::workers::run_worker(&scenario, &base, &out, role, &stop).await?;
         return finish(&opts, &scenario, &outcome, false);
     }
 
@@ -113,10 +114,7 @@ pub async fn run(opts: RunOpts) -> Result<u8, LoadgenError> {
         None => ServerMemory::Metrics(population::http_client(1)?, base.clone()),
     };
     let result = if opts.workers > 1 {
-        let out = opts
-            .out
-            .clone()
-            .unwrap_or_else(|| default_out_dir(&scenario.name));
+        let out = out_dir(&opts, &scenario);
         match crate::workers::run_parent(&opts, &scenario, &base, &out, (info, memory), &stop).await
         {
             Ok(outcome) => finish(&opts, &scenario, &outcome, true),
@@ -170,16 +168,19 @@ async fn drive(
     stop: &CancellationToken,
 ) -> Result<u8, LoadgenError> {
     let (pop, provisioning, client) = population::provision_for(scenario, base).await?;
-    let owned = (0..pop.users.len() as u32).collect();
     let endpoint = Endpoint {
         client,
         base: base.to_string(),
     };
+    let part = engine::Part {
+        owned: Box::new(|_| true),
+        dir: out_dir(opts, scenario),
+        peers: Vec::new(),
+    };
     let mut outcome = engine::simulate(
         scenario,
         pop,
-        scenario.seed,
-        owned,
+        part,
         &scenario.phases,
         (memory, endpoint),
         true,
@@ -212,21 +213,25 @@ pub(crate) fn finish(
         outcome,
         opts.baseline.as_deref(),
     )?;
-    let dir = opts
-        .out
-        .clone()
-        .unwrap_or_else(|| default_out_dir(&scenario.name));
+    let dir = out_dir(opts, scenario);
     report::write_all(&report, outcome, &dir)?;
     if !show {
         return Ok(exit::PASSED);
     }
     println!("{}", report::summary(&report));
     println!("report: {}", dir.display());
-    if outcome.generator.limited() {
+    if let Some(why) = outcome.generator.limited_reason() {
+        eprintln!("{why}");
+        return Ok(exit::UNRUNNABLE);
+    }
+    if outcome.audit.incomplete {
         eprintln!(
-            "the generator could not keep its schedule (lag p99 {:.1}ms > {:.0}ms): these results measure the generator, not the server; give it fewer devices or a lower rate, or more --workers",
-            outcome.generator.lag.value_at_quantile(0.99) as f64 / 1000.0,
-            outcome.generator.bound_ms
+            "the audit is incomplete ({}): the run cannot pass",
+            outcome
+                .audit
+                .incomplete_reason
+                .as_deref()
+                .unwrap_or("no reason given")
         );
         return Ok(exit::UNRUNNABLE);
     }
@@ -235,6 +240,18 @@ pub(crate) fn finish(
     } else {
         exit::FAILED
     })
+}
+
+/// Where the run writes: `--out`, or a new directory under `reports/runs/`
+/// (fixed once per process, so the ledger and the report land together).
+fn out_dir(opts: &RunOpts, scenario: &Scenario) -> PathBuf {
+    static DEFAULT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    match &opts.out {
+        Some(p) => p.clone(),
+        None => DEFAULT
+            .get_or_init(|| default_out_dir(&scenario.name))
+            .clone(),
+    }
 }
 
 /// `reports/runs/NAME-YYYYMMDD-HHMMSS/` (UTC).

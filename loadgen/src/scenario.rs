@@ -76,6 +76,11 @@ pub struct Generator {
     pub drain: Duration,
     pub provision_concurrency: usize,
     pub connect_timeout: Duration,
+    /// Local addresses the devices connect from; empty: chosen
+    /// (`crate::engine::source`).
+    pub source_addresses: Vec<std::net::IpAddr>,
+    /// Devices per source address when they are chosen (loopback targets).
+    pub connections_per_source: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -361,6 +366,28 @@ fn validate(raw: RawScenario, default_name: &str) -> Result<Scenario, LoadgenErr
         drain: duration("generator.drain", &g.drain)?,
         provision_concurrency: g.provision_concurrency.clamp(0, 4096) as usize,
         connect_timeout: positive_duration("generator.connect_timeout", &g.connect_timeout)?,
+        source_addresses: g
+            .source_addresses
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                a.parse().map_err(|_| {
+                    bad(
+                        format!("generator.source_addresses[{i}]"),
+                        format!("{a:?} is not an IP address (e.g. \"127.0.0.2\")"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        connections_per_source: usize::try_from(g.connections_per_source)
+            .ok()
+            .filter(|&n| (1..=60_000).contains(&n))
+            .ok_or_else(|| {
+                bad(
+                    "generator.connections_per_source",
+                    format!("{}: must be 1 to 60,000", g.connections_per_source),
+                )
+            })?,
     };
     if generator.interval < Duration::from_millis(100) {
         return Err(bad(

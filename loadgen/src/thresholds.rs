@@ -258,10 +258,12 @@ fn parse_metric(key: &str) -> Result<Metric, String> {
         _ => {}
     }
     let (name, stat) = key.split_once('.').unwrap_or((key, ""));
-    let is_latency = name == "generator_lag" || LATENCY_METRICS.iter().any(|(n, _)| *n == name);
+    let is_latency = name == "generator_lag"
+        || name == "send_delay"
+        || LATENCY_METRICS.iter().any(|(n, _)| *n == name);
     if !is_latency {
         return Err(format!(
-            "unknown metric {name:?}; known: {}, generator_lag (each with .p50/.p99/.p999/.max/.mean/.count), \
+            "unknown metric {name:?}; known: {}, generator_lag, send_delay (each with .p50/.p99/.p999/.max/.mean/.count), \
              {}, errors.CODE, throughput, delivery_rate, server_memory_per_connection, \
              loadgen_memory_per_connection, provisioning_time",
             LATENCY_METRICS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
@@ -337,10 +339,10 @@ impl Observed {
     fn value(&self, outcome: &Outcome, metric: &Metric) -> Result<f64, String> {
         match metric {
             Metric::Latency { name, stat } => {
-                let h = if name == "generator_lag" {
-                    Some(&outcome.generator.lag)
-                } else {
-                    outcome.histograms.get(name)
+                let h = match name.as_str() {
+                    "generator_lag" => Some(&outcome.generator.lag),
+                    "send_delay" => Some(&outcome.generator.send_delay),
+                    _ => outcome.histograms.get(name),
                 };
                 let Some(h) = h.filter(|h| !h.is_empty()) else {
                     return match stat {

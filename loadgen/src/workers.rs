@@ -25,12 +25,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::RunOpts;
 use crate::engine::progress::ServerMemory;
-use crate::engine::simulate;
+use crate::engine::{simulate, Part};
 use crate::error::LoadgenError;
 use crate::outcome::{MemorySample, Outcome, TargetInfo};
 use crate::population::provision_for;
 use crate::population::Population;
-use crate::scenario::{Phase, Scenario};
+use crate::scenario::Scenario;
 
 /// `I/N`: this process is worker I of N.
 pub const WORKER_ENV: &str = "CHATSCALE_LOADGEN_WORKER";
@@ -76,36 +76,28 @@ impl Role {
     }
 }
 
-/// The phases as one worker runs them: its share of `online`, 1/N of the rates.
-pub fn share(phases: &[Phase], owned: usize, users: usize, count: u32) -> Vec<Phase> {
-    phases
-        .iter()
-        .map(|p| Phase {
-            name: p.name.clone(),
-            duration: p.duration,
-            online: ((p.online as f64 * owned as f64 / users.max(1) as f64).round() as u64)
-                .min(owned as u64),
-            message_rate: p.message_rate / count as f64,
-            disconnect_rate: p.disconnect_rate / count as f64,
-            history_rate: p.history_rate / count as f64,
-        })
-        .collect()
-}
-
 /// Worker side: drive this worker's users; the caller writes its run directory.
 pub async fn run_worker(
     scenario: &Scenario,
     base: &str,
+    out: &Path,
     role: Role,
     stop: &CancellationToken,
 ) -> Result<Outcome, LoadgenError> {
     crate::embedded::watch_parent();
     let pop = Population::load(&role.population)?;
-    let owned: Vec<u32> = (0..pop.users.len() as u32)
-        .filter(|&u| role.owns(u))
+    // Siblings' run directories: worker-J beside this one.
+    let work = out.parent().unwrap_or(Path::new("."));
+    let peers = (0..role.count)
+        .filter(|&j| j != role.index)
+        .map(|j| worker_dir(work, j))
         .collect();
-    let phases = share(&scenario.phases, owned.len(), pop.users.len(), role.count);
-    let seed = scenario.seed ^ (role.index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let (index, count) = (role.index, role.count);
+    let part = Part {
+        owned: Box::new(move |u| u % count == index),
+        dir: out.to_path_buf(),
+        peers,
+    };
     let memory = ServerMemory::Metrics(crate::population::http_client(1)?, base.to_string());
     let endpoint = crate::engine::history::Endpoint {
         client: crate::population::http_client(crate::engine::history::MAX_IN_FLIGHT)?,
@@ -114,9 +106,8 @@ pub async fn run_worker(
     let mut outcome = simulate(
         scenario,
         pop,
-        seed,
-        owned,
-        &phases,
+        part,
+        &scenario.phases,
         (memory, endpoint),
         false,
         stop,
@@ -252,6 +243,9 @@ pub async fn run_parent(
         }
     }
 
+    for i in 0..n {
+        let _ = std::fs::remove_file(worker_dir(&work, i).join(crate::engine::ledger::FILE));
+    }
     let mut merged: Option<Outcome> = None;
     let mut phases_sent = vec![0u64; scenario.phases.len()];
     for i in 0..n {

@@ -6,12 +6,16 @@
 //! endpoint (the server advertises the proxy's address, so login hands it out;
 //! HTTP calls go to the server directly) and corrupts what the server sends:
 //! it can drop a message everywhere (live and in sync batches: a message the
-//! server lost), send a message frame twice, swap two message frames of one
-//! channel, or hold every frame for a while (a stalled server).
+//! server lost), drop only live message frames (a broken live path, sync
+//! intact), send a message frame twice, swap two message frames of one
+//! channel, hold every frame for a while (a stalled server), store a send
+//! twice (an idempotency failure), or refuse connections after a while (an
+//! inbox the audit cannot read).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -40,11 +44,25 @@ pub enum Fault {
         after: Duration,
         hold: Duration,
     },
+    /// Drops live `message` frames whose id is a multiple of N; sync answers
+    /// pass untouched. The drops are counted in [`TestTarget::dropped`].
+    DropLive(u64),
+    /// Forwards every send whose client_msg_id's send number is a multiple of
+    /// N twice, the copy re-stamped (so the server stores it again, as a
+    /// server whose dedupe failed would), and swallows the copy's ack.
+    StoreTwice(u64),
+    /// From `after` past the first connection, closes every new connection
+    /// at once.
+    RefuseAfter(Duration),
 }
 
 pub struct TestTarget {
     pub server: Server,
     pub url: String,
+    /// Frames the proxy dropped (`DropLive`), and the addresses connections
+    /// came from, in order.
+    pub dropped: Arc<AtomicU64>,
+    pub peers: Arc<Mutex<Vec<std::net::IpAddr>>>,
 }
 
 /// A server on a free port, with its WebSocket endpoint behind a proxy doing `fault`.
@@ -56,23 +74,58 @@ pub async fn target(fault: Fault) -> TestTarget {
     config.offline_after = Duration::from_millis(1500);
     config.advertise = Some(format!("ws://{proxy_addr}"));
     let server = Server::start(config).await.unwrap();
-    tokio::spawn(proxy(listener, server.addr(), fault));
+    let dropped = Arc::new(AtomicU64::new(0));
+    let peers = Arc::new(Mutex::new(Vec::new()));
+    tokio::spawn(proxy(
+        listener,
+        server.addr(),
+        fault,
+        dropped.clone(),
+        peers.clone(),
+    ));
     let url = server.url();
-    TestTarget { server, url }
+    TestTarget {
+        server,
+        url,
+        dropped,
+        peers,
+    }
 }
 
-async fn proxy(listener: TcpListener, upstream: SocketAddr, fault: Fault) {
+async fn proxy(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    fault: Fault,
+    dropped: Arc<AtomicU64>,
+    peers: Arc<Mutex<Vec<std::net::IpAddr>>>,
+) {
     let first = Arc::new(OnceCell::new());
-    while let Ok((tcp, _)) = listener.accept().await {
+    while let Ok((tcp, peer)) = listener.accept().await {
+        peers.lock().unwrap().push(peer.ip());
         let first = first.clone();
+        let dropped = dropped.clone();
         tokio::spawn(async move {
             let start = *first.get_or_init(|| async { Instant::now() }).await;
-            let _ = relay(tcp, upstream, fault, start).await;
+            if let Fault::RefuseAfter(after) = fault {
+                if start.elapsed() > after {
+                    return; // the socket closes unanswered
+                }
+            }
+            let _ = relay(tcp, upstream, fault, start, dropped).await;
         });
     }
 }
 
-fn dropped(fault: Fault, m: &Value) -> bool {
+/// `S-A-N` re-stamped `S-(A+1)-N`: the same send, under a new client_msg_id.
+fn restamp(id: &str) -> String {
+    let mut parts: Vec<String> = id.splitn(3, '-').map(String::from).collect();
+    if let Some(a) = parts.get(1).and_then(|a| a.parse::<u64>().ok()) {
+        parts[1] = (a + 1).to_string();
+    }
+    parts.join("-")
+}
+
+fn is_dropped(fault: Fault, m: &Value) -> bool {
     matches!(fault, Fault::Drop(n) if m["id"].as_u64().is_some_and(|id| id % n == 0))
 }
 
@@ -81,6 +134,7 @@ async fn relay(
     upstream: SocketAddr,
     fault: Fault,
     start: Instant,
+    dropped: Arc<AtomicU64>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut uri = String::new();
     #[allow(clippy::result_large_err)] // the handshake callback's signature is tungstenite's
@@ -92,10 +146,34 @@ async fn relay(
     let (server, _) = tokio_tungstenite::connect_async(format!("ws://{upstream}{uri}")).await?;
     let (mut c_tx, mut c_rx) = client.split();
     let (mut s_tx, mut s_rx) = server.split();
+    // Reqs whose second ack the client must not see (StoreTwice).
+    let swallow: Arc<Mutex<std::collections::HashMap<i64, u32>>> = Arc::default();
+    let swallow_up = swallow.clone();
     let up = async move {
         while let Some(Ok(m)) = c_rx.next().await {
+            let mut copy = None;
+            if let (Fault::StoreTwice(n), Message::Text(text)) = (fault, &m) {
+                let mut v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+                let number = v["client_msg_id"]
+                    .as_str()
+                    .and_then(|id| id.rsplit('-').next())
+                    .and_then(|n| n.parse::<u64>().ok());
+                if v["type"] == "send" && number.is_some_and(|k| k % n == 0) {
+                    let id = restamp(v["client_msg_id"].as_str().unwrap_or(""));
+                    v["client_msg_id"] = Value::String(id);
+                    if let Some(req) = v["req"].as_i64() {
+                        swallow_up.lock().unwrap().insert(req, 0);
+                    }
+                    copy = Some(Message::Text(v.to_string().into()));
+                }
+            }
             if s_tx.send(m).await.is_err() {
                 break;
+            }
+            if let Some(c) = copy {
+                if s_tx.send(c).await.is_err() {
+                    break;
+                }
             }
         }
         let _ = s_tx.close().await;
@@ -118,10 +196,28 @@ async fn relay(
             let mut v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
             let mut out = vec![m.clone()];
             match (v["type"].as_str(), fault) {
-                (Some("message"), Fault::Drop(_)) if dropped(fault, &v) => out.clear(),
+                (Some("ack"), Fault::StoreTwice(_)) => {
+                    if let Some(req) = v["req"].as_i64() {
+                        let mut s = swallow.lock().unwrap();
+                        if let Some(seen) = s.get_mut(&req) {
+                            *seen += 1;
+                            if *seen == 2 {
+                                s.remove(&req);
+                                out.clear();
+                            }
+                        }
+                    }
+                }
+                (Some("message"), Fault::DropLive(n))
+                    if v["id"].as_u64().is_some_and(|id| id % n == 0) =>
+                {
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                    out.clear();
+                }
+                (Some("message"), Fault::Drop(_)) if is_dropped(fault, &v) => out.clear(),
                 (Some("sync_batch"), Fault::Drop(_)) => {
                     if let Some(list) = v["messages"].as_array_mut() {
-                        list.retain(|m| !dropped(fault, m));
+                        list.retain(|m| !is_dropped(fault, m));
                     }
                     out = vec![Message::Text(v.to_string().into())];
                 }

@@ -1,5 +1,7 @@
 //! loadgen's one integration-test binary. Each module is one area:
 
+/// The per-device audit, send delay, source addresses, through a faulty proxy.
+mod engine_audit;
 /// History reads (`history_rate`): pages read over HTTP, history_latency recorded.
 mod engine_history;
 /// End-to-end runs: exit codes, audit faults, open model under a stall, embedded child.

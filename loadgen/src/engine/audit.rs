@@ -1,43 +1,70 @@
-//! The end-of-run audit: did every acknowledged message reach every device of
-//! every member, exactly once, in channel order?
+//! The end-of-run audit: every acknowledged message against every device of
+//! every member, classified pair by pair.
 //!
-//! What each device must hold (docs/scenarios.md states it for users): for
-//! every message the server acknowledged during the run, every device of every
-//! member of its channel, the sending device included, must hold it by the end
-//! of the run. A device *holds* a message it received live, in a `sync_batch`,
-//! or (the sending device) through its ack's `seq`; and, at the end, every
-//! message of its user's inbox, read once per user with `sync` from seq 0 over a
-//! fresh connection (a device that syncs from its first cursor, 0, gets exactly
-//! the user's inbox, so one read serves all of a user's devices).
+//! Each user's inbox is read once over a fresh WebSocket (`sync` from seq 0,
+//! paging) and compared with the ledger of acked messages
+//! ([`crate::engine::ledger`], read back from the run directory) and with what
+//! each device recorded as it ran ([`crate::engine::inbox::DeviceState`]).
+//! For an acked message and a member device:
 //!
-//! - `lost`: a (message, member device) pair the device does not hold.
-//! - `duplicated`: a device got the same seq twice live on one connection, or
-//!   holds one (channel, id) under two different seqs.
-//! - `reordered`: on one connection, a device received live a lower id after a
-//!   higher one in the same channel.
+//! - `delivered_live`: the device got it in a `message` frame (the sending
+//!   device: through its ack);
+//! - `recovered`: it came in a `sync_batch` (a gap sync, or the catch-up after
+//!   a reconnect);
+//! - `undelivered`: it is in the member's inbox but the device never got it,
+//!   although it was connected at the end of the run or had received a later
+//!   seq (a hole it never filled): the live path failed, only this read found it;
+//! - `awaiting_sync`: it is in the inbox above everything a device that was
+//!   offline at the end had received: its next sync brings it;
+//! - `lost`: it is not in the member's inbox at all.
 //!
-//! The live findings are recorded by the devices as they happen
-//! ([`crate::engine::sim::Sim::finding`]); the rest is computed here.
+//! Also `duplicated` (a device got one seq twice live; an inbox holds one
+//! (channel, id) under two seqs, or one send, the sender's `client_msg_id`
+//! send number, under two ids: an idempotency failure after a resend) and
+//! `reordered` (live, a lower id after a higher one in a channel). The live
+//! findings are recorded by the devices as they happen
+//! ([`crate::engine::sim::Sim::finding`]). Sends never acked by the end of the
+//! drain count as `unacked` (written) or `unsent` (still queued); sends the
+//! generator's queue refused as `refused`.
+//!
+//! With several processes each audits what it knows: `lost` for the messages
+//! it sent, the classes for the devices it drives, reading every process's
+//! ledger. An inbox it cannot read, a ledger it cannot read or write, or a
+//! device that did not stop makes the audit **incomplete**: the run is then
+//! never a pass (exit 3).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
 use futures_util::SinkExt;
-use reference_server::protocol::{ChannelId, ClientFrame, ServerFrame};
+use reference_server::protocol::{ChannelId, ClientFrame};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::engine::command::{chan_key, To};
-use crate::engine::inbox::Rec;
+use crate::engine::command::{chan_key, send_number, Cmd, To};
+use crate::engine::frame::FrameView;
+use crate::engine::ledger::{self, Entry};
 use crate::engine::sim::{lock, Sim};
 use crate::outcome::{Audit, AuditExample};
 
 /// How long reading one user's inbox may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// One message of an inbox, as the audit compares it.
+#[derive(Debug, Clone, Copy)]
+pub struct InboxRec {
+    pub channel: u64,
+    pub id: u64,
+    pub seq: u64,
+    pub from: u64,
+    /// The send number of a `client_msg_id` this generator made.
+    pub send: Option<u64>,
+}
+
 /// Reads a user's whole inbox over a fresh WebSocket: `sync` from 0, paging.
-pub async fn read_inbox(ws_url: &str, token: &str) -> Result<Vec<Rec>, String> {
+pub async fn read_inbox(ws_url: &str, token: &str) -> Result<Vec<InboxRec>, String> {
     let url = format!("{ws_url}?token={token}");
     let (mut ws, _) = tokio_tungstenite::connect_async(url)
         .await
@@ -66,26 +93,28 @@ pub async fn read_inbox(ws_url: &str, token: &str) -> Result<Vec<Rec>, String> {
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => return Err(e.to_string()),
             };
-            if let Ok(ServerFrame::SyncBatch {
-                req: Some(r),
-                messages,
-                more,
-            }) = serde_json::from_str::<ServerFrame>(&text)
-            {
-                if r != req {
-                    continue;
-                }
-                for m in &messages {
-                    let seq = m.seq.unwrap_or(0);
-                    out.push((chan_key(&m.channel), m.id, seq));
-                    since = since.max(seq);
-                }
-                if !more || messages.is_empty() {
-                    let _ = ws.close(None).await;
-                    return Ok(out);
-                }
-                break;
+            let Some(f) = FrameView::parse(&text).filter(|f| f.kind == "sync_batch") else {
+                continue;
+            };
+            if f.req != Some(req) {
+                continue;
             }
+            for m in &f.messages {
+                let seq = m.seq.unwrap_or(0);
+                out.push(InboxRec {
+                    channel: chan_key(&m.channel),
+                    id: m.id,
+                    seq,
+                    from: m.from,
+                    send: send_number(&m.client_msg_id),
+                });
+                since = since.max(seq);
+            }
+            if !f.more || f.messages.is_empty() {
+                let _ = ws.close(None).await;
+                return Ok(out);
+            }
+            break;
         }
     }
 }
@@ -101,48 +130,89 @@ fn channel_name(sim: &Sim, sender: u32, to: To) -> String {
     }
 }
 
+/// What the audit reads besides the simulation's own state.
+pub struct Inputs {
+    /// This process's ledger, or why it is unusable.
+    pub own: Result<PathBuf, String>,
+    /// The other processes' ledgers (workers of the same run).
+    pub peers: Vec<PathBuf>,
+    /// Per device: connected when the run ended (before the devices stopped).
+    pub connected_at_end: Vec<bool>,
+    /// A device did not stop in time: its record is not there to check.
+    pub unstopped: bool,
+}
+
 /// Runs the audit. Devices must be stopped (their state parked) first.
-/// `owns(user)`: this process drives that user (every user in a single
-/// process); a duplicate stored in an inbox is counted by the owner only, so
-/// workers auditing overlapping inboxes do not count it twice.
-pub async fn audit(sim: &Arc<Sim>, concurrency: usize, owns: impl Fn(u32) -> bool) -> Audit {
-    let ledger = std::mem::take(&mut *lock(&sim.ledger));
+/// `owns(user)`: this process drives that user (every user in a single process).
+pub async fn audit(
+    sim: &Arc<Sim>,
+    concurrency: usize,
+    owns: impl Fn(u32) -> bool,
+    inputs: Inputs,
+) -> Audit {
     let mut audit = std::mem::take(&mut *lock(&sim.findings));
     let pop = &sim.pop;
+    if inputs.unstopped {
+        audit.incomplete(
+            "some devices did not stop within 15 s: their records could not be checked",
+        );
+    }
+    let own = match inputs.own.and_then(|p| ledger::read(&p)) {
+        Ok(entries) => entries,
+        Err(why) => {
+            audit.incomplete(format!("the ledger of acked messages: {why}"));
+            Vec::new()
+        }
+    };
+    let mut acked: HashMap<(u64, u64), bool> =
+        own.iter().map(|e| ((e.channel, e.id), true)).collect();
+    for p in &inputs.peers {
+        match ledger::read(p) {
+            Ok(entries) => {
+                for e in entries {
+                    acked.entry((e.channel, e.id)).or_insert(false);
+                }
+            }
+            Err(why) => audit.incomplete(format!("another worker's ledger: {why}")),
+        }
+    }
+    // Sends never acked, and sends the generator refused.
+    for (d, slot) in sim.slots.iter().enumerate() {
+        if !owns(pop.devices[d].user) {
+            continue;
+        }
+        let ctl = lock(&slot.ctl);
+        audit.unacked += ctl.parked.as_ref().map_or(0, |st| st.pending.len() as u64);
+        audit.unsent += ctl
+            .cmds
+            .iter()
+            .filter(|c| matches!(c, Cmd::Send(_)))
+            .count() as u64;
+    }
+    audit.refused += sim.refused.load(std::sync::atomic::Ordering::Relaxed);
 
-    // Each device's holdings.
-    let held: Vec<Vec<Rec>> = sim
-        .slots
-        .iter()
-        .map(|s| {
-            lock(&s.ctl)
-                .parked
-                .as_ref()
-                .map(|st| st.recs.clone())
-                .unwrap_or_default()
-        })
-        .collect();
-    let members_of = |a: &crate::engine::sim::Acked| -> Vec<u32> {
-        let sender = pop.devices[a.device as usize].user;
-        match a.to {
+    let members = |e: &Entry| -> Vec<u32> {
+        let sender = pop.devices[e.device as usize].user;
+        match e.to {
             To::User(u) => vec![sender, u],
             To::Group(g) => pop.groups[g as usize].members.clone(),
         }
     };
-    let mut wanted: HashSet<u32> = HashSet::new();
-    for a in &ledger {
-        wanted.extend(members_of(a));
-    }
-    for (d, recs) in held.iter().enumerate() {
-        if !recs.is_empty() {
-            wanted.insert(pop.devices[d].user);
+    // Own acked messages each user's inbox must hold.
+    let mut expected = vec![0u64; pop.users.len()];
+    for e in &own {
+        audit.messages_checked += 1;
+        for u in members(e) {
+            expected[u as usize] += 1;
+            audit.deliveries_expected += pop.users[u as usize].devices.len() as u64;
         }
     }
-    let mut wanted: Vec<u32> = wanted.into_iter().collect();
-    wanted.sort_unstable();
-
-    // Each user's inbox, read once.
-    let inboxes: HashMap<u32, Vec<Rec>> = stream::iter(wanted)
+    // Inboxes to read: members of own messages, and own users (whose devices
+    // are classified against every process's acked messages).
+    let wanted: Vec<u32> = (0..pop.users.len() as u32)
+        .filter(|&u| expected[u as usize] > 0 || owns(u))
+        .collect();
+    let mut reads = stream::iter(wanted)
         .map(|u| {
             let token = pop.devices[pop.users[u as usize].devices[0] as usize]
                 .token
@@ -153,23 +223,49 @@ pub async fn audit(sim: &Arc<Sim>, concurrency: usize, owns: impl Fn(u32) -> boo
                 (u, r.map_err(|_| "timeout".to_string()).and_then(|r| r))
             }
         })
-        .buffer_unordered(concurrency.max(1))
-        .filter_map(|(u, r)| {
-            let out = match r {
-                Ok(recs) => Some((u, recs)),
-                Err(e) => {
-                    tracing::warn!(user = u, cause = %e, "audit: reading an inbox failed");
-                    sim.rec.error("audit_read");
-                    None
-                }
-            };
-            async move { out }
-        })
-        .collect()
-        .await;
+        .buffer_unordered(concurrency.max(1));
+    while let Some((u, read)) = reads.next().await {
+        let inbox = match read {
+            Ok(inbox) => inbox,
+            Err(e) => {
+                tracing::warn!(user = u, cause = %e, "audit: reading an inbox failed");
+                audit.incomplete(format!(
+                    "the inbox of user {} could not be read: {e}",
+                    pop.users[u as usize].id
+                ));
+                continue;
+            }
+        };
+        check_inbox(
+            sim,
+            &mut audit,
+            u,
+            &inbox,
+            &acked,
+            &own,
+            expected[u as usize],
+            &owns,
+            &inputs.connected_at_end,
+        );
+    }
+    audit
+}
 
-    // Per user: (channel, id) -> seq from the inbox; a second seq is a duplicate.
-    let mut inbox_maps: HashMap<u32, HashMap<(u64, u64), u64>> = HashMap::new();
+/// Compares one user's inbox with the ledger and its devices' records.
+#[allow(clippy::too_many_arguments)] // one call site; the audit's working set
+fn check_inbox(
+    sim: &Sim,
+    audit: &mut Audit,
+    u: u32,
+    inbox: &[InboxRec],
+    acked: &HashMap<(u64, u64), bool>,
+    own: &[Entry],
+    expected: u64,
+    owns: &impl Fn(u32) -> bool,
+    at_end: &[bool],
+) {
+    let pop = &sim.pop;
+    let devices = &pop.users[u as usize].devices;
     let example = |audit: &mut Audit, kind: &str, channel: String, id: u64, d: u32| {
         if audit.examples.len() < Audit::MAX_EXAMPLES {
             let dev = &pop.devices[d as usize];
@@ -182,62 +278,97 @@ pub async fn audit(sim: &Arc<Sim>, concurrency: usize, owns: impl Fn(u32) -> boo
             });
         }
     };
-    for (&u, recs) in &inboxes {
-        let mut map = HashMap::with_capacity(recs.len());
-        for &(c, id, seq) in recs {
-            if let Some(&other) = map.get(&(c, id)) {
-                if other != seq && owns(u) {
-                    // Stored twice for this user: every device of it holds two copies.
-                    audit.duplicated += pop.users[u as usize].devices.len() as u64;
-                }
-            } else {
-                map.insert((c, id), seq);
+    // (channel, id) -> seq; a second seq for one message, or a second id for
+    // one send, is a copy stored twice: every device of the user holds two.
+    let mut seqs: HashMap<(u64, u64), u64> = HashMap::with_capacity(inbox.len());
+    let mut sends: HashMap<(u64, u64), (u64, u64)> = HashMap::new();
+    let mut found = 0u64;
+    let mut held = Vec::with_capacity(inbox.len());
+    for r in inbox {
+        if let Some(&seq) = seqs.get(&(r.channel, r.id)) {
+            if seq != r.seq && owns(u) {
+                audit.duplicated += devices.len() as u64;
             }
-        }
-        inbox_maps.insert(u, map);
-    }
-    // A device's own holdings under a different seq than the inbox's.
-    let mut extra: Vec<HashSet<(u64, u64)>> = vec![HashSet::new(); held.len()];
-    for (d, recs) in held.iter().enumerate() {
-        let Some(map) = inbox_maps.get(&pop.devices[d].user) else {
             continue;
-        };
-        let mut mine: HashMap<(u64, u64), u64> = HashMap::new();
-        for &(c, id, seq) in recs {
-            match map.get(&(c, id)) {
-                Some(&s) if s != seq => audit.duplicated += 1,
+        }
+        seqs.insert((r.channel, r.id), r.seq);
+        if let Some(n) = r.send {
+            match sends.get(&(r.from, n)) {
+                Some(&first) if first != (r.channel, r.id) => {
+                    if owns(u) {
+                        audit.duplicated += devices.len() as u64;
+                        if let Some(&d) = devices.first() {
+                            example(
+                                audit,
+                                "duplicated",
+                                format!("send {n} of user {}", r.from),
+                                r.id,
+                                d,
+                            );
+                        }
+                    }
+                }
                 Some(_) => {}
                 None => {
-                    extra[d].insert((c, id));
-                }
-            }
-            if let Some(&s) = mine.get(&(c, id)) {
-                if s != seq {
-                    audit.duplicated += 1;
-                }
-            }
-            mine.insert((c, id), seq);
-        }
-    }
-
-    for a in &ledger {
-        audit.messages_checked += 1;
-        let sender = pop.devices[a.device as usize].user;
-        for u in members_of(a) {
-            // An inbox that could not be read is counted as an error, not as losses.
-            let Some(inbox) = inbox_maps.get(&u) else {
-                continue;
-            };
-            for &d in &pop.users[u as usize].devices {
-                audit.deliveries_expected += 1;
-                let holds = inbox.contains_key(&(a.channel, a.id))
-                    || extra[d as usize].contains(&(a.channel, a.id));
-                if !holds {
-                    audit.lost += 1;
-                    example(&mut audit, "lost", channel_name(sim, sender, a.to), a.id, d);
+                    sends.insert((r.from, n), (r.channel, r.id));
                 }
             }
         }
+        if let Some(&mine) = acked.get(&(r.channel, r.id)) {
+            found += u64::from(mine);
+            held.push(r);
+        }
     }
-    audit
+    // Own acked messages this user's inbox lacks: lost for each of its devices.
+    let missing = expected.saturating_sub(found);
+    if missing > 0 {
+        audit.lost += missing * devices.len() as u64;
+        if audit.examples.len() < Audit::MAX_EXAMPLES {
+            for e in own {
+                let sender = pop.devices[e.device as usize].user;
+                let member = match e.to {
+                    To::User(v) => v == u || sender == u,
+                    To::Group(g) => pop.groups[g as usize].members.contains(&u),
+                };
+                if member && !seqs.contains_key(&(e.channel, e.id)) {
+                    for &d in devices {
+                        example(audit, "lost", channel_name(sim, sender, e.to), e.id, d);
+                    }
+                    if audit.examples.len() >= Audit::MAX_EXAMPLES {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    if !owns(u) {
+        return;
+    }
+    // Each of this user's devices against every acked message in the inbox.
+    for &d in devices {
+        let ctl = lock(&sim.slots[d as usize].ctl);
+        let st = ctl.parked.as_deref();
+        let connected = at_end.get(d as usize).copied().unwrap_or(false);
+        let max_seen = st.map_or(0, |s| s.max_seen());
+        for r in &held {
+            match st {
+                Some(s) if s.live.contains(r.seq) => audit.delivered_live += 1,
+                Some(s) if s.synced.contains(r.seq) => audit.recovered += 1,
+                _ if connected || r.seq <= max_seen => {
+                    audit.undelivered += 1;
+                    if audit.examples.len() < Audit::MAX_EXAMPLES {
+                        let dev = &pop.devices[d as usize];
+                        audit.examples.push(AuditExample {
+                            kind: "undelivered".into(),
+                            channel: format!("seq {}", r.seq),
+                            id: r.id,
+                            user: pop.users[dev.user as usize].id,
+                            device: dev.device_id,
+                        });
+                    }
+                }
+                _ => audit.awaiting_sync += 1,
+            }
+        }
+    }
 }

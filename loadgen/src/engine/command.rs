@@ -59,6 +59,16 @@ pub fn decode_msg_id(id: &str) -> Option<(u64, u64)> {
     Some((sched, actual))
 }
 
+/// The send number N of a `client_msg_id` made by [`encode_msg_id`]: with the
+/// sender, what identifies one logical send however often it was resent (or
+/// re-stamped), so the audit finds one send stored under two ids.
+pub fn send_number(id: &str) -> Option<u64> {
+    let mut parts = id.splitn(3, '-');
+    parts.next()?.parse::<u64>().ok()?;
+    parts.next()?.parse::<u64>().ok()?;
+    parts.next()?.parse().ok()
+}
+
 /// Text of `len` ASCII characters, from one shared pattern.
 pub fn text_of(len: u32) -> String {
     const PATTERN: &[u8] = b"the quick brown fox jumps over the lazy dog 0123456789 ";
@@ -84,6 +94,8 @@ mod tests {
             Some((1_700_000_000_000_000, 1_700_000_000_250_000))
         );
         assert_eq!(decode_msg_id("someone-else"), None);
+        assert_eq!(send_number(&id), Some(42));
+        assert_eq!(send_number("a-b-c"), None);
         assert_eq!(text_of(130).len(), 130);
     }
 }

@@ -1,55 +1,64 @@
 //! One simulated device: a tokio task driving one WebSocket connection at a
 //! time, the way a phone app would.
 //!
-//! It connects (`?token=`), reads `hello`, catches up with `sync` from its
-//! cursor when the server's inbox head is ahead, heartbeats every interval
-//! with ±10% jitter, sends what the scheduler queues, and receives. Its cursor
-//! is the highest *contiguous* inbox `seq`; a later seq arriving first (live
-//! order across channels is best effort) is held aside, and if the hole is
-//! still there after a short grace the device syncs from its cursor. Every seq
-//! is counted once (dedupe by seq), whether it came live or by sync. Abrupt
-//! disconnects drop the socket without a close frame; the device waits
-//! `reconnect_delay` and reconnects, resending unacknowledged sends with the
-//! same `client_msg_id` (the server answers a repeat with the first ack).
+//! It connects (`?token=`, from its source address: [`crate::engine::source`]),
+//! reads `hello`, catches up with `sync` from its cursor when the server's
+//! inbox head is ahead, heartbeats every interval with ±10% jitter, sends what
+//! the scheduler queues, and receives. Its cursor is the highest *contiguous*
+//! inbox `seq`; a later seq arriving first (live order across channels is best
+//! effort) is held aside, and if the hole is still there after a short grace
+//! the device syncs from its cursor. Every seq is recorded once, as having
+//! come live or by sync ([`DeviceState`]). Abrupt disconnects drop the socket
+//! without a close frame; the device waits `reconnect_delay` and reconnects,
+//! resending unacknowledged sends with the same `client_msg_id` (the server
+//! answers a repeat with the first ack). When the *server* ended the
+//! connection (a close frame, a reset), the catch-up after the reconnect is
+//! timed as `recovery_latency`.
 //!
-//! The `select!` loop is biased: shutdown, then commands, then timers, then the
-//! socket, so timer lateness (recorded as generator lag) measures the
-//! generator, not a burst of frames.
-//!
-//! Memory per device is kept small: a 512-byte read buffer and no write buffer
-//! in the WebSocket, state boxed once, maps allocated only when traffic flows.
+//! Frames are read through a borrowed view ([`crate::engine::frame`]) that
+//! parses only the fields used. The `select!` loop is biased: shutdown, then
+//! commands, then timers, then the socket, so timer lateness (recorded as
+//! generator lag) measures the generator, not a burst of frames. One timer
+//! serves the heartbeat and the gap grace, reset rather than recreated.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
-use reference_server::protocol::{ClientFrame, Message, Recipient, ServerFrame, Status};
-use tokio::net::TcpStream;
+use reference_server::protocol::{ClientFrame, Recipient};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
 
 use crate::engine::command::{chan_key, decode_msg_id, encode_msg_id, text_of, Cmd, SendJob, To};
-use crate::engine::inbox::{Bits, DeviceState, Pending};
+use crate::engine::frame::{FrameView, MsgView};
+use crate::engine::inbox::{Arrival, DeviceState, Pending};
+use crate::engine::ledger::Entry;
 use crate::engine::recorder::{inc, Metric};
 use crate::engine::sim::{lock, Sim};
+use crate::engine::source;
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Ws = WebSocketStream<tokio::net::TcpStream>;
 
 /// How long a hole in the seq sequence may stay open before the device syncs.
 const GAP_GRACE: Duration = Duration::from_millis(250);
 /// Page size of a `sync`.
 const SYNC_LIMIT: u32 = 500;
+/// Sends a device keeps written-but-unacked; past it, queued sends wait.
+const MAX_PENDING: usize = 4096;
 
 /// Why a connection ended.
 enum End {
     /// Stop asked (offline, end of run): park.
     Stop,
-    /// The scenario dropped it, or it failed: reconnect after a delay.
-    Reconnect,
+    /// The scenario dropped it: reconnect after a delay.
+    Dropped,
+    /// The server closed it or it failed: reconnect, and time the recovery.
+    Lost,
+    /// It could not be made: reconnect after a delay.
+    Failed,
 }
 
 /// Starts a device's task (or cancels its pending stop): the scheduler brings
@@ -82,7 +91,11 @@ pub async fn run(sim: Arc<Sim>, d: u32, state: Option<Box<DeviceState>>) {
         }
         // Boxed: the connect handshake and the session are large futures; only
         // the one running is allocated, not the largest of them inside every task.
-        if let End::Reconnect = Box::pin(connection(&sim, d, &mut st)).await {
+        let end = Box::pin(connection(&sim, d, &mut st)).await;
+        if let End::Lost = end {
+            st.lost_at.get_or_insert_with(Instant::now);
+        }
+        if let End::Dropped | End::Lost | End::Failed = end {
             let (lo, hi) = sim.behavior.reconnect_delay;
             let delay = if hi > lo {
                 st.rng.random_range(lo..=hi)
@@ -109,13 +122,9 @@ pub async fn run(sim: Arc<Sim>, d: u32, state: Option<Box<DeviceState>>) {
 /// Per-connection bookkeeping.
 #[derive(Default)]
 struct Conn {
-    /// Seqs received live on this connection (a second live copy is a
-    /// duplicate), counted from `live_base`, the inbox head at `hello`, so the
-    /// set stays as small as this connection's traffic.
-    live: Bits,
-    live_base: u64,
-    /// Highest id received live per channel (a lower one after it is a reorder).
-    last_live: HashMap<u64, u64>,
+    /// Highest id received live per channel (a lower one after it is a
+    /// reorder); one entry per channel the user talks in.
+    last_live: Vec<(u64, u64)>,
     /// The `req` of the sync in progress, and the highest seq it returned.
     syncing: Option<i64>,
     sync_high: u64,
@@ -134,45 +143,88 @@ fn ws_config() -> WebSocketConfig {
         .max_message_size(Some(64 << 20))
 }
 
+/// Records in `into` the bytes each device's own state accounts for, for the
+/// devices connected at the end (called once they are stopped and parked): its
+/// slot, the task's future while connected (measured, not estimated), its
+/// state and the state's heap. Not counted: the socket's kernel buffers and
+/// the WebSocket library's read buffer (512 bytes).
+pub fn account_memory(sim: &Arc<Sim>, connected: &[bool], into: &mut hdrhistogram::Histogram<u64>) {
+    let mut probe = DeviceState::new(0, 0);
+    let task = std::mem::size_of_val(&run(sim.clone(), 0, None))
+        + std::mem::size_of_val(&connection(sim, 0, &mut probe));
+    for (d, slot) in sim.slots.iter().enumerate() {
+        if !connected.get(d).copied().unwrap_or(false) {
+            continue;
+        }
+        let ctl = lock(&slot.ctl);
+        let state = ctl
+            .parked
+            .as_ref()
+            .map_or(0, |st| std::mem::size_of::<DeviceState>() + st.heap_bytes());
+        let queue = ctl.cmds.capacity() * std::mem::size_of::<Cmd>();
+        let bytes = std::mem::size_of_val(slot) + task + state + queue;
+        let _ = into.record(bytes as u64);
+    }
+}
+
+/// Why a connect failed: a server-side error, or the generator's own limit.
+enum ConnectError {
+    Server(String),
+    Exhausted(String),
+}
+
 async fn connection(sim: &Sim, d: u32, st: &mut DeviceState) -> End {
     let dev = &sim.pop.devices[d as usize];
     let rec = &sim.rec;
     let t0 = Instant::now();
+    let src = sim.sources.for_device(d);
     let first = Box::pin(async {
-        let url = format!("{}?token={}", sim.pop.ws_url, dev.token);
-        let connect = tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true);
-        let (mut ws, _) = connect.await.map_err(|e| e.to_string())?;
+        let tcp = source::connect(src, sim.ws.addr)
+            .await
+            .map_err(|e| match source::exhaustion(&e, src) {
+                Some(why) => ConnectError::Exhausted(why),
+                None => ConnectError::Server(e.to_string()),
+            })?;
+        let url = format!("{}?token={}", sim.ws.url, dev.token);
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config()))
+            .await
+            .map_err(|e| ConnectError::Server(e.to_string()))?;
         loop {
             match ws.next().await {
-                Some(Ok(WsMessage::Text(t))) => match serde_json::from_str::<ServerFrame>(&t) {
-                    Ok(ServerFrame::Hello {
-                        seq,
-                        offline_after_ms,
-                        ..
-                    }) => return Ok((ws, (seq, offline_after_ms))),
-                    _ => return Err("first frame is not hello".to_string()),
+                Some(Ok(WsMessage::Text(t))) => match FrameView::parse(&t) {
+                    Some(f) if f.kind == "hello" => {
+                        let hello = (f.seq.unwrap_or(0), f.offline_after_ms);
+                        return Ok((ws, hello));
+                    }
+                    _ => return Err(ConnectError::Server("first frame is not hello".into())),
                 },
                 Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
-                Some(Ok(_)) => return Err("first frame is not hello".into()),
-                Some(Err(e)) => return Err(e.to_string()),
-                None => return Err("closed before hello".into()),
+                Some(Ok(_)) => return Err(ConnectError::Server("first frame is not hello".into())),
+                Some(Err(e)) => return Err(ConnectError::Server(e.to_string())),
+                None => return Err(ConnectError::Server("closed before hello".into())),
             }
         }
     });
-    let (mut ws, (head, offline_after_ms)) = tokio::select! {
+    let (mut ws, hello) = tokio::select! {
         _ = sim.stop_all.cancelled() => return End::Stop,
         r = tokio::time::timeout(sim.connect_timeout, first) => match r {
             Ok(Ok(x)) => x,
-            Ok(Err(e)) => {
+            Ok(Err(ConnectError::Exhausted(why))) => {
+                // The generator's limit, not the server's: no connect error.
+                tracing::warn!(device = d, "{why}");
+                rec.exhausted(why);
+                return End::Failed;
+            }
+            Ok(Err(ConnectError::Server(e))) => {
                 inc(&rec.counters.connect_errors);
                 rec.error("connect");
                 tracing::debug!(device = d, cause = %e, "connect failed");
-                return End::Reconnect;
+                return End::Failed;
             }
             Err(_) => {
                 inc(&rec.counters.connect_errors);
                 rec.error("connect_timeout");
-                return End::Reconnect;
+                return End::Failed;
             }
         }
     };
@@ -185,7 +237,7 @@ async fn connection(sim: &Sim, d: u32, st: &mut DeviceState) -> End {
     let slot = &sim.slots[d as usize];
     slot.connected.store(true, Relaxed);
     rec.device_connected();
-    let end = session(sim, d, st, &mut ws, (head, offline_after_ms), t0).await;
+    let end = session(sim, d, st, &mut ws, hello, t0).await;
     slot.connected.store(false, Relaxed);
     rec.device_disconnected();
     end
@@ -223,6 +275,17 @@ async fn start_sync(ws: &mut Ws, st: &mut DeviceState, conn: &mut Conn, since: u
     .await
 }
 
+/// The catch-up after connecting is done: time it, and the recovery when the
+/// server had ended the last connection.
+fn caught_up(sim: &Sim, st: &mut DeviceState, t0: Instant) {
+    sim.rec
+        .record(Metric::SYNC, t0.elapsed().as_micros() as u64);
+    if let Some(lost) = st.lost_at.take() {
+        sim.rec
+            .record(Metric::RECOVERY, lost.elapsed().as_micros() as u64);
+    }
+}
+
 async fn session(
     sim: &Sim,
     d: u32,
@@ -235,7 +298,6 @@ async fn session(
     let slot = &sim.slots[d as usize];
     let mut conn = Conn {
         offline_after_ms,
-        live_base: head,
         ..Conn::default()
     };
     if head > st.cursor {
@@ -244,14 +306,14 @@ async fn session(
             return lost(sim, "write");
         }
     } else {
-        rec.record(Metric::SYNC, t0.elapsed().as_micros() as u64);
+        caught_up(sim, st, t0);
     }
     // Unacknowledged sends from the last connection go again, same client_msg_id.
-    let resend = std::mem::take(&mut st.pending);
-    for mut p in resend {
-        p.req = st.req();
-        let frame = send_frame(sim, p.req, &p.job, p.actual_us);
-        st.pending.push(p);
+    for i in 0..st.pending.len() {
+        let req = st.req();
+        st.pending[i].req = req;
+        let p = &st.pending[i];
+        let frame = send_frame(sim, req, &p.job, p.actual_us);
         if !send(ws, &frame).await {
             return lost(sim, "write");
         }
@@ -259,65 +321,38 @@ async fn session(
     let interval = sim.behavior.heartbeat_interval;
     let first_beat = interval.mul_f64(st.rng.random_range(0.0..1.0));
     let mut next_beat = tokio::time::Instant::now() + first_beat;
+    // One timer for the heartbeat and the gap grace, reset in place.
+    let timer = tokio::time::sleep_until(next_beat);
+    tokio::pin!(timer);
     slot.wake.notify_one(); // look at commands queued while disconnected
-    let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
     loop {
+        let due = conn.gap_deadline.map_or(next_beat, |g| g.min(next_beat));
+        if timer.deadline() != due {
+            timer.as_mut().reset(due);
+        }
         tokio::select! {
             biased;
             _ = sim.stop_all.cancelled() => return close(ws).await,
             _ = slot.wake.notified() => {
-                let (stop, cmds): (bool, Vec<Cmd>) = {
-                    let mut ctl = lock(&slot.ctl);
-                    (ctl.stop, ctl.cmds.drain(..).collect())
-                };
-                if stop {
-                    // Commands left unsent go back for the next connection.
-                    {
-                        let mut ctl = lock(&slot.ctl);
-                        for cmd in cmds.into_iter().rev() {
-                            ctl.cmds.push_front(cmd);
-                        }
-                    }
-                    return close(ws).await;
-                }
-                let mut cmds = cmds.into_iter();
-                while let Some(cmd) = cmds.next() {
-                    match cmd {
-                        Cmd::Drop => {
-                            inc(&rec.counters.disconnects);
-                            // Commands after the drop wait for the next connection.
-                            let mut ctl = lock(&slot.ctl);
-                            for cmd in cmds.rev() {
-                                ctl.cmds.push_front(cmd);
-                            }
-                            // Drop the socket without a close frame: an abrupt loss.
-                            return End::Reconnect;
-                        }
-                        Cmd::Send(job) => {
-                            let req = st.req();
-                            let actual_us = rec.clock.now_us();
-                            let frame = send_frame(sim, req, &job, actual_us);
-                            st.pending.push(Pending { req, job, actual_us });
-                            if !send(ws, &frame).await {
-                                return lost(sim, "write");
-                            }
-                            inc(&rec.counters.messages_sent);
-                        }
-                    }
+                if let Some(end) = commands(sim, d, st, ws).await {
+                    return end;
                 }
             }
-            _ = tokio::time::sleep_until(next_beat) => {
-                rec.record_lag(tokio::time::Instant::now().saturating_duration_since(next_beat));
-                next_beat += st.jittered(interval);
-                if !send(ws, &ClientFrame::Heartbeat { req: None }).await {
-                    return lost(sim, "write");
+            _ = &mut timer => {
+                let now = tokio::time::Instant::now();
+                if now >= next_beat {
+                    rec.record_lag(now.saturating_duration_since(next_beat));
+                    next_beat += st.jittered(interval);
+                    if !send(ws, &ClientFrame::Heartbeat { req: None }).await {
+                        return lost(sim, "write");
+                    }
+                    inc(&rec.counters.heartbeats);
                 }
-                inc(&rec.counters.heartbeats);
-            }
-            _ = tokio::time::sleep_until(conn.gap_deadline.unwrap_or_else(far)), if conn.gap_deadline.is_some() => {
-                conn.gap_deadline = None;
-                if st.has_gap() && conn.syncing.is_none() && !start_sync(ws, st, &mut conn, st.cursor).await {
-                    return lost(sim, "write");
+                if conn.gap_deadline.is_some_and(|g| now >= g) {
+                    conn.gap_deadline = None;
+                    if st.has_gap() && conn.syncing.is_none() && !start_sync(ws, st, &mut conn, st.cursor).await {
+                        return lost(sim, "write");
+                    }
                 }
             }
             frame = ws.next() => {
@@ -330,13 +365,13 @@ async fn session(
                     Some(Ok(_)) => continue,
                     Some(Err(_)) | None => return lost(sim, "connection_lost"),
                 };
-                match serde_json::from_str::<ServerFrame>(&text) {
-                    Ok(f) => {
+                match FrameView::parse(&text) {
+                    Some(f) => {
                         if !on_frame(sim, d, st, &mut conn, ws, f).await {
                             return lost(sim, "write");
                         }
                     }
-                    Err(_) => rec.error("bad_frame"),
+                    None => rec.error("bad_frame"),
                 }
                 if st.has_gap() && conn.gap_deadline.is_none() && conn.syncing.is_none() {
                     conn.gap_deadline = Some(tokio::time::Instant::now() + GAP_GRACE);
@@ -346,11 +381,62 @@ async fn session(
     }
 }
 
+/// Runs the commands queued for the device; `Some` when the connection ends.
+async fn commands(sim: &Sim, d: u32, st: &mut DeviceState, ws: &mut Ws) -> Option<End> {
+    let rec = &sim.rec;
+    let slot = &sim.slots[d as usize];
+    loop {
+        // One command at a time: the lock is never held across a write.
+        let cmd = {
+            let mut ctl = lock(&slot.ctl);
+            if ctl.stop {
+                None
+            } else if st.pending.len() >= MAX_PENDING
+                && matches!(ctl.cmds.front(), Some(Cmd::Send(_)))
+            {
+                // Too many unacked: further sends wait for acks (next wake).
+                return None;
+            } else {
+                match ctl.cmds.pop_front() {
+                    Some(c) => Some(c),
+                    None => return None,
+                }
+            }
+        };
+        let Some(cmd) = cmd else {
+            // Commands left unsent go back for the next connection.
+            return Some(close(ws).await);
+        };
+        match cmd {
+            Cmd::Drop => {
+                inc(&rec.counters.disconnects);
+                // Drop the socket without a close frame: an abrupt loss.
+                return Some(End::Dropped);
+            }
+            Cmd::Send(job) => {
+                let req = st.req();
+                let actual_us = rec.clock.now_us();
+                let frame = send_frame(sim, req, &job, actual_us);
+                rec.record_send_delay(actual_us, job.sched_us);
+                st.pending.push_back(Pending {
+                    req,
+                    job,
+                    actual_us,
+                });
+                if !send(ws, &frame).await {
+                    return Some(lost(sim, "write"));
+                }
+                inc(&rec.counters.messages_sent);
+            }
+        }
+    }
+}
+
 /// The server closed or the socket failed: count it, reconnect.
 fn lost(sim: &Sim, why: &str) -> End {
     inc(&sim.rec.counters.server_closes);
     sim.rec.error(why);
-    End::Reconnect
+    End::Lost
 }
 
 /// A clean close (the user goes offline or the run ends).
@@ -366,57 +452,49 @@ async fn on_frame(
     st: &mut DeviceState,
     conn: &mut Conn,
     ws: &mut Ws,
-    frame: ServerFrame,
+    f: FrameView<'_>,
 ) -> bool {
     let rec = &sim.rec;
-    match frame {
-        ServerFrame::Message(m) => receive(sim, d, st, conn, &m, true, true),
-        ServerFrame::Ack {
-            req,
-            channel,
-            id,
-            seq,
-            ..
-        } => {
-            let Some(i) = st.pending.iter().position(|p| Some(p.req) == req) else {
+    match &*f.kind {
+        "message" => receive(sim, d, st, conn, &f.message(), true, true),
+        "ack" => {
+            let Some(p) = f.req.and_then(|r| st.take_pending(r)) else {
                 return true;
             };
-            let p = st.pending.swap_remove(i);
             let now = rec.clock.now_us();
-            rec.record(Metric::ACK, now.saturating_sub(p.job.sched_us));
-            rec.record(Metric::ACK_UNCORRECTED, now.saturating_sub(p.actual_us));
+            rec.latency(Metric::ACK, now, p.job.sched_us);
+            rec.latency(Metric::ACK_UNCORRECTED, now, p.actual_us);
             inc(&rec.counters.messages_acked);
-            let key = chan_key(&channel);
-            lock(&sim.ledger).push(crate::engine::sim::Acked {
-                channel: key,
-                id,
+            if st.pending.len() + 1 == MAX_PENDING {
+                // Sends that waited for room can go now.
+                sim.slots[d as usize].wake.notify_one();
+            }
+            sim.ledger.append(&Entry {
+                channel: chan_key(&f.channel),
+                id: f.id,
                 device: d,
                 to: p.job.to,
             });
-            if seq > 0 && !st.seen.get(seq) {
-                st.seen.set(seq);
-                st.recs.push((key, id, seq));
-                st.advance(seq);
+            // The sending device holds its own message through the ack.
+            if let Some(seq) = f.seq.filter(|&s| s > 0) {
+                st.arrived_live(seq);
             }
         }
-        ServerFrame::SyncBatch {
-            req,
-            messages,
-            more,
-        } => {
-            if req.is_none() || conn.syncing != req {
+        "sync_batch" => {
+            if f.req.is_none() || conn.syncing != f.req {
                 return true;
             }
             // Messages missed while offline say how long the device was away,
             // not how fast the server is: their latency is not recorded (the
-            // catch-up itself is, as sync_latency). A gap sync's are.
+            // catch-up itself is, as sync_latency or recovery_latency). A gap
+            // sync's are.
             let timed = conn.catching_up.is_none();
-            for m in &messages {
+            for m in &f.messages {
                 conn.sync_high = conn.sync_high.max(m.seq.unwrap_or(0));
                 receive(sim, d, st, conn, m, false, timed);
             }
-            if more {
-                let since = messages.last().and_then(|m| m.seq).unwrap_or(st.cursor);
+            if f.more {
+                let since = f.messages.last().and_then(|m| m.seq).unwrap_or(st.cursor);
                 return start_sync(ws, st, conn, since).await;
             }
             // The server answered everything after the cursor: a seq below the
@@ -426,36 +504,30 @@ async fn on_frame(
             st.settle(conn.sync_high);
             conn.sync_high = 0;
             if let Some(t0) = conn.catching_up.take() {
-                rec.record(Metric::SYNC, t0.elapsed().as_micros() as u64);
+                caught_up(sim, st, t0);
             }
         }
-        ServerFrame::Presence {
-            status,
-            last_active_at,
-            ..
-        } => {
+        "presence" => {
             inc(&rec.counters.presence_frames);
-            if let Some(at_ms) = last_active_at {
+            if let Some(at_ms) = f.last_active_at {
                 // The change happened at the connect (online) or when the
                 // timeout ran out after the last heartbeat (offline).
-                let caused_ms = match status {
-                    Status::Online => at_ms,
-                    Status::Offline => at_ms + conn.offline_after_ms,
+                let caused_ms = match &*f.status {
+                    "offline" => at_ms + conn.offline_after_ms,
+                    _ => at_ms,
                 };
-                let now_ms = rec.clock.now_us() / 1000;
-                rec.record(Metric::PRESENCE, now_ms.saturating_sub(caused_ms) * 1000);
+                rec.latency(Metric::PRESENCE, rec.clock.now_us(), caused_ms * 1000);
             }
         }
-        ServerFrame::Error { req, code, .. } => {
-            if let Some(i) = st.pending.iter().position(|p| Some(p.req) == req) {
-                st.pending.swap_remove(i);
+        "error" => {
+            if let Some(_p) = f.req.and_then(|r| st.take_pending(r)) {
                 inc(&rec.counters.send_errors);
-            } else if req.is_some() && conn.syncing == req {
+            } else if f.req.is_some() && conn.syncing == f.req {
                 conn.syncing = None;
             }
-            rec.error(code.as_str());
+            rec.error(&f.code);
         }
-        ServerFrame::Hello { .. } => {}
+        _ => {}
     }
     true
 }
@@ -466,7 +538,7 @@ fn receive(
     d: u32,
     st: &mut DeviceState,
     conn: &mut Conn,
-    m: &Message,
+    m: &MsgView<'_>,
     live: bool,
     timed: bool,
 ) {
@@ -474,28 +546,25 @@ fn receive(
     let seq = m.seq.unwrap_or(0);
     let key = chan_key(&m.channel);
     if live {
-        // A seq at or below the head announced in `hello` can still come live
-        // (stored between the connection's registration and the hello); such
-        // races are rare and not tracked, rather than all sharing one bit.
-        if let Some(at) = seq.checked_sub(conn.live_base + 1) {
-            if conn.live.get(at) {
-                sim.finding("duplicated", &m.channel, m.id, d);
-            }
-            conn.live.set(at);
-        }
-        let last = conn.last_live.entry(key).or_insert(0);
-        if m.id < *last {
-            sim.finding("reordered", &m.channel, m.id, d);
-        } else {
-            *last = m.id;
+        match conn.last_live.iter_mut().find(|(c, _)| *c == key) {
+            Some((_, last)) if m.id < *last => sim.finding("reordered", &m.channel, m.id, d),
+            Some((_, last)) => *last = m.id,
+            None => conn.last_live.push((key, m.id)),
         }
     }
-    if st.seen.get(seq) {
-        return;
+    let arrival = if live {
+        st.arrived_live(seq)
+    } else {
+        st.arrived_by_sync(seq)
+    };
+    match arrival {
+        Arrival::Duplicate => {
+            sim.finding("duplicated", &m.channel, m.id, d);
+            return;
+        }
+        Arrival::Held => return,
+        Arrival::New => {}
     }
-    st.seen.set(seq);
-    st.recs.push((key, m.id, seq));
-    st.advance(seq);
     inc(&rec.counters.deliveries);
     if !timed {
         return;
@@ -505,20 +574,19 @@ fn receive(
     };
     let now = rec.clock.now_us();
     let group = m.channel.starts_with("g:");
-    rec.record(Metric::DELIVERY, now.saturating_sub(sched));
-    rec.record(
+    rec.latency(Metric::DELIVERY, now, sched);
+    rec.latency(
         if group {
             Metric::DELIVERY_GROUP
         } else {
             Metric::DELIVERY_1TO1
         },
-        now.saturating_sub(sched),
+        now,
+        sched,
     );
-    rec.record(Metric::DELIVERY_UNCORRECTED, now.saturating_sub(actual));
+    rec.latency(Metric::DELIVERY_UNCORRECTED, now, actual);
     if live && group {
-        let mut f = lock(&sim.fanout);
-        let e = f.entry((key, m.id)).or_insert((sched, now));
-        e.1 = e.1.max(now);
+        sim.fanout_arrival((key, m.id), sched, now);
     }
 }
 
@@ -527,8 +595,17 @@ mod footprint {
     use std::time::Duration;
 
     use crate::engine::recorder::{Clock, Recorder};
-    use crate::engine::sim::Sim;
+    use crate::engine::sim::{Sim, SimConfig};
     use crate::scenario::Scenario;
+
+    pub(super) fn config(behavior: crate::scenario::Behavior) -> SimConfig {
+        SimConfig {
+            behavior,
+            connect_timeout: Duration::from_secs(1),
+            seed: 1,
+            sources: Vec::new(),
+        }
+    }
 
     /// Per-device memory is mostly the task's future: keep the always-live part
     /// small (the connection is boxed, and allocated only while connected).
@@ -536,13 +613,8 @@ mod footprint {
     fn a_device_task_is_small() {
         let s = Scenario::parse("[[phase]]\nduration = \"1s\"\n", "t").unwrap();
         let rec = Recorder::new(Clock::new(), Duration::from_secs(1));
-        let sim = Sim::new(
-            Default::default(),
-            rec,
-            s.behavior,
-            Duration::from_secs(1),
-            1,
-        );
+        let dir = tempfile::tempdir().unwrap();
+        let sim = Sim::new(Default::default(), rec, config(s.behavior), dir.path());
         let mut st = crate::engine::inbox::DeviceState::new(1, 0);
         let conn = super::connection(&sim, 0, &mut st);
         assert!(
@@ -564,7 +636,7 @@ mod footprint {
 mod latency {
     use std::time::Duration;
 
-    use reference_server::protocol::Message;
+    use crate::engine::frame::MsgView;
 
     use crate::engine::command::encode_msg_id;
     use crate::engine::inbox::DeviceState;
@@ -593,23 +665,20 @@ mod latency {
             }],
             ..Population::default()
         };
+        let dir = tempfile::tempdir().unwrap();
         let sim = Sim::new(
             pop,
             Recorder::new(Clock::new(), Duration::from_secs(1)),
-            s.behavior,
-            Duration::from_secs(1),
-            1,
+            super::footprint::config(s.behavior),
+            dir.path(),
         );
         let now = sim.rec.clock.now_us();
-        let m = Message {
+        let m = MsgView {
             channel: "dm:1:2".into(),
             id: 1,
             seq: Some(1),
             from: 2,
-            from_device: 3,
-            client_msg_id: encode_msg_id(now - 500_000, now - 100_000, 1),
-            text: "hi".into(),
-            ts: 0,
+            client_msg_id: encode_msg_id(now - 500_000, now - 100_000, 1).into(),
         };
         let mut st = DeviceState::new(1, 0);
         let mut conn = super::Conn::default();

@@ -1,73 +1,72 @@
 //! What one simulated device knows about its inbox, kept across its
 //! connections and parked in its slot while it is offline: the cursor (the
-//! highest contiguous seq), the seqs seen above it, every message it holds
-//! (for the audit), and its unacknowledged sends.
+//! highest contiguous seq), how each seq reached it (live or by sync), and its
+//! unacknowledged sends.
 //!
-//! Seqs are deduplicated with a bit set (one bit per inbox position), far
-//! smaller than a hash set for the dense, small numbers seqs are.
+//! Received seqs are two [`RangeSet`]s, `live` and `synced`: a handful of
+//! ranges whatever the traffic, so a device's state does not grow with the
+//! run, and the audit still knows for every (message, device) pair whether it
+//! came live, by a sync, or not at all. Unacked sends are a queue in `req`
+//! order (acks come back in that order), so an ack finds its send at the front
+//! or by binary search, never by a scan.
 
-use std::collections::BTreeSet;
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::engine::command::SendJob;
+use crate::engine::ranges::RangeSet;
 
-/// A growable bit set over sequence numbers.
-#[derive(Debug, Default, Clone)]
-pub struct Bits(Vec<u64>);
-
-impl Bits {
-    pub fn get(&self, i: u64) -> bool {
-        self.0
-            .get((i / 64) as usize)
-            .is_some_and(|w| w & (1 << (i % 64)) != 0)
-    }
-    pub fn set(&mut self, i: u64) {
-        let w = (i / 64) as usize;
-        if w >= self.0.len() {
-            self.0.resize(w + 1, 0);
-        }
-        self.0[w] |= 1 << (i % 64);
-    }
-}
-
-/// A message a device holds: (channel key, id, seq).
-pub type Rec = (u64, u64, u64);
-
-#[derive(Debug)]
-pub(crate) struct Pending {
+/// A send written to the socket, waiting for its ack.
+#[derive(Debug, Clone)]
+pub struct Pending {
     pub req: i64,
     pub job: SendJob,
+    /// When it was first written (Unix µs): carried in its `client_msg_id`.
     pub actual_us: u64,
+}
+
+/// How a seq reached the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// The first copy.
+    New,
+    /// Already held (a sync repeating what came live, a late live copy).
+    Held,
+    /// A second live copy of a seq that already came live: a duplicate.
+    Duplicate,
 }
 
 /// What a device knows, kept across its connections (and parked while offline).
 #[derive(Debug)]
 pub struct DeviceState {
-    /// Highest contiguous inbox seq received.
+    /// Highest contiguous inbox seq received (or settled past).
     pub cursor: u64,
-    /// Seqs received above the cursor (holes below them).
-    above: BTreeSet<u64>,
-    pub(crate) seen: Bits,
-    /// Every message this device holds: live, by sync, or its own acked sends.
-    pub recs: Vec<Rec>,
-    pub(crate) pending: Vec<Pending>,
-    pub(crate) connections: u64,
+    /// Seqs that came live (a `message` frame), or by the ack of its own send.
+    pub live: RangeSet,
+    /// Seqs that came in a `sync_batch` first.
+    pub synced: RangeSet,
+    /// Sends written and not acked, `req` ascending.
+    pub pending: VecDeque<Pending>,
+    pub connections: u64,
+    /// When the server last ended a connection (a close, a reset): the
+    /// catch-up after the reconnect is timed from here (`recovery_latency`).
+    pub lost_at: Option<Instant>,
     next_req: i64,
-    pub(crate) rng: SmallRng,
+    pub rng: SmallRng,
 }
 
 impl DeviceState {
     pub fn new(seed: u64, d: u32) -> Self {
         DeviceState {
             cursor: 0,
-            above: BTreeSet::new(),
-            seen: Bits::default(),
-            recs: Vec::new(),
-            pending: Vec::new(),
+            live: RangeSet::default(),
+            synced: RangeSet::default(),
+            pending: VecDeque::new(),
             connections: 0,
+            lost_at: None,
             next_req: 1,
             rng: SmallRng::seed_from_u64(seed ^ (d as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
         }
@@ -79,20 +78,58 @@ impl DeviceState {
         self.next_req
     }
 
-    /// Moves the cursor over a received seq.
-    pub fn advance(&mut self, seq: u64) {
-        if seq <= self.cursor {
-            return;
+    pub fn seen(&self, seq: u64) -> bool {
+        self.live.contains(seq) || self.synced.contains(seq)
+    }
+
+    /// Records a seq that came live (or by an ack).
+    pub fn arrived_live(&mut self, seq: u64) -> Arrival {
+        if self.live.contains(seq) {
+            return Arrival::Duplicate;
         }
-        self.above.insert(seq);
-        while self.above.remove(&(self.cursor + 1)) {
-            self.cursor += 1;
+        let held = self.synced.contains(seq);
+        self.live.insert(seq);
+        self.advance();
+        if held {
+            Arrival::Held
+        } else {
+            Arrival::New
         }
+    }
+
+    /// Records a seq that came in a sync batch.
+    pub fn arrived_by_sync(&mut self, seq: u64) -> Arrival {
+        if self.seen(seq) {
+            return Arrival::Held;
+        }
+        self.synced.insert(seq);
+        self.advance();
+        Arrival::New
+    }
+
+    /// Moves the cursor over every seq held right above it.
+    fn advance(&mut self) {
+        loop {
+            let next = self.cursor + 1;
+            let end = self.live.run_end(next).max(self.synced.run_end(next));
+            match end {
+                Some(end) => self.cursor = end,
+                None => return,
+            }
+        }
+    }
+
+    /// The highest seq received.
+    pub fn max_seen(&self) -> u64 {
+        self.live
+            .max()
+            .unwrap_or(0)
+            .max(self.synced.max().unwrap_or(0))
     }
 
     /// A hole below a received seq is still open.
     pub fn has_gap(&self) -> bool {
-        !self.above.is_empty()
+        self.max_seen() > self.cursor
     }
 
     /// A sync from the cursor answered in full, up to seq `high`: a seq below
@@ -100,20 +137,31 @@ impl DeviceState {
     /// past it (a message the server lost then shows in the audit, not as a
     /// device syncing forever).
     pub fn settle(&mut self, high: u64) {
-        if high <= self.cursor {
-            return;
+        if high > self.cursor {
+            self.cursor = high;
         }
-        self.cursor = high;
-        let cursor = self.cursor;
-        self.above.retain(|&s| s > cursor);
-        while self.above.remove(&(self.cursor + 1)) {
-            self.cursor += 1;
+        self.advance();
+    }
+
+    /// Takes the pending send answered by `req`: the front one, almost always.
+    pub fn take_pending(&mut self, req: i64) -> Option<Pending> {
+        if self.pending.front().is_some_and(|p| p.req == req) {
+            return self.pending.pop_front();
         }
+        let i = self.pending.binary_search_by_key(&req, |p| p.req).ok()?;
+        self.pending.remove(i)
     }
 
     /// `d` ±10%.
     pub fn jittered(&mut self, d: Duration) -> Duration {
         d.mul_f64(self.rng.random_range(0.9..1.1))
+    }
+
+    /// Bytes this state holds on the heap (its records and queues).
+    pub fn heap_bytes(&self) -> usize {
+        self.live.heap_bytes()
+            + self.synced.heap_bytes()
+            + self.pending.capacity() * std::mem::size_of::<Pending>()
     }
 }
 
@@ -124,20 +172,64 @@ mod tests {
     #[test]
     fn the_cursor_is_the_highest_contiguous_seq() {
         let mut st = DeviceState::new(1, 0);
-        st.advance(1);
-        st.advance(3);
+        assert_eq!(st.arrived_live(1), Arrival::New);
+        st.arrived_live(3);
         assert_eq!(st.cursor, 1);
         assert!(st.has_gap());
-        st.advance(2);
+        assert_eq!(st.arrived_by_sync(2), Arrival::New);
         assert_eq!(st.cursor, 3);
         assert!(!st.has_gap());
+        assert_eq!(st.arrived_by_sync(3), Arrival::Held);
+        assert_eq!(st.arrived_live(3), Arrival::Duplicate);
+        assert_eq!(st.arrived_live(2), Arrival::Held, "synced first, then live");
         // Seq 5 arrives, 4 never does: a full sync answer up to 6 settles it.
-        st.advance(5);
+        st.arrived_live(5);
         st.settle(6);
         assert_eq!(st.cursor, 6);
         assert!(!st.has_gap());
-        let mut b = Bits::default();
-        b.set(130);
-        assert!(b.get(130) && !b.get(129));
+        assert!(!st.seen(4));
+    }
+
+    /// Memory flatness: a device receiving many messages in order (and a few
+    /// by sync after a hole) keeps a handful of ranges, not a record each.
+    #[test]
+    fn records_stay_bounded_after_many_messages() {
+        let mut st = DeviceState::new(1, 0);
+        for seq in 1..=100_000 {
+            if seq % 25_000 == 0 {
+                continue; // a dropped live frame, recovered by a sync below
+            }
+            st.arrived_live(seq);
+        }
+        for seq in (25_000..=100_000).step_by(25_000) {
+            st.arrived_by_sync(seq);
+        }
+        assert_eq!(st.cursor, 100_000);
+        assert!(st.live.ranges() <= 5, "{} live ranges", st.live.ranges());
+        assert!(st.synced.ranges() <= 4);
+        assert!(st.heap_bytes() < 1024, "{} bytes", st.heap_bytes());
+    }
+
+    #[test]
+    fn acks_find_their_send_without_a_scan() {
+        let mut st = DeviceState::new(1, 0);
+        for _ in 0..5 {
+            let req = st.req();
+            st.pending.push_back(Pending {
+                req,
+                job: SendJob {
+                    sched_us: 0,
+                    to: crate::engine::command::To::User(1),
+                    len: 1,
+                    n: req as u64,
+                },
+                actual_us: 0,
+            });
+        }
+        let reqs: Vec<i64> = st.pending.iter().map(|p| p.req).collect();
+        assert_eq!(st.take_pending(reqs[2]).unwrap().req, reqs[2]);
+        assert_eq!(st.take_pending(reqs[0]).unwrap().req, reqs[0]);
+        assert!(st.take_pending(reqs[0]).is_none());
+        assert_eq!(st.pending.len(), 3);
     }
 }

@@ -3,12 +3,17 @@
 //!
 //! Layers, lowest first (a module imports only from the ones above it):
 //! - [`command`]: what the scheduler asks of a device; `client_msg_id` encoding.
+//! - [`ranges`]: seq sets as ranges (what keeps a device's records bounded).
+//! - [`frame`]: a borrowed view of server frames, only the fields used.
 //! - [`recorder`]: worker-local latency histograms, counters and errors.
 //! - [`inbox`]: what one device knows (cursor, received seqs, unacked sends).
+//! - [`ledger`]: acked messages, streamed to a file for the audit.
+//! - [`source`]: loopback source addresses; descriptor and port exhaustion.
 //! - [`sim`]: the shared state: population, one control slot per device, the
-//!   recorder, the acked-message ledger.
+//!   recorder, the ledger.
 //! - [`device`]: one simulated device (a tokio task over one WebSocket at a time).
 //! - [`history`]: history page reads over HTTP, bounded in flight.
+//! - [`clock`]: the generator's own clock thread (precise wake-ups).
 //! - [`schedule`]: phases, the online ramp, Poisson sends, drops and reads.
 //! - [`audit`]: the end-of-run check of every (message, member device) pair.
 //! - [`progress`]: live progress on stderr, memory and CPU sampling.
@@ -16,15 +21,21 @@
 //! [`simulate`] runs them for one process: the phases, the drain, the audit.
 
 pub mod audit;
+pub mod clock;
 pub mod command;
 pub mod device;
+pub mod frame;
 pub mod history;
 pub mod inbox;
+pub mod ledger;
 pub mod progress;
+pub mod ranges;
 pub mod recorder;
 pub mod schedule;
 pub mod sim;
+pub mod source;
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,38 +47,64 @@ use crate::population::Population;
 use crate::scenario::{Phase, Scenario};
 use history::{Endpoint, Reader};
 use progress::{Progress, ServerMemory};
-use recorder::{Clock, Metric, Recorder};
-use schedule::Scheduler;
-use sim::{lock, Sim};
+use recorder::{Clock, Recorder};
+use schedule::{Owned, Scheduler};
+use sim::{lock, Sim, SimConfig};
+use source::Sources;
 
-/// Runs the phases with the users in `owned`, drains, stops the devices and
-/// audits: everything one worker measures. `server`: where its memory is read
-/// and where history is read from. `show`: print live progress.
+/// How one process takes part in a run.
+pub struct Part {
+    /// Which users this process drives, by user index (every user in a single
+    /// process; `|u| u % N == I` for worker I of N). The schedule is drawn
+    /// globally whatever the split ([`schedule`]).
+    pub owned: Owned,
+    /// Its run directory: the ledger of acked messages goes there.
+    pub dir: PathBuf,
+    /// The other processes' run directories, whose ledgers the audit reads
+    /// once they are complete (workers of one run); empty alone.
+    pub peers: Vec<PathBuf>,
+}
+
+/// How long a worker waits for the other workers' ledgers before auditing.
+const PEER_WAIT: Duration = Duration::from_secs(120);
+
+/// Runs the phases, drains, stops the devices and audits: everything one
+/// process measures. `memory`: where the server's memory is read;
+/// `endpoint`: where history is read from. `show`: print live progress.
 #[allow(clippy::too_many_arguments)] // one call site per mode; a struct would only rename them
 pub async fn simulate(
     scenario: &Scenario,
     pop: Population,
-    seed: u64,
-    owned: Vec<u32>,
+    part: Part,
     phases: &[Phase],
     (memory, endpoint): (ServerMemory, Endpoint),
     show: bool,
     stop: &CancellationToken,
 ) -> Outcome {
-    let concurrency = scenario.generator.provision_concurrency;
-    let mut outcome = Outcome::new(
-        &scenario.name,
-        scenario.generator.max_lag.as_secs_f64() * 1000.0,
-    );
+    let g = &scenario.generator;
+    let concurrency = g.provision_concurrency;
+    let mut outcome = Outcome::new(&scenario.name, g.max_lag.as_secs_f64() * 1000.0);
     let clock = Clock::new();
-    let mine: std::collections::HashSet<u32> = owned.iter().copied().collect();
+    let devices = pop.devices.len();
     let sim = Sim::new(
         pop,
-        Recorder::new(clock, scenario.generator.interval),
-        scenario.behavior.clone(),
-        scenario.generator.connect_timeout,
-        seed,
+        Recorder::new(clock, g.interval),
+        SimConfig {
+            behavior: scenario.behavior.clone(),
+            connect_timeout: g.connect_timeout,
+            seed: scenario.seed,
+            sources: Vec::new(),
+        },
+        &part.dir,
     );
+    let sim = sim.with_sources(|target| {
+        Sources::choose(
+            target,
+            &g.source_addresses,
+            devices,
+            g.connections_per_source,
+        )
+    });
     let progress = Arc::new(Progress {
         phase: AtomicUsize::new(0),
         names: phases.iter().map(|p| p.name.clone()).collect(),
@@ -85,29 +122,51 @@ pub async fn simulate(
     let cpu_before = progress::self_cpu_seconds();
     outcome.started_at_ms = clock.now_us() / 1000;
     let started = Instant::now();
-    let mut scheduler =
-        Scheduler::new(sim.clone(), owned).with_reader(Reader::new(sim.clone(), endpoint));
-    for (i, phase) in phases.iter().enumerate() {
-        progress.phase.store(i, Relaxed);
-        let done = scheduler.run_phase(phase, stop).await;
-        outcome.phases.push(done);
-        if stop.is_cancelled() {
-            break;
+    let owned: Arc<Owned> = Arc::new(part.owned);
+    let scheduler = Scheduler::new(sim.clone(), {
+        let owned = owned.clone();
+        Box::new(move |u| owned(u))
+    })
+    .with_reader(Reader::new(sim.clone(), endpoint));
+    // The schedule runs on the clock thread; the runtime keeps the devices.
+    let phase_list = phases.to_vec();
+    let (progress2, stop2) = (progress.clone(), stop.clone());
+    let done = clock::spawn(stop.clone(), move |mode, timer| {
+        let mut scheduler = scheduler;
+        let mut out = Vec::new();
+        for (i, phase) in phase_list.iter().enumerate() {
+            progress2.phase.store(i, Relaxed);
+            out.push(scheduler.run_phase(phase, &stop2, timer));
+            if stop2.is_cancelled() {
+                break;
+            }
         }
+        (out, mode)
+    });
+    match done.await {
+        Ok((phases, mode)) => {
+            outcome.phases = phases;
+            if let clock::ClockMode::Normal(why) = &mode {
+                tracing::warn!("the clock thread is a normal thread: {why}");
+            }
+            outcome.generator.clock = Some(mode.describe());
+        }
+        Err(_) => tracing::error!("the clock thread ended without its phases"),
     }
     outcome.duration_s = started.elapsed().as_secs_f64();
     // Drain: no new sends; in-flight acks and deliveries arrive.
     tokio::select! {
         _ = stop.cancelled() => {}
-        _ = tokio::time::sleep(scenario.generator.drain) => {}
+        _ = tokio::time::sleep(g.drain) => {}
     }
     sim.ending.store(true, Relaxed);
+    let connected_at_end: Vec<bool> = (0..devices as u32).map(|d| sim.is_connected(d)).collect();
     sim.stop_all.cancel();
     sim.tasks.close();
-    if tokio::time::timeout(Duration::from_secs(15), sim.tasks.wait())
+    let unstopped = tokio::time::timeout(Duration::from_secs(15), sim.tasks.wait())
         .await
-        .is_err()
-    {
+        .is_err();
+    if unstopped {
         tracing::warn!("some devices did not stop within 15s");
         sim.rec.error("device_stop_timeout");
     }
@@ -115,16 +174,38 @@ pub async fn simulate(
     progress_done.cancel();
     let _ = progress_task.await;
     outcome.memory = std::mem::take(&mut *lock(&progress.samples));
+    device::account_memory(
+        &sim,
+        &connected_at_end,
+        &mut outcome.generator.device_memory,
+    );
 
     // Fan-out: scheduled send -> the last member device that got it live.
-    for (_, (sched, last)) in std::mem::take(&mut *lock(&sim.fanout)) {
-        sim.rec.record(Metric::FANOUT, last.saturating_sub(sched));
-    }
+    sim.flush_fanout(None);
     if show {
         eprintln!("auditing: reading the inbox of every member");
     }
     let audit_started = Instant::now();
-    outcome.audit = audit::audit(&sim, concurrency, |u| mine.contains(&u)).await;
+    let own = sim.ledger.finish().map(|p| p.to_path_buf());
+    let peers = wait_for_peers(&part.peers).await;
+    let inputs = audit::Inputs {
+        own,
+        peers: peers.iter().map(|d| d.join(ledger::FILE)).collect(),
+        connected_at_end,
+        unstopped,
+    };
+    outcome.audit = audit::audit(&sim, concurrency, |u| owned(u), inputs).await;
+    for p in peers.len()..part.peers.len() {
+        outcome.audit.incomplete(format!(
+            "the ledger of {} did not appear within {PEER_WAIT:?}",
+            part.peers[p].display()
+        ));
+    }
+    // The ledger served its purpose; it is as large as the run is long. (The
+    // other workers may still be reading a worker's: their parent removes it.)
+    if part.peers.is_empty() {
+        let _ = std::fs::remove_file(part.dir.join(ledger::FILE));
+    }
     tracing::info!(
         seconds = audit_started.elapsed().as_secs_f64(),
         "audit done"
@@ -132,4 +213,21 @@ pub async fn simulate(
     sim.rec.drain_into(&mut outcome);
     outcome.generator.peak_rss_bytes = progress::self_peak_rss();
     outcome
+}
+
+/// Waits (bounded) until every peer has marked its ledger complete; returns
+/// those that did, in order, stopping at the first that did not.
+async fn wait_for_peers(peers: &[PathBuf]) -> Vec<PathBuf> {
+    let deadline = tokio::time::Instant::now() + PEER_WAIT;
+    let mut ready = Vec::new();
+    for p in peers {
+        while !p.join(ledger::DONE).exists() {
+            if tokio::time::Instant::now() >= deadline {
+                return ready;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        ready.push(p.clone());
+    }
+    ready
 }

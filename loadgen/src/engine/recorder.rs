@@ -96,6 +96,8 @@ pub struct Recorder {
     interval_ms: u64,
     series: Vec<Mutex<Series>>,
     lag: Mutex<Histogram<u64>>,
+    send_delay: Mutex<Histogram<u64>>,
+    exhausted: Mutex<Option<String>>,
     errors: Mutex<BTreeMap<String, u64>>,
     pub counters: AtomicCounters,
     /// Devices connected right now, and the most at once.
@@ -121,6 +123,8 @@ impl Recorder {
                 })
                 .collect(),
             lag: Mutex::new(new_histogram()),
+            send_delay: Mutex::new(new_histogram()),
+            exhausted: Mutex::new(None),
             errors: Mutex::new(BTreeMap::new()),
             counters: AtomicCounters::default(),
             connected: AtomicU64::new(0),
@@ -146,6 +150,31 @@ impl Recorder {
         // Clamped to the totals' range (1 µs to 1 h) so every interval adds into them.
         // `record`, not `saturating_record`: the latter clamps instead of growing.
         let _ = s.current.record(micros.clamp(1, 3_600_000_000));
+    }
+
+    /// Records a latency from `from_us` to `now_us` (Unix µs). A receipt
+    /// stamped before its cause (two processes' clocks apart) is counted in
+    /// `negative_latency`, not clamped into the histogram.
+    pub fn latency(&self, metric: Metric, now_us: u64, from_us: u64) {
+        match now_us.checked_sub(from_us) {
+            Some(d) => self.record(metric, d),
+            None => inc(&self.counters.negative_latency),
+        }
+    }
+
+    /// Records one send's lateness: written at `actual_us`, scheduled at `sched_us`.
+    pub fn record_send_delay(&self, actual_us: u64, sched_us: u64) {
+        let mut h = self.send_delay.lock().unwrap_or_else(|e| e.into_inner());
+        h.saturating_record(actual_us.saturating_sub(sched_us).max(1));
+    }
+
+    /// The generator ran out of descriptors or ports (`why` says which and
+    /// what to change): the run is generator-limited.
+    pub fn exhausted(&self, why: String) {
+        self.exhausted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(why);
     }
 
     /// Records how late the generator ran a piece of scheduled work.
@@ -217,6 +246,19 @@ impl Recorder {
             new_histogram(),
         );
         let _ = outcome.generator.lag.add(&lag);
+        let delay = std::mem::replace(
+            &mut *self.send_delay.lock().unwrap_or_else(|e| e.into_inner()),
+            new_histogram(),
+        );
+        let _ = outcome.generator.send_delay.add(&delay);
+        if let Some(why) = self
+            .exhausted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            outcome.generator.exhausted.get_or_insert(why);
+        }
         outcome.counters.merge(&self.counters.snapshot());
         for (code, n) in std::mem::take(&mut *self.errors.lock().unwrap_or_else(|e| e.into_inner()))
         {

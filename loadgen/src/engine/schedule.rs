@@ -1,13 +1,24 @@
 //! The open-model schedule: phases, the online ramp, sends, disconnects and
-//! history reads.
+//! history reads, run on the generator's own clock thread ([`crate::engine::clock`]).
 //!
-//! Sends, abrupt disconnects and history reads ([`crate::history`]) are Poisson arrivals (exponential gaps drawn
-//! from a seeded RNG), fixed in advance of anything the server does: the
-//! scheduler never waits for an answer, so a stalled server shows up as
-//! latency (measured from each send's *scheduled* time) and never as fewer
-//! sends. When the scheduler itself wakes late it issues every arrival it
-//! missed at once, and records how late it was as generator lag; that is the
-//! number that tells a saturated generator apart from a slow server.
+//! Sends, abrupt disconnects and history reads ([`crate::engine::history`]) are
+//! Poisson arrivals (exponential gaps drawn from a seeded RNG), fixed in
+//! advance of anything the server does: the scheduler never waits for an
+//! answer, so a stalled server shows up as latency (measured from each send's
+//! *scheduled* time) and never as fewer sends. When the scheduler wakes late
+//! it issues every arrival it missed at once; every send's lateness (written
+//! minus scheduled) is recorded as `send_delay`, the number that tells a
+//! saturated generator apart from a slow server.
+//!
+//! **One schedule, however the users are split.** Every process draws the
+//! same global streams from the seed: the ramp (which users are online), each
+//! arrival's time, its sender user and recipient, text length and send number.
+//! Each process then keeps only the events of the users it owns (`owned`, a
+//! predicate on the user index: every user in a single process; `i % N == I`
+//! for worker I of N). N processes together issue exactly the sends, drops and
+//! reads one process would; only the choice among a user's own devices (a
+//! connected one first) is local. Arrivals drawn while nobody is online are
+//! not scheduled (counted as `sends_before_online`).
 //!
 //! The number of online users follows a linear ramp from the previous phase's
 //! `online` to this one's. Users come online in an order drawn from the seed
@@ -25,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use reference_server::protocol::ChannelId;
 
+use crate::engine::clock::Timer;
 use crate::engine::command::{Cmd, SendJob, To};
 use crate::engine::device;
 use crate::engine::history::{Read, Reader};
@@ -33,25 +45,30 @@ use crate::engine::sim::Sim;
 use crate::outcome::PhaseOutcome;
 use crate::scenario::{Behavior, Phase};
 
-/// Online users tried when looking for a sender with a connected device.
-const PICK_TRIES: usize = 8;
 /// How often the ramp is re-evaluated when nothing else is due.
 const TICK: Duration = Duration::from_millis(20);
 
-/// Who is online, and the RNGs of the schedule.
+/// Which users this process drives, by user index.
+pub type Owned = Box<dyn Fn(u32) -> bool + Send + Sync>;
+
+/// Who is online (globally), and the RNGs of the schedule.
 pub struct Scheduler {
     sim: Arc<Sim>,
+    owned: Owned,
     online: Vec<u32>,
     offline: Vec<u32>,
-    /// Drives sends and drops: separate from the ramp's RNG, so the arrival
-    /// times depend on the seed and the rates only.
+    /// The ramp's order and who goes offline.
+    ramp: StdRng,
+    /// Send times, and each send's sender, recipient and length: separate
+    /// streams, so the arrival times depend on the seed and the rate only.
     arrivals: StdRng,
-    drops: StdRng,
     picks: StdRng,
+    drops: StdRng,
     /// History reads: their own arrivals and picks, so adding reads to a
     /// scenario leaves its sends and drops where they were.
     reads: StdRng,
     reader: Option<Reader>,
+    /// Global send number: the same in every process for the same arrival.
     next_n: u64,
 }
 
@@ -68,21 +85,23 @@ pub fn text_len(rng: &mut StdRng, b: &Behavior) -> u32 {
 }
 
 impl Scheduler {
-    /// A scheduler driving the users in `owned` (all of them in a single
-    /// process; one worker's share otherwise).
-    pub fn new(sim: Arc<Sim>, owned: Vec<u32>) -> Self {
-        let mut picks = StdRng::seed_from_u64(sim.seed ^ 0x7069_636b);
-        let mut offline = owned;
-        offline.shuffle(&mut picks);
+    /// A scheduler over the whole population that drives the users `owned`
+    /// accepts (`|_| true` in a single process).
+    pub fn new(sim: Arc<Sim>, owned: Owned) -> Self {
+        let mut ramp = StdRng::seed_from_u64(sim.seed ^ 0x7069_636b);
+        let mut offline: Vec<u32> = (0..sim.pop.users.len() as u32).collect();
+        offline.shuffle(&mut ramp);
         // Popping from the end: reverse so the drawn order is kept.
         offline.reverse();
         Scheduler {
             arrivals: StdRng::seed_from_u64(sim.seed ^ 0x6172_7269_7661_6c73),
+            picks: StdRng::seed_from_u64(sim.seed ^ 0x7365_6e64),
             drops: StdRng::seed_from_u64(sim.seed ^ 0x6472_6f70),
-            picks,
             reads: StdRng::seed_from_u64(sim.seed ^ 0x0068_6973_746f_7279),
+            ramp,
             reader: None,
             sim,
+            owned,
             online: Vec::new(),
             offline,
             next_n: 0,
@@ -99,10 +118,17 @@ impl Scheduler {
         self.online.len()
     }
 
+    /// Counts an event no user owns once, in the process owning user 0.
+    fn count_unowned(&self) -> bool {
+        (self.owned)(0)
+    }
+
     fn bring_online(&mut self) {
         if let Some(u) = self.offline.pop() {
-            for &d in &self.sim.pop.users[u as usize].devices {
-                device::start(&self.sim, d);
+            if (self.owned)(u) {
+                for &d in &self.sim.pop.users[u as usize].devices {
+                    device::start(&self.sim, d);
+                }
             }
             self.online.push(u);
         }
@@ -112,75 +138,85 @@ impl Scheduler {
         if self.online.is_empty() {
             return;
         }
-        let i = self.picks.random_range(0..self.online.len());
+        let i = self.ramp.random_range(0..self.online.len());
         let u = self.online.swap_remove(i);
-        for &d in &self.sim.pop.users[u as usize].devices {
-            self.sim.stop_device(d);
+        if (self.owned)(u) {
+            for &d in &self.sim.pop.users[u as usize].devices {
+                self.sim.stop_device(d);
+            }
         }
-        let at = self.picks.random_range(0..=self.offline.len());
-        self.offline.insert(at, u);
+        // Back among the offline at a random place, in O(1): it swaps with
+        // the user there, who moves to the end (next to come online).
+        self.offline.push(u);
+        let last = self.offline.len() - 1;
+        let j = self.ramp.random_range(0..=last);
+        self.offline.swap(j, last);
     }
 
-    /// A device of a random online user: a connected one if it has any.
-    /// A connected device of a random online user. A user whose devices are all
-    /// between a drop and their reconnect is passed over (a few tries), so a send
-    /// waits for a reconnect only when almost nobody is connected: what it
-    /// measures is the server, not the scenario's own reconnect delay.
-    fn pick_device(&mut self) -> Option<(u32, u32)> {
-        if self.online.is_empty() {
-            return None;
-        }
-        let mut fallback = None;
-        for _ in 0..PICK_TRIES {
-            let u = self.online[self.picks.random_range(0..self.online.len())];
-            let devices = &self.sim.pop.users[u as usize].devices;
-            let connected: Vec<u32> = devices
-                .iter()
-                .copied()
-                .filter(|&d| self.sim.is_connected(d))
-                .collect();
-            if !connected.is_empty() {
-                return Some((u, connected[self.picks.random_range(0..connected.len())]));
-            }
-            fallback.get_or_insert((u, devices[self.picks.random_range(0..devices.len())]));
-        }
-        fallback
+    /// A device of user `u` for a send or a drop: a connected one if it has any,
+    /// starting from the drawn one.
+    fn device_of(&self, u: u32, drawn: u32) -> u32 {
+        let devices = &self.sim.pop.users[u as usize].devices;
+        let start = drawn as usize % devices.len();
+        (0..devices.len())
+            .map(|k| devices[(start + k) % devices.len()])
+            .find(|&d| self.sim.is_connected(d))
+            .unwrap_or(devices[start])
     }
 
     fn issue_send(&mut self, sched: Instant) {
+        self.next_n += 1;
         let sim = self.sim.clone();
-        inc(&sim.rec.counters.messages_scheduled);
-        let Some((u, d)) = self.pick_device() else {
-            sim.rec.error("no_sender_online");
+        if self.online.is_empty() {
+            if self.count_unowned() {
+                inc(&sim.rec.counters.sends_before_online);
+            }
             return;
-        };
+        }
+        // Every draw happens whoever owns the sender: the streams stay the
+        // same in every process.
+        let u = self.online[self.picks.random_range(0..self.online.len())];
+        let drawn_device: u32 = self.picks.random();
+        let group_roll: f64 = self.picks.random();
+        let index: u32 = self.picks.random();
+        let len = text_len(&mut self.picks, &sim.behavior);
+        if !(self.owned)(u) {
+            return;
+        }
+        inc(&sim.rec.counters.messages_scheduled);
         let user = &sim.pop.users[u as usize];
         let to_group = !user.groups.is_empty()
-            && (user.friends.is_empty() || self.picks.random_bool(sim.behavior.group_share));
+            && (user.friends.is_empty() || group_roll < sim.behavior.group_share);
         let to = if to_group {
-            To::Group(user.groups[self.picks.random_range(0..user.groups.len())])
+            To::Group(user.groups[index as usize % user.groups.len()])
         } else if !user.friends.is_empty() {
-            To::User(user.friends[self.picks.random_range(0..user.friends.len())])
+            To::User(user.friends[index as usize % user.friends.len()])
         } else {
             sim.rec.error("no_recipient");
             return;
         };
-        self.next_n += 1;
+        let d = self.device_of(u, drawn_device);
         let job = SendJob {
             sched_us: sim.rec.clock.unix_us(sched),
             to,
-            len: text_len(&mut self.picks, &sim.behavior),
+            len,
             n: self.next_n,
         };
         if !sim.command(d, Cmd::Send(job)) {
-            sim.rec.error("send_queue_full");
+            sim.refused.fetch_add(1, Relaxed);
         }
     }
 
     fn issue_drop(&mut self) {
-        let Some((_, d)) = self.pick_device() else {
+        if self.online.is_empty() {
             return;
-        };
+        }
+        let u = self.online[self.drops.random_range(0..self.online.len())];
+        let drawn: u32 = self.drops.random();
+        if !(self.owned)(u) {
+            return;
+        }
+        let d = self.device_of(u, drawn);
         if self.sim.is_connected(d) {
             self.sim.command(d, Cmd::Drop);
         }
@@ -189,40 +225,61 @@ impl Scheduler {
     /// A random online user reads a page of one of its channels.
     fn issue_read(&mut self, sched: Instant) {
         let sim = self.sim.clone();
+        if self.online.is_empty() {
+            if self.count_unowned() {
+                inc(&sim.rec.counters.history_scheduled);
+                sim.rec.error("history_no_reader_online");
+            }
+            return;
+        }
+        let rng = &mut self.reads;
+        let u = self.online[rng.random_range(0..self.online.len())];
+        let group_roll: f64 = rng.random();
+        let index: u32 = rng.random();
+        let device: u32 = rng.random();
+        let cold = rng.random_bool(0.5);
+        let pick: u64 = rng.random();
+        if !(self.owned)(u) {
+            return;
+        }
         inc(&sim.rec.counters.history_scheduled);
-        let (Some(reader), false) = (&self.reader, self.online.is_empty()) else {
+        let Some(reader) = &self.reader else {
             sim.rec.error("history_no_reader_online");
             return;
         };
-        let rng = &mut self.reads;
-        let u = self.online[rng.random_range(0..self.online.len())];
         let user = &sim.pop.users[u as usize];
         // Where people talk is where they read: a group as often as sends go
         // to groups (`group_share`), a dm with a friend otherwise.
         let to_group = !user.groups.is_empty()
-            && (user.friends.is_empty() || rng.random_bool(sim.behavior.group_share));
+            && (user.friends.is_empty() || group_roll < sim.behavior.group_share);
         let channel = if to_group {
-            let g = user.groups[rng.random_range(0..user.groups.len())];
+            let g = user.groups[index as usize % user.groups.len()];
             sim.pop.groups[g as usize].channel.clone()
         } else if !user.friends.is_empty() {
-            let f = user.friends[rng.random_range(0..user.friends.len())];
+            let f = user.friends[index as usize % user.friends.len()];
             ChannelId::direct(user.id, sim.pop.users[f as usize].id).to_string()
         } else {
             sim.rec.error("history_no_channel");
             return;
         };
-        let d = user.devices[rng.random_range(0..user.devices.len())];
+        let d = user.devices[device as usize % user.devices.len()];
         reader.issue(Read {
             sched,
             channel,
             token: sim.pop.devices[d as usize].token.clone(),
-            cold: rng.random_bool(0.5),
-            pick: rng.random(),
+            cold,
+            pick,
         });
     }
 
-    /// Runs one phase to its end (or until `cancel`); returns what it did.
-    pub async fn run_phase(&mut self, phase: &Phase, cancel: &CancellationToken) -> PhaseOutcome {
+    /// Runs one phase to its end (or until `cancel`) on the calling thread,
+    /// sleeping on `timer` between arrivals; returns what it did.
+    pub fn run_phase(
+        &mut self,
+        phase: &Phase,
+        cancel: &CancellationToken,
+        timer: &mut Timer,
+    ) -> PhaseOutcome {
         let sim = self.sim.clone();
         let rec = &sim.rec;
         let sent_before = rec.counters.messages_scheduled.load(Relaxed);
@@ -252,9 +309,10 @@ impl Scheduler {
                 self.take_offline();
             }
             // Every arrival due by now goes out now, however late we are.
-            while let Some(at) = next_send.filter(|&at| at <= now && at < end) {
+            while let Some(at) = next_send.filter(|&at| at <= Instant::now() && at < end) {
                 self.issue_send(at);
                 next_send = Some(at + exp_gap(&mut self.arrivals, phase.message_rate));
+                timer.worked();
             }
             while let Some(at) = next_drop.filter(|&at| at <= now && at < end) {
                 self.issue_drop();
@@ -264,6 +322,7 @@ impl Scheduler {
                 self.issue_read(at);
                 next_read = Some(at + exp_gap(&mut self.reads, phase.history_rate));
             }
+            let now = Instant::now();
             if now >= end || cancel.is_cancelled() {
                 break;
             }
@@ -273,10 +332,7 @@ impl Scheduler {
                 .filter(|&t| t <= end)
                 .min()
                 .unwrap_or(end);
-            tokio::select! {
-                _ = cancel.cancelled() => {}
-                _ = tokio::time::sleep_until(wake.into()) => {}
-            }
+            timer.sleep_until(wake, cancel);
         }
         PhaseOutcome {
             name: phase.name.clone(),

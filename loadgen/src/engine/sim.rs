@@ -1,6 +1,7 @@
 //! The simulation's shared state: the population, one control slot per
-//! device, the recorder, and the ledger of acknowledged messages the audit
-//! checks against.
+//! device, the recorder, the ledger of acknowledged messages the audit checks
+//! against, and what the devices observe live (fan-out arrivals, duplicates,
+//! reorders).
 //!
 //! The scheduler talks to a device through its [`Slot`]: a small command queue
 //! (a `VecDeque` behind a mutex plus a `Notify`: nothing allocated while idle,
@@ -10,16 +11,21 @@
 //! it received.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::engine::command::{Cmd, To};
+use crate::engine::command::Cmd;
 use crate::engine::inbox::DeviceState;
-use crate::engine::recorder::Recorder;
+use crate::engine::ledger::Ledger;
+use crate::engine::recorder::{Metric, Recorder};
+use crate::engine::source::Sources;
 use crate::outcome::{Audit, AuditExample};
 use crate::population::Population;
 use crate::scenario::Behavior;
@@ -49,30 +55,37 @@ pub struct Slot {
 }
 
 /// Most commands a device may have queued; past it a send is refused and
-/// counted (`send_queue_full`) rather than queued without bound.
+/// counted (the audit's `refused`) rather than queued without bound.
 pub const MAX_QUEUED: usize = 10_000;
 
-/// An acknowledged message, for the audit.
-#[derive(Debug, Clone)]
-pub struct Acked {
-    pub channel: u64,
-    pub id: u64,
-    /// The sending device (index into the population's devices).
-    pub device: u32,
-    pub to: To,
-}
+/// How long a group message's fan-out is followed: its entry leaves the map
+/// (and becomes a `fanout_latency` sample) this long after its scheduled time,
+/// so the map holds a window of messages, not the whole run.
+pub const FANOUT_HORIZON: Duration = Duration::from_secs(30);
 
 /// Fan-out bookkeeping of one group message: scheduled time, last live arrival.
 pub type FanoutMap = HashMap<(u64, u64), (u64, u64)>;
+
+/// Where the devices connect: the WebSocket URL login handed out, resolved.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `ws://HOST:PORT/PATH`, as login gave it.
+    pub url: String,
+    /// Its address, resolved once.
+    pub addr: SocketAddr,
+}
 
 pub struct Sim {
     pub pop: Population,
     pub slots: Vec<Slot>,
     pub rec: Recorder,
     pub behavior: Behavior,
-    pub connect_timeout: std::time::Duration,
+    pub connect_timeout: Duration,
     pub seed: u64,
-    pub ledger: Mutex<Vec<Acked>>,
+    pub ws: Endpoint,
+    /// Local addresses the devices' connections come from.
+    pub sources: Sources,
+    pub ledger: Ledger,
     pub fanout: Mutex<FanoutMap>,
     /// Live findings (duplicates and reorders seen on the wire), with examples.
     pub findings: Mutex<Audit>,
@@ -81,31 +94,54 @@ pub struct Sim {
     pub tasks: TaskTracker,
     /// Set while the scheduler ends the run: devices stop reconnecting.
     pub ending: AtomicBool,
+    /// Sends refused because a device's queue was full.
+    pub refused: AtomicU64,
+}
+
+/// What a [`Sim`] is made of besides the population and the recorder.
+pub struct SimConfig {
+    pub behavior: Behavior,
+    pub connect_timeout: Duration,
+    pub seed: u64,
+    /// Source addresses; empty: chosen with [`Sim::with_sources`] or the kernel's.
+    pub sources: Vec<std::net::IpAddr>,
 }
 
 impl Sim {
-    pub fn new(
-        pop: Population,
-        rec: Recorder,
-        behavior: Behavior,
-        connect_timeout: std::time::Duration,
-        seed: u64,
-    ) -> Arc<Sim> {
+    /// A simulation whose ledger goes to `dir/ledger.bin`.
+    pub fn new(pop: Population, rec: Recorder, cfg: SimConfig, dir: &Path) -> Arc<Sim> {
         let slots = (0..pop.devices.len()).map(|_| Slot::default()).collect();
+        let ws = resolve(&pop.ws_url);
         Arc::new(Sim {
             pop,
             slots,
             rec,
-            behavior,
-            connect_timeout,
-            seed,
-            ledger: Mutex::new(Vec::new()),
+            behavior: cfg.behavior,
+            connect_timeout: cfg.connect_timeout,
+            seed: cfg.seed,
+            ws,
+            sources: Sources { addrs: cfg.sources },
+            ledger: Ledger::create(dir),
             fanout: Mutex::new(HashMap::new()),
             findings: Mutex::new(Audit::default()),
             stop_all: CancellationToken::new(),
             tasks: TaskTracker::new(),
             ending: AtomicBool::new(false),
+            refused: AtomicU64::new(0),
         })
+    }
+
+    /// Chooses the source addresses from the resolved target address (before
+    /// any device runs).
+    pub fn with_sources(
+        mut self: Arc<Self>,
+        choose: impl FnOnce(SocketAddr) -> Sources,
+    ) -> Arc<Self> {
+        let target = self.ws.addr;
+        if let Some(me) = Arc::get_mut(&mut self) {
+            me.sources = choose(target);
+        }
+        self
     }
 
     /// Asks a device to go offline (close cleanly, park its state).
@@ -150,5 +186,58 @@ impl Sim {
 
     pub fn is_connected(&self, d: u32) -> bool {
         self.slots[d as usize].connected.load(Relaxed)
+    }
+
+    /// A group message reached a member device live at `now_us`.
+    pub fn fanout_arrival(&self, key: (u64, u64), sched_us: u64, now_us: u64) {
+        let mut f = lock(&self.fanout);
+        let e = f.entry(key).or_insert((sched_us, now_us));
+        e.1 = e.1.max(now_us);
+    }
+
+    /// Moves the fan-out of messages scheduled before `before_us` (every one
+    /// with `None`) into `fanout_latency`.
+    pub fn flush_fanout(&self, before_us: Option<u64>) {
+        let done: Vec<(u64, u64)> = {
+            let mut f = lock(&self.fanout);
+            match before_us {
+                None => f.drain().map(|(_, v)| v).collect(),
+                Some(t) => {
+                    let mut out = Vec::new();
+                    f.retain(|_, v| {
+                        let keep = v.0 >= t;
+                        if !keep {
+                            out.push(*v);
+                        }
+                        keep
+                    });
+                    out
+                }
+            }
+        };
+        for (sched, last) in done {
+            self.rec.latency(Metric::FANOUT, last, sched);
+        }
+    }
+}
+
+/// `ws://HOST:PORT/PATH` -> its socket address (the first the name resolves
+/// to); an unresolvable URL gives an address nothing listens on, so the
+/// devices' connects fail and say so.
+fn resolve(url: &str) -> Endpoint {
+    use std::net::ToSocketAddrs;
+    let rest = url
+        .strip_prefix("ws://")
+        .or_else(|| url.strip_prefix("wss://"))
+        .unwrap_or(url);
+    let host_port = rest.split('/').next().unwrap_or("");
+    let addr = host_port
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9)));
+    Endpoint {
+        url: url.to_string(),
+        addr,
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
 use hdrhistogram::serialization::V2DeflateSerializer;
 
-use super::merge::GENERATOR_LAG_LOG;
+use super::merge::{GENERATOR_LAG_LOG, SEND_DELAY_LOG};
 use crate::error::LoadgenError;
 use crate::outcome::{Interval, Outcome, LATENCY_METRICS};
 
@@ -26,10 +26,10 @@ const LEGEND: &str =
 /// histogram becomes a single interval spanning the run, so no file that has
 /// data is empty.
 pub fn render(metric: &str, outcome: &Outcome) -> Result<Vec<u8>, String> {
-    let total = if metric == GENERATOR_LAG_LOG {
-        Some(&outcome.generator.lag)
-    } else {
-        outcome.histograms.get(metric)
+    let total = match metric {
+        GENERATOR_LAG_LOG => Some(&outcome.generator.lag),
+        SEND_DELAY_LOG => Some(&outcome.generator.send_delay),
+        _ => outcome.histograms.get(metric),
     };
     let intervals: Vec<Interval> = match outcome.intervals.get(metric) {
         Some(list) if !list.is_empty() => list.clone(),
@@ -88,13 +88,14 @@ pub fn render(metric: &str, outcome: &Outcome) -> Result<Vec<u8>, String> {
 }
 
 /// Writes `NAME.hlog` into `dir` for every name of [`LATENCY_METRICS`], and
-/// `generator_lag.hlog` (how late the generator ran scheduled work, one
-/// interval), which `loadgen merge` needs to judge a merged run's generator.
+/// `generator_lag.hlog` and `send_delay.hlog` (how late the generator's timers
+/// ran and its sends went out, one interval each), which `loadgen merge` needs
+/// to judge a merged run's generator.
 pub fn write_all(outcome: &Outcome, dir: &Path) -> Result<(), LoadgenError> {
     let names = LATENCY_METRICS
         .iter()
         .map(|(n, _)| *n)
-        .chain([GENERATOR_LAG_LOG]);
+        .chain([GENERATOR_LAG_LOG, SEND_DELAY_LOG]);
     for metric in names {
         let path = dir.join(format!("{metric}.hlog"));
         let bytes = render(metric, outcome).map_err(|e| LoadgenError::Io {

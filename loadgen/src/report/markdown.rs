@@ -107,6 +107,17 @@ pub fn render(r: &Report) -> String {
         "{} acked messages checked against {} expected deliveries: **{} lost, {} duplicated, {} reordered**.",
         a.messages_checked, a.deliveries_expected, a.lost, a.duplicated, a.reordered
     );
+    if a.incomplete {
+        let _ = writeln!(
+            s,
+            "\n**Incomplete**: {}. The run cannot pass.",
+            a.incomplete_reason.as_deref().unwrap_or("no reason given")
+        );
+    }
+    let _ = writeln!(s, "\n| finding | count |\n|---|---:|");
+    for (_, label, v) in a.counts.rows() {
+        let _ = writeln!(s, "| {label} | {} |", thousands(v as f64));
+    }
     if !a.examples.is_empty() {
         let _ = writeln!(
             s,
@@ -149,7 +160,23 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(s, "\n## Generator health\n");
     let _ = writeln!(
         s,
-        "- schedule lag p50 {} ms, p99 {} ms, max {} ms (bound {} ms): {}",
+        "- send delay (written minus scheduled) p50 {} ms, p99 {} ms, max {} ms; clock thread: {}",
+        g.send_delay_p50_ms,
+        g.send_delay_p99_ms,
+        g.send_delay_max_ms,
+        g.clock.as_deref().unwrap_or("n/a")
+    );
+    if let Some(why) = &g.limited_reason {
+        let _ = writeln!(s, "- **generator-limited**: {why}");
+    }
+    let _ = writeln!(
+        s,
+        "- memory each connected device's state accounts for: p50 {} bytes, p99 {} bytes, max {} bytes",
+        g.device_memory_p50_bytes, g.device_memory_p99_bytes, g.device_memory_max_bytes
+    );
+    let _ = writeln!(
+        s,
+        "- timer lag (scheduler wake-ups, heartbeat timers) p50 {} ms, p99 {} ms, max {} ms (bound on send delay {} ms): {}",
         g.lag_p50_ms,
         g.lag_p99_ms,
         g.lag_max_ms,

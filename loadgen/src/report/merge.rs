@@ -27,6 +27,8 @@ use crate::thresholds::Thresholds;
 
 /// The interval log of the generator's schedule lag, beside the latency logs.
 pub const GENERATOR_LAG_LOG: &str = "generator_lag";
+/// The interval log of every send's lateness (written minus scheduled).
+pub const SEND_DELAY_LOG: &str = "send_delay";
 
 /// The intervals of one `.hlog` file, in file order.
 pub fn read_hlog(path: &Path) -> Result<Vec<Interval>, LoadgenError> {
@@ -61,7 +63,7 @@ pub fn read_hlog(path: &Path) -> Result<Vec<Interval>, LoadgenError> {
 
 /// Latency logs a run directory may lack: metrics added after the first
 /// report version (`history_latency`).
-const OPTIONAL_LOGS: &[&str] = &["history_latency"];
+const OPTIONAL_LOGS: &[&str] = &["history_latency", "recovery_latency"];
 
 /// Rebuilds the outcome a run directory was written from. Every latency
 /// metric's `.hlog` must be there, except those added since the first
@@ -95,6 +97,16 @@ pub fn read_outcome(dir: &Path) -> Result<(Report, Outcome), LoadgenError> {
             let _ = o.generator.lag.add(&iv.histogram);
         }
     }
+    let delay_log = dir.join(format!("{SEND_DELAY_LOG}.hlog"));
+    if delay_log.is_file() {
+        for iv in read_hlog(&delay_log)? {
+            let _ = o.generator.send_delay.add(&iv.histogram);
+        }
+    }
+    o.generator
+        .exhausted
+        .clone_from(&report.generator.exhausted);
+    o.generator.clock.clone_from(&report.generator.clock);
     o.generator.cpu_seconds = report.generator.cpu_seconds;
     o.generator.peak_rss_bytes = report.generator.peak_rss_bytes;
     o.counters = report.counters.clone();

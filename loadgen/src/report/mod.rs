@@ -122,9 +122,34 @@ pub struct GeneratorReport {
     pub lag_p50_ms: f64,
     pub lag_p99_ms: f64,
     pub lag_max_ms: f64,
-    /// The lag p99 past which the run counts as generator-limited.
+    /// Every send's lateness (frame written minus scheduled), ms.
+    #[serde(default)]
+    pub send_delay_p50_ms: f64,
+    #[serde(default)]
+    pub send_delay_p99_ms: f64,
+    #[serde(default)]
+    pub send_delay_max_ms: f64,
+    /// The send delay p99 (timer lag p99 for a run that sent nothing) past
+    /// which the run counts as generator-limited (`[generator] max_lag`).
     pub bound_ms: f64,
     pub limited: bool,
+    /// Why the generator is limited, with what to change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limited_reason: Option<String>,
+    /// The generator ran out of descriptors or ports: which, and what to change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exhausted: Option<String>,
+    /// How the clock thread was scheduled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<String>,
+    /// Bytes each connected device's own state accounts for (p50, p99, max),
+    /// beside the RSS slope `memory_per_connection`.
+    #[serde(default)]
+    pub device_memory_p50_bytes: u64,
+    #[serde(default)]
+    pub device_memory_p99_bytes: u64,
+    #[serde(default)]
+    pub device_memory_max_bytes: u64,
     pub cpu_seconds: f64,
     pub peak_rss_bytes: u64,
     /// Generator RSS per simulated connection (fitted slope), bytes; `null`
@@ -188,8 +213,17 @@ pub fn build(
             measures::quantile_ms(lag, 0.99)
         },
         lag_max_ms: measures::round3(lag.max() as f64 / 1000.0),
+        send_delay_p50_ms: quantile_or_zero(&outcome.generator.send_delay, 0.5),
+        send_delay_p99_ms: quantile_or_zero(&outcome.generator.send_delay, 0.99),
+        send_delay_max_ms: measures::round3(outcome.generator.send_delay.max() as f64 / 1000.0),
         bound_ms: outcome.generator.bound_ms,
         limited: outcome.generator.limited(),
+        limited_reason: outcome.generator.limited_reason(),
+        exhausted: outcome.generator.exhausted.clone(),
+        clock: outcome.generator.clock.clone(),
+        device_memory_p50_bytes: value_or_zero(&outcome.generator.device_memory, 0.5),
+        device_memory_p99_bytes: value_or_zero(&outcome.generator.device_memory, 0.99),
+        device_memory_max_bytes: outcome.generator.device_memory.max(),
         cpu_seconds: measures::round3(outcome.generator.cpu_seconds),
         peak_rss_bytes: outcome.generator.peak_rss_bytes,
         memory_per_connection: measures::loadgen_memory_fit(&timeline).map(|f| f.slope.round()),
@@ -199,7 +233,8 @@ pub fn build(
     if let Some(path) = baseline {
         rows.extend(baseline::gate(path, &metrics)?);
     }
-    let passed = rows.iter().all(|r| r.passed);
+    // An incomplete audit checked too little to pass, whatever the rows say.
+    let passed = rows.iter().all(|r| r.passed) && !outcome.audit.incomplete;
 
     let delivery = &metrics.latency["delivery_latency"];
     let measured = Measured {
@@ -249,6 +284,22 @@ pub fn build(
         phases: phase_figures(outcome),
         memory: timeline,
     })
+}
+
+fn quantile_or_zero(h: &hdrhistogram::Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        0.0
+    } else {
+        measures::quantile_ms(h, q)
+    }
+}
+
+fn value_or_zero(h: &hdrhistogram::Histogram<u64>, q: f64) -> u64 {
+    if h.is_empty() {
+        0
+    } else {
+        h.value_at_quantile(q)
+    }
 }
 
 /// The phases with their acks and history reads, from the per-interval
@@ -345,15 +396,25 @@ pub fn summary(report: &Report) -> String {
         "  throughput: {} msg/s acked ({} sent, {} acked, {} deliveries, peak {} connections)\n",
         m.throughput, m.messages_sent, m.messages_acked, m.deliveries, m.peak_connections
     );
+    let a = &m.audit;
     out += &format!(
-        "  audit: {} lost, {} duplicated, {} reordered\n",
-        m.audit.lost, m.audit.duplicated, m.audit.reordered
+        "  audit: {} lost, {} duplicated, {} reordered; {} live, {} recovered, {} undelivered, {} awaiting sync; {} unacked, {} refused\n",
+        a.lost, a.duplicated, a.reordered, a.delivered_live, a.recovered, a.undelivered, a.awaiting_sync, a.unacked, a.refused
     );
-    if report.generator.limited {
+    if report.audit.incomplete {
         out += &format!(
-            "  WARNING: generator-limited (lag p99 {} ms > {} ms): results describe the generator\n",
-            report.generator.lag_p99_ms, report.generator.bound_ms
+            "  INCOMPLETE audit: {}\n",
+            report.audit.incomplete_reason.as_deref().unwrap_or("")
         );
+    }
+    out += &format!(
+        "  generator: send delay p50 {} ms, p99 {} ms; clock {}\n",
+        report.generator.send_delay_p50_ms,
+        report.generator.send_delay_p99_ms,
+        report.generator.clock.as_deref().unwrap_or("n/a")
+    );
+    if let Some(why) = &report.generator.limited_reason {
+        out += &format!("  WARNING: generator-limited: {why}\n");
     }
     out
 }

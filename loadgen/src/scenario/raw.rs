@@ -133,6 +133,8 @@ pub(super) struct RawGenerator {
     pub(super) drain: String,
     pub(super) provision_concurrency: i64,
     pub(super) connect_timeout: String,
+    pub(super) source_addresses: Vec<String>,
+    pub(super) connections_per_source: i64,
 }
 
 impl Default for RawGenerator {
@@ -143,6 +145,8 @@ impl Default for RawGenerator {
             drain: "2s".into(),
             provision_concurrency: 64,
             connect_timeout: "10s".into(),
+            source_addresses: Vec::new(),
+            connections_per_source: 20_000,
         }
     }
 }

@@ -1,0 +1,147 @@
+//! The generator's own clock: a dedicated thread that runs the schedule and
+//! wakes on time.
+//!
+//! tokio's timer has a 1 ms resolution, and a task waiting on it also waits
+//! for a busy runtime to poll it: every send scheduled on it went out about a
+//! millisecond late, and every corrected latency carried that millisecond. The
+//! schedule ([`crate::engine::schedule`]) therefore runs on its own OS thread,
+//! which sleeps with the kernel's high-resolution timers:
+//!
+//! - It asks for `SCHED_FIFO` at the lowest real-time priority, so a machine
+//!   busy with the server and the devices still wakes it on time (measured
+//!   here on 2 busy cores: p99 wake-up error 2-7 ms as a normal thread, about
+//!   50 us as a real-time one; `benches/loadgen-clock.sh` has the numbers).
+//!   Without the privilege it stays a normal thread with a 1 ns timer slack,
+//!   and the report says so (`generator.clock`).
+//! - It sleeps until the next arrival and does not spin: spinning the last
+//!   tens of microseconds before each send would cost a core at 10,000 sends/s
+//!   on a 2-core machine.
+//! - A real-time thread that falls behind could starve the machine, so it
+//!   never works more than [`MAX_BUSY`] without a [`REST`]: a saturated
+//!   generator then shows as send delay (and a generator-limited run), not as
+//!   a frozen server.
+
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+/// Longest stretch of work without a sleep.
+pub const MAX_BUSY: Duration = Duration::from_millis(5);
+/// The sleep that ends such a stretch.
+pub const REST: Duration = Duration::from_millis(1);
+
+/// How the clock thread is scheduled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClockMode {
+    /// `SCHED_FIFO`, lowest priority.
+    Realtime,
+    /// A normal thread (why real-time was refused).
+    Normal(String),
+}
+
+impl ClockMode {
+    pub fn describe(&self) -> String {
+        match self {
+            ClockMode::Realtime => "realtime (SCHED_FIFO)".into(),
+            ClockMode::Normal(why) => format!("normal thread ({why})"),
+        }
+    }
+}
+
+/// Makes the calling thread the clock: real-time if allowed, 1 ns timer slack.
+pub fn become_clock() -> ClockMode {
+    use thread_priority::{
+        set_thread_priority_and_policy, thread_native_id, RealtimeThreadSchedulePolicy,
+        ThreadPriority, ThreadSchedulePolicy,
+    };
+    let _ = nix::sys::prctl::set_timerslack(1);
+    match set_thread_priority_and_policy(
+        thread_native_id(),
+        ThreadPriority::Min,
+        ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo),
+    ) {
+        Ok(()) => ClockMode::Realtime,
+        Err(e) => ClockMode::Normal(format!("real-time scheduling refused: {e:?}")),
+    }
+}
+
+/// Sleeps until deadlines, precisely, and keeps the thread's duty cycle bounded.
+pub struct Timer {
+    busy_since: Instant,
+}
+
+impl Default for Timer {
+    fn default() -> Self {
+        Timer {
+            busy_since: Instant::now(),
+        }
+    }
+}
+
+impl Timer {
+    /// Called after each piece of work: past [`MAX_BUSY`] without a sleep, rests.
+    pub fn worked(&mut self) {
+        if self.busy_since.elapsed() > MAX_BUSY {
+            std::thread::sleep(REST);
+            self.busy_since = Instant::now();
+        }
+    }
+
+    /// Sleeps until `deadline` (or until `cancel` unparks the thread).
+    pub fn sleep_until(&mut self, deadline: Instant, cancel: &CancellationToken) {
+        loop {
+            let now = Instant::now();
+            if now >= deadline || cancel.is_cancelled() {
+                break;
+            }
+            // Parked, a cancel wakes the thread at once (see `spawn`).
+            std::thread::park_timeout(deadline - now);
+        }
+        self.busy_since = Instant::now();
+    }
+}
+
+/// Runs `work` on a new clock thread inside the current tokio runtime's
+/// context (so it can spawn tasks); a cancel of `cancel` unparks it. The
+/// result comes back through the returned receiver.
+pub fn spawn<T: Send + 'static>(
+    cancel: CancellationToken,
+    work: impl FnOnce(ClockMode, &mut Timer) -> T + Send + 'static,
+) -> tokio::sync::oneshot::Receiver<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let handle = tokio::runtime::Handle::current();
+    let thread = std::thread::Builder::new()
+        .name("loadgen-clock".into())
+        .spawn(move || {
+            let _runtime = handle.enter();
+            let mode = become_clock();
+            let mut timer = Timer::default();
+            let _ = tx.send(work(mode, &mut timer));
+        })
+        .expect("the clock thread starts");
+    let unpark = thread.thread().clone();
+    tokio::spawn(async move {
+        cancel.cancelled().await;
+        unpark.unpark();
+    });
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timer_wakes_at_or_after_its_deadline() {
+        let mut t = Timer::default();
+        let cancel = CancellationToken::new();
+        for _ in 0..20 {
+            let deadline = Instant::now() + Duration::from_micros(300);
+            t.sleep_until(deadline, &cancel);
+            assert!(Instant::now() >= deadline);
+        }
+        cancel.cancel();
+        let far = Instant::now() + Duration::from_secs(3600);
+        t.sleep_until(far, &cancel); // returns at once: cancelled
+    }
+}
