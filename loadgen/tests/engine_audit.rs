@@ -102,7 +102,7 @@ async fn an_unreadable_inbox_makes_the_audit_incomplete() {
     t.server.stop().await.unwrap();
 }
 
-/// A send rate far past what the generator can write (100,000/s from 13
+/// A send rate far past what the generator can write (1,000,000/s from 13
 /// devices): the sends go out late, `send_delay` shows it and the run is
 /// generator-limited (exit 3), not a slow server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,7 +110,7 @@ async fn a_saturated_generator_is_detected() {
     let t = target(Fault::None).await;
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "name = \"saturated\"\nseed = 3\n[target]\nurl = \"{}\"\n{SMALL}\n[generator]\nmax_lag = \"20ms\"\ndrain = \"500ms\"\n[[phase]]\nname = \"ramp\"\nduration = \"300ms\"\nonline = 8\n[[phase]]\nname = \"flood\"\nduration = \"500ms\"\nonline = 8\nmessage_rate = \"100000/s\"\n",
+        "name = \"saturated\"\nseed = 3\n[target]\nurl = \"{}\"\n{SMALL}\n[generator]\nmax_lag = \"20ms\"\ndrain = \"500ms\"\n[[phase]]\nname = \"ramp\"\nduration = \"300ms\"\nonline = 8\n[[phase]]\nname = \"flood\"\nduration = \"300ms\"\nonline = 8\nmessage_rate = \"1000000/s\"\n",
         t.url
     );
     let path = dir.path().join("saturated.toml");

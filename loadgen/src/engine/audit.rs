@@ -182,7 +182,7 @@ pub async fn audit(
             continue;
         }
         let ctl = lock(&slot.ctl);
-        audit.unacked += ctl.parked.as_ref().map_or(0, |st| st.pending.len() as u64);
+        audit.unacked += ctl.out.pending.len() as u64;
         audit.unsent += ctl
             .cmds
             .iter()

@@ -9,10 +9,13 @@
 //!
 //! - It asks for `SCHED_FIFO` at the lowest real-time priority, so a machine
 //!   busy with the server and the devices still wakes it on time (measured
-//!   here on 2 busy cores: p99 wake-up error 2-7 ms as a normal thread, about
-//!   50 us as a real-time one; `benches/loadgen-clock.sh` has the numbers).
+//!   here on 2 cores loaded by other builds: p99 wake-up error 2-7 ms as a
+//!   normal thread, 50-70 us as a real-time one).
 //!   Without the privilege it stays a normal thread with a 1 ns timer slack,
 //!   and the report says so (`generator.clock`).
+//! - It writes each send itself, straight to the device's socket
+//!   ([`crate::engine::wire`]): no hand-off to a task a busy runtime would
+//!   poll late.
 //! - It sleeps until the next arrival and does not spin: spinning the last
 //!   tens of microseconds before each send would cost a core at 10,000 sends/s
 //!   on a 2-core machine.

@@ -25,22 +25,26 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use std::cell::RefCell;
+
+use futures_util::StreamExt;
 use rand::Rng;
-use reference_server::protocol::{ClientFrame, Recipient};
+use reference_server::protocol::ClientFrame;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::engine::command::{chan_key, decode_msg_id, encode_msg_id, text_of, Cmd, SendJob, To};
+use crate::engine::command::{chan_key, decode_msg_id, Cmd, SendJob, To};
 use crate::engine::frame::{FrameView, MsgView};
 use crate::engine::inbox::{Arrival, DeviceState, Pending};
 use crate::engine::ledger::Entry;
 use crate::engine::recorder::{inc, Metric};
-use crate::engine::sim::{lock, Sim};
+use crate::engine::sim::{lock, Ctl, Sim, Slot, MAX_QUEUED};
 use crate::engine::source;
+use crate::engine::wire::{encode_text, send_json, write_now, Dest, SharedTcp};
 
-type Ws = WebSocketStream<tokio::net::TcpStream>;
+type Ws = WebSocketStream<SharedTcp>;
 
 /// How long a hole in the seq sequence may stay open before the device syncs.
 const GAP_GRACE: Duration = Duration::from_millis(250);
@@ -185,16 +189,19 @@ async fn connection(sim: &Sim, d: u32, st: &mut DeviceState) -> End {
                 Some(why) => ConnectError::Exhausted(why),
                 None => ConnectError::Server(e.to_string()),
             })?;
+        let tcp = Arc::new(tcp);
         let url = format!("{}?token={}", sim.ws.url, dev.token);
-        let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config()))
-            .await
-            .map_err(|e| ConnectError::Server(e.to_string()))?;
+        let shared = SharedTcp(tcp.clone());
+        let (mut ws, _) =
+            tokio_tungstenite::client_async_with_config(url, shared, Some(ws_config()))
+                .await
+                .map_err(|e| ConnectError::Server(e.to_string()))?;
         loop {
             match ws.next().await {
                 Some(Ok(WsMessage::Text(t))) => match FrameView::parse(&t) {
                     Some(f) if f.kind == "hello" => {
                         let hello = (f.seq.unwrap_or(0), f.offline_after_ms);
-                        return Ok((ws, hello));
+                        return Ok((ws, tcp, hello));
                     }
                     _ => return Err(ConnectError::Server("first frame is not hello".into())),
                 },
@@ -205,7 +212,7 @@ async fn connection(sim: &Sim, d: u32, st: &mut DeviceState) -> End {
             }
         }
     });
-    let (mut ws, hello) = tokio::select! {
+    let (mut ws, tcp, hello) = tokio::select! {
         _ = sim.stop_all.cancelled() => return End::Stop,
         r = tokio::time::timeout(sim.connect_timeout, first) => match r {
             Ok(Ok(x)) => x,
@@ -237,42 +244,130 @@ async fn connection(sim: &Sim, d: u32, st: &mut DeviceState) -> End {
     let slot = &sim.slots[d as usize];
     slot.connected.store(true, Relaxed);
     rec.device_connected();
-    let end = session(sim, d, st, &mut ws, hello, t0).await;
+    let end = session(sim, d, st, &mut ws, &tcp, hello, t0).await;
+    unplug(slot);
     slot.connected.store(false, Relaxed);
     rec.device_disconnected();
     end
 }
 
-async fn send(ws: &mut Ws, frame: &ClientFrame) -> bool {
-    let text = serde_json::to_string(frame).expect("client frames serialize");
-    ws.send(WsMessage::Text(text.into())).await.is_ok()
+thread_local! {
+    /// Frame-building buffers, reused: no allocation per send.
+    static BUFS: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-fn send_frame(sim: &Sim, req: i64, job: &SendJob, actual_us: u64) -> ClientFrame {
-    let to = match job.to {
-        To::User(u) => Recipient::user(sim.pop.users[u as usize].id),
-        To::Group(g) => Recipient::channel(sim.pop.groups[g as usize].channel.clone()),
-    };
-    ClientFrame::Send {
-        req: Some(req),
-        to,
-        client_msg_id: encode_msg_id(job.sched_us, actual_us, job.n),
-        text: text_of(job.len),
+/// Writes one client frame (its JSON) on the socket, behind any backlog.
+/// False when the connection is gone.
+fn write_frame(slot: &Slot, tcp: &TcpStream, json: &[u8], mask: [u8; 4]) -> bool {
+    BUFS.with(|b| {
+        let frame = &mut b.borrow_mut().1;
+        frame.clear();
+        encode_text(frame, json, mask);
+        place(&mut lock(&slot.ctl), tcp, frame)
+    })
+}
+
+/// Writes `frame` now, or behind the backlog; what the socket does not take
+/// joins the backlog (the task flushes it when the socket is writable).
+fn place(ctl: &mut Ctl, tcp: &TcpStream, frame: &[u8]) -> bool {
+    if !ctl.backlog.is_empty() {
+        ctl.backlog.extend_from_slice(frame);
+        return true;
+    }
+    match write_now(tcp, frame) {
+        Ok(n) => {
+            if n < frame.len() {
+                ctl.backlog.extend_from_slice(&frame[n..]);
+            }
+            true
+        }
+        Err(_) => false,
     }
 }
 
-async fn start_sync(ws: &mut Ws, st: &mut DeviceState, conn: &mut Conn, since: u64) -> bool {
-    let req = st.req();
+/// Writes a client frame the protocol types describe (heartbeats, syncs).
+fn write_client(slot: &Slot, tcp: &TcpStream, frame: &ClientFrame) -> bool {
+    let json = serde_json::to_vec(frame).expect("client frames serialize");
+    write_frame(slot, tcp, &json, [0x5a, 0x17, 0xc3, 0x8e])
+}
+
+/// Writes one send (a new one, or a resend with its first `actual_us`) and
+/// records it as pending under a fresh `req`.
+fn write_send(sim: &Sim, ctl: &mut Ctl, tcp: &TcpStream, job: SendJob, actual_us: u64) -> bool {
+    let req = ctl.out.req();
+    let to = match job.to {
+        To::User(u) => Dest::User(sim.pop.users[u as usize].id),
+        To::Group(g) => Dest::Channel(&sim.pop.groups[g as usize].channel),
+    };
+    let ok = BUFS.with(|b| {
+        let (json, frame) = &mut *b.borrow_mut();
+        json.clear();
+        send_json(json, req, to, (job.sched_us, actual_us, job.n), job.len);
+        frame.clear();
+        let mask = (actual_us as u32 ^ req as u32).to_le_bytes();
+        encode_text(frame, json, mask);
+        place(ctl, tcp, frame)
+    });
+    ctl.out.pending.push_back(Pending {
+        req,
+        job,
+        actual_us,
+    });
+    ok
+}
+
+/// A send from the scheduler: written at once, from the calling thread (the
+/// clock), when the device is connected with nothing queued ahead of it;
+/// queued for its task otherwise. False when the queue is full (refused).
+pub fn send(sim: &Sim, d: u32, job: SendJob) -> bool {
+    let slot = &sim.slots[d as usize];
+    let mut ctl = lock(&slot.ctl);
+    let direct = ctl.cmds.is_empty() && ctl.out.pending.len() < MAX_PENDING;
+    match ctl.wire.clone().filter(|_| direct) {
+        Some(tcp) => {
+            let rec = &sim.rec;
+            let actual_us = rec.clock.now_us();
+            rec.record_send_delay(actual_us, job.sched_us);
+            let ok = write_send(sim, &mut ctl, &tcp, job, actual_us);
+            inc(&rec.counters.messages_sent);
+            if !ok || !ctl.backlog.is_empty() {
+                // A broken socket or a backlog: the task takes over.
+                drop(ctl);
+                slot.wake.notify_one();
+            }
+            true
+        }
+        None => {
+            if ctl.cmds.len() >= MAX_QUEUED {
+                return false;
+            }
+            ctl.cmds.push_back(Cmd::Send(job));
+            drop(ctl);
+            slot.wake.notify_one();
+            true
+        }
+    }
+}
+
+/// The connection is over: the clock thread no longer writes to it.
+fn unplug(slot: &Slot) {
+    let mut ctl = lock(&slot.ctl);
+    ctl.wire = None;
+    ctl.backlog = Vec::new();
+}
+
+fn start_sync(slot: &Slot, tcp: &TcpStream, conn: &mut Conn, since: u64) -> bool {
+    let req = lock(&slot.ctl).out.req();
     conn.syncing = Some(req);
-    send(
-        ws,
+    write_client(
+        slot,
+        tcp,
         &ClientFrame::Sync {
             req: Some(req),
             since,
             limit: Some(SYNC_LIMIT),
         },
     )
-    .await
 }
 
 /// The catch-up after connecting is done: time it, and the recovery when the
@@ -286,11 +381,13 @@ fn caught_up(sim: &Sim, st: &mut DeviceState, t0: Instant) {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one call site: the connection's parts
 async fn session(
     sim: &Sim,
     d: u32,
     st: &mut DeviceState,
     ws: &mut Ws,
+    tcp: &Arc<TcpStream>,
     (head, offline_after_ms): (u64, u64),
     t0: Instant,
 ) -> End {
@@ -302,21 +399,23 @@ async fn session(
     };
     if head > st.cursor {
         conn.catching_up = Some(t0);
-        if !start_sync(ws, st, &mut conn, st.cursor).await {
+        if !start_sync(slot, tcp, &mut conn, st.cursor) {
             return lost(sim, "write");
         }
     } else {
         caught_up(sim, st, t0);
     }
-    // Unacknowledged sends from the last connection go again, same client_msg_id.
-    for i in 0..st.pending.len() {
-        let req = st.req();
-        st.pending[i].req = req;
-        let p = &st.pending[i];
-        let frame = send_frame(sim, req, &p.job, p.actual_us);
-        if !send(ws, &frame).await {
-            return lost(sim, "write");
+    {
+        // Unacknowledged sends from the last connection go again, same
+        // client_msg_id; then the clock thread may write to this socket.
+        let mut ctl = lock(&slot.ctl);
+        let resend: Vec<Pending> = ctl.out.pending.drain(..).collect();
+        for p in resend {
+            if !write_send(sim, &mut ctl, tcp, p.job, p.actual_us) {
+                return lost(sim, "write");
+            }
         }
+        ctl.wire = Some(tcp.clone());
     }
     let interval = sim.behavior.heartbeat_interval;
     let first_beat = interval.mul_f64(st.rng.random_range(0.0..1.0));
@@ -330,12 +429,20 @@ async fn session(
         if timer.deadline() != due {
             timer.as_mut().reset(due);
         }
+        let backlog = !lock(&slot.ctl).backlog.is_empty();
         tokio::select! {
             biased;
-            _ = sim.stop_all.cancelled() => return close(ws).await,
+            _ = sim.stop_all.cancelled() => return close(slot, ws).await,
             _ = slot.wake.notified() => {
-                if let Some(end) = commands(sim, d, st, ws).await {
-                    return end;
+                match commands(sim, d, tcp) {
+                    Next::Continue => {}
+                    Next::Close => return close(slot, ws).await,
+                    Next::End(end) => return end,
+                }
+            }
+            r = tcp.writable(), if backlog => {
+                if r.is_err() || !flush(slot, tcp) {
+                    return lost(sim, "write");
                 }
             }
             _ = &mut timer => {
@@ -343,14 +450,14 @@ async fn session(
                 if now >= next_beat {
                     rec.record_lag(now.saturating_duration_since(next_beat));
                     next_beat += st.jittered(interval);
-                    if !send(ws, &ClientFrame::Heartbeat { req: None }).await {
+                    if !write_client(slot, tcp, &ClientFrame::Heartbeat { req: None }) {
                         return lost(sim, "write");
                     }
                     inc(&rec.counters.heartbeats);
                 }
                 if conn.gap_deadline.is_some_and(|g| now >= g) {
                     conn.gap_deadline = None;
-                    if st.has_gap() && conn.syncing.is_none() && !start_sync(ws, st, &mut conn, st.cursor).await {
+                    if st.has_gap() && conn.syncing.is_none() && !start_sync(slot, tcp, &mut conn, st.cursor) {
                         return lost(sim, "write");
                     }
                 }
@@ -367,7 +474,7 @@ async fn session(
                 };
                 match FrameView::parse(&text) {
                     Some(f) => {
-                        if !on_frame(sim, d, st, &mut conn, ws, f).await {
+                        if !on_frame(sim, d, st, &mut conn, tcp, f) {
                             return lost(sim, "write");
                         }
                     }
@@ -381,52 +488,55 @@ async fn session(
     }
 }
 
-/// Runs the commands queued for the device; `Some` when the connection ends.
-async fn commands(sim: &Sim, d: u32, st: &mut DeviceState, ws: &mut Ws) -> Option<End> {
+/// Writes what the backlog holds as far as the socket takes it.
+fn flush(slot: &Slot, tcp: &TcpStream) -> bool {
+    let mut ctl = lock(&slot.ctl);
+    match write_now(tcp, &ctl.backlog) {
+        Ok(n) => {
+            ctl.backlog.drain(..n);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// What the commands ask of the connection.
+enum Next {
+    Continue,
+    /// Close cleanly (the user goes offline).
+    Close,
+    End(End),
+}
+
+/// Runs the commands queued for the device.
+fn commands(sim: &Sim, d: u32, tcp: &TcpStream) -> Next {
     let rec = &sim.rec;
     let slot = &sim.slots[d as usize];
+    let mut ctl = lock(&slot.ctl);
     loop {
-        // One command at a time: the lock is never held across a write.
-        let cmd = {
-            let mut ctl = lock(&slot.ctl);
-            if ctl.stop {
-                None
-            } else if st.pending.len() >= MAX_PENDING
-                && matches!(ctl.cmds.front(), Some(Cmd::Send(_)))
-            {
-                // Too many unacked: further sends wait for acks (next wake).
-                return None;
-            } else {
-                match ctl.cmds.pop_front() {
-                    Some(c) => Some(c),
-                    None => return None,
-                }
-            }
-        };
-        let Some(cmd) = cmd else {
-            // Commands left unsent go back for the next connection.
-            return Some(close(ws).await);
-        };
-        match cmd {
-            Cmd::Drop => {
+        if ctl.stop {
+            // Commands left unsent wait for the next connection.
+            return Next::Close;
+        }
+        if ctl.out.pending.len() >= MAX_PENDING && matches!(ctl.cmds.front(), Some(Cmd::Send(_))) {
+            // Too many unacked: further sends wait for acks (next wake).
+            return Next::Continue;
+        }
+        match ctl.cmds.pop_front() {
+            None => return Next::Continue,
+            Some(Cmd::Drop) => {
                 inc(&rec.counters.disconnects);
                 // Drop the socket without a close frame: an abrupt loss.
-                return Some(End::Dropped);
+                return Next::End(End::Dropped);
             }
-            Cmd::Send(job) => {
-                let req = st.req();
+            Some(Cmd::Send(job)) => {
                 let actual_us = rec.clock.now_us();
-                let frame = send_frame(sim, req, &job, actual_us);
                 rec.record_send_delay(actual_us, job.sched_us);
-                st.pending.push_back(Pending {
-                    req,
-                    job,
-                    actual_us,
-                });
-                if !send(ws, &frame).await {
-                    return Some(lost(sim, "write"));
-                }
+                let ok = write_send(sim, &mut ctl, tcp, job, actual_us);
                 inc(&rec.counters.messages_sent);
+                if !ok {
+                    return Next::End(lost(sim, "write"));
+                }
             }
         }
     }
@@ -440,34 +550,44 @@ fn lost(sim: &Sim, why: &str) -> End {
 }
 
 /// A clean close (the user goes offline or the run ends).
-async fn close(ws: &mut Ws) -> End {
+async fn close(slot: &Slot, ws: &mut Ws) -> End {
+    unplug(slot);
     let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
     End::Stop
 }
 
 /// Handles one server frame; false if a write failed.
-async fn on_frame(
+fn on_frame(
     sim: &Sim,
     d: u32,
     st: &mut DeviceState,
     conn: &mut Conn,
-    ws: &mut Ws,
+    tcp: &TcpStream,
     f: FrameView<'_>,
 ) -> bool {
     let rec = &sim.rec;
+    let slot = &sim.slots[d as usize];
     match &*f.kind {
         "message" => receive(sim, d, st, conn, &f.message(), true, true),
         "ack" => {
-            let Some(p) = f.req.and_then(|r| st.take_pending(r)) else {
+            let (p, room) = {
+                let mut ctl = lock(&slot.ctl);
+                let p = f.req.and_then(|r| ctl.out.take(r));
+                (
+                    p,
+                    ctl.out.pending.len() + 1 == MAX_PENDING && !ctl.cmds.is_empty(),
+                )
+            };
+            let Some(p) = p else {
                 return true;
             };
             let now = rec.clock.now_us();
             rec.latency(Metric::ACK, now, p.job.sched_us);
             rec.latency(Metric::ACK_UNCORRECTED, now, p.actual_us);
             inc(&rec.counters.messages_acked);
-            if st.pending.len() + 1 == MAX_PENDING {
+            if room {
                 // Sends that waited for room can go now.
-                sim.slots[d as usize].wake.notify_one();
+                slot.wake.notify_one();
             }
             sim.ledger.append(&Entry {
                 channel: chan_key(&f.channel),
@@ -495,7 +615,7 @@ async fn on_frame(
             }
             if f.more {
                 let since = f.messages.last().and_then(|m| m.seq).unwrap_or(st.cursor);
-                return start_sync(ws, st, conn, since).await;
+                return start_sync(slot, tcp, conn, since);
             }
             // The server answered everything after the cursor: a seq below the
             // highest it returned that it did not return does not exist.
@@ -520,7 +640,8 @@ async fn on_frame(
             }
         }
         "error" => {
-            if let Some(_p) = f.req.and_then(|r| st.take_pending(r)) {
+            let answered = f.req.and_then(|r| lock(&slot.ctl).out.take(r));
+            if answered.is_some() {
                 inc(&rec.counters.send_errors);
             } else if f.req.is_some() && conn.syncing == f.req {
                 conn.syncing = None;

@@ -48,14 +48,50 @@ pub struct DeviceState {
     pub live: RangeSet,
     /// Seqs that came in a `sync_batch` first.
     pub synced: RangeSet,
-    /// Sends written and not acked, `req` ascending.
-    pub pending: VecDeque<Pending>,
     pub connections: u64,
     /// When the server last ended a connection (a close, a reset): the
     /// catch-up after the reconnect is timed from here (`recovery_latency`).
     pub lost_at: Option<Instant>,
-    next_req: i64,
     pub rng: SmallRng,
+}
+
+/// A device's sends in flight and its `req` counter: in its slot, shared by
+/// its task and the clock thread, which both write frames.
+#[derive(Debug)]
+pub struct Outbox {
+    /// Sends written and not acked, `req` ascending.
+    pub pending: VecDeque<Pending>,
+    next_req: i64,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Outbox {
+            pending: VecDeque::new(),
+            next_req: 1,
+        }
+    }
+}
+
+impl Outbox {
+    /// A fresh `req` for a client frame.
+    pub fn req(&mut self) -> i64 {
+        self.next_req += 1;
+        self.next_req
+    }
+
+    /// Takes the pending send answered by `req`: the front one, almost always.
+    pub fn take(&mut self, req: i64) -> Option<Pending> {
+        if self.pending.front().is_some_and(|p| p.req == req) {
+            return self.pending.pop_front();
+        }
+        let i = self.pending.binary_search_by_key(&req, |p| p.req).ok()?;
+        self.pending.remove(i)
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.pending.capacity() * std::mem::size_of::<Pending>()
+    }
 }
 
 impl DeviceState {
@@ -64,18 +100,10 @@ impl DeviceState {
             cursor: 0,
             live: RangeSet::default(),
             synced: RangeSet::default(),
-            pending: VecDeque::new(),
             connections: 0,
             lost_at: None,
-            next_req: 1,
             rng: SmallRng::seed_from_u64(seed ^ (d as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
         }
-    }
-
-    /// A fresh `req` for a client frame.
-    pub fn req(&mut self) -> i64 {
-        self.next_req += 1;
-        self.next_req
     }
 
     pub fn seen(&self, seq: u64) -> bool {
@@ -143,15 +171,6 @@ impl DeviceState {
         self.advance();
     }
 
-    /// Takes the pending send answered by `req`: the front one, almost always.
-    pub fn take_pending(&mut self, req: i64) -> Option<Pending> {
-        if self.pending.front().is_some_and(|p| p.req == req) {
-            return self.pending.pop_front();
-        }
-        let i = self.pending.binary_search_by_key(&req, |p| p.req).ok()?;
-        self.pending.remove(i)
-    }
-
     /// `d` ±10%.
     pub fn jittered(&mut self, d: Duration) -> Duration {
         d.mul_f64(self.rng.random_range(0.9..1.1))
@@ -159,9 +178,7 @@ impl DeviceState {
 
     /// Bytes this state holds on the heap (its records and queues).
     pub fn heap_bytes(&self) -> usize {
-        self.live.heap_bytes()
-            + self.synced.heap_bytes()
-            + self.pending.capacity() * std::mem::size_of::<Pending>()
+        self.live.heap_bytes() + self.synced.heap_bytes()
     }
 }
 
@@ -212,7 +229,7 @@ mod tests {
 
     #[test]
     fn acks_find_their_send_without_a_scan() {
-        let mut st = DeviceState::new(1, 0);
+        let mut st = Outbox::default();
         for _ in 0..5 {
             let req = st.req();
             st.pending.push_back(Pending {
@@ -227,9 +244,9 @@ mod tests {
             });
         }
         let reqs: Vec<i64> = st.pending.iter().map(|p| p.req).collect();
-        assert_eq!(st.take_pending(reqs[2]).unwrap().req, reqs[2]);
-        assert_eq!(st.take_pending(reqs[0]).unwrap().req, reqs[0]);
-        assert!(st.take_pending(reqs[0]).is_none());
+        assert_eq!(st.take(reqs[2]).unwrap().req, reqs[2]);
+        assert_eq!(st.take(reqs[0]).unwrap().req, reqs[0]);
+        assert!(st.take(reqs[0]).is_none());
         assert_eq!(st.pending.len(), 3);
     }
 }

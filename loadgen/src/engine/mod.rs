@@ -9,6 +9,7 @@
 //! - [`inbox`]: what one device knows (cursor, received seqs, unacked sends).
 //! - [`ledger`]: acked messages, streamed to a file for the audit.
 //! - [`source`]: loopback source addresses; descriptor and port exhaustion.
+//! - [`wire`]: the socket a device shares with the clock thread; client frames.
 //! - [`sim`]: the shared state: population, one control slot per device, the
 //!   recorder, the ledger.
 //! - [`device`]: one simulated device (a tokio task over one WebSocket at a time).
@@ -34,6 +35,7 @@ pub mod recorder;
 pub mod schedule;
 pub mod sim;
 pub mod source;
+pub mod wire;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};

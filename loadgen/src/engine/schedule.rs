@@ -202,7 +202,7 @@ impl Scheduler {
             len,
             n: self.next_n,
         };
-        if !sim.command(d, Cmd::Send(job)) {
+        if !device::send(&sim, d, job) {
             sim.refused.fetch_add(1, Relaxed);
         }
     }

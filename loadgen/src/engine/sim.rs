@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::engine::command::Cmd;
-use crate::engine::inbox::DeviceState;
+use crate::engine::inbox::{DeviceState, Outbox};
 use crate::engine::ledger::Ledger;
 use crate::engine::recorder::{Metric, Recorder};
 use crate::engine::source::Sources;
@@ -38,6 +38,13 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Default)]
 pub struct Ctl {
     pub cmds: VecDeque<Cmd>,
+    /// The socket while connected (after `hello` and the catch-up request):
+    /// the clock thread writes sends to it directly.
+    pub wire: Option<Arc<tokio::net::TcpStream>>,
+    /// Bytes a write could not place; the task flushes them first.
+    pub backlog: Vec<u8>,
+    /// Sends in flight and the `req` counter.
+    pub out: Outbox,
     /// Set to take the device offline; the task exits at its next look.
     pub stop: bool,
     /// A task is running for this device.
