@@ -81,6 +81,8 @@ pub struct Generator {
     pub source_addresses: Vec<std::net::IpAddr>,
     /// Devices per source address when they are chosen (loopback targets).
     pub connections_per_source: usize,
+    /// The clock thread's wake-up grid (zero: each send on time).
+    pub clock_resolution: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -379,6 +381,7 @@ fn validate(raw: RawScenario, default_name: &str) -> Result<Scenario, LoadgenErr
                 })
             })
             .collect::<Result<Vec<_>, _>>()?,
+        clock_resolution: duration("generator.clock_resolution", &g.clock_resolution)?,
         connections_per_source: usize::try_from(g.connections_per_source)
             .ok()
             .filter(|&n| (1..=60_000).contains(&n))

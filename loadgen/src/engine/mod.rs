@@ -133,7 +133,7 @@ pub async fn simulate(
     // The schedule runs on the clock thread; the runtime keeps the devices.
     let phase_list = phases.to_vec();
     let (progress2, stop2) = (progress.clone(), stop.clone());
-    let done = clock::spawn(stop.clone(), move |mode, timer| {
+    let done = clock::spawn(stop.clone(), g.clock_resolution, move |mode, timer| {
         let mut scheduler = scheduler;
         let mut out = Vec::new();
         for (i, phase) in phase_list.iter().enumerate() {

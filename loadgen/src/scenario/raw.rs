@@ -135,6 +135,7 @@ pub(super) struct RawGenerator {
     pub(super) connect_timeout: String,
     pub(super) source_addresses: Vec<String>,
     pub(super) connections_per_source: i64,
+    pub(super) clock_resolution: String,
 }
 
 impl Default for RawGenerator {
@@ -147,6 +148,7 @@ impl Default for RawGenerator {
             connect_timeout: "10s".into(),
             source_addresses: Vec::new(),
             connections_per_source: 20_000,
+            clock_resolution: "0s".into(),
         }
     }
 }
