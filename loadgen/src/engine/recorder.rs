@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 
 pub use crate::catalog::{inc, AtomicCounters, Metric};
@@ -65,11 +66,20 @@ fn interval_histogram() -> Histogram<u64> {
     h
 }
 
+/// A closed interval, kept serialized (HdrHistogram's V2 encoding, which
+/// run-length encodes the empty buckets): a few hundred bytes instead of the
+/// tens of kilobytes of its counts array, so a long run's intervals do not
+/// grow the generator's memory by megabytes a minute.
+struct Packed {
+    start_ms: u64,
+    bytes: Vec<u8>,
+}
+
 struct Series {
     /// Interval number of `current` (elapsed / interval).
     index: u64,
     current: Histogram<u64>,
-    done: Vec<Interval>,
+    done: Vec<Packed>,
     total: Histogram<u64>,
 }
 
@@ -79,12 +89,30 @@ impl Series {
             return;
         }
         let _ = self.total.add(&self.current);
-        let h = std::mem::replace(&mut self.current, interval_histogram());
-        self.done.push(Interval {
+        let mut bytes = Vec::new();
+        let _ = V2Serializer::new().serialize(&self.current, &mut bytes);
+        self.current.reset();
+        self.done.push(Packed {
             start_ms: self.index * interval_ms,
-            duration_ms: interval_ms,
-            histogram: h,
+            bytes,
         });
+    }
+
+    /// The closed intervals, decoded.
+    fn unpack(done: Vec<Packed>, interval_ms: u64) -> Vec<Interval> {
+        done.into_iter()
+            .filter_map(|p| {
+                let mut h: Histogram<u64> = Deserializer::new()
+                    .deserialize(&mut std::io::Cursor::new(p.bytes))
+                    .ok()?;
+                h.auto(true);
+                Some(Interval {
+                    start_ms: p.start_ms,
+                    duration_ms: interval_ms,
+                    histogram: h,
+                })
+            })
+            .collect()
     }
 }
 
@@ -239,7 +267,7 @@ impl Recorder {
                 .intervals
                 .entry(name.to_string())
                 .or_default()
-                .extend(done);
+                .extend(Series::unpack(done, self.interval_ms));
         }
         let lag = std::mem::replace(
             &mut *self.lag.lock().unwrap_or_else(|e| e.into_inner()),
