@@ -39,7 +39,9 @@ jq -r '
   "deliveries:                       \(.metrics.deliveries)",
   "CPU per delivered message:        \(if .metrics.deliveries > 0 then (.generator.cpu_seconds / .metrics.deliveries * 1e6 | round | tostring) + " us" else "n/a" end)",
   "server memory per connection:     \(.metrics.server_memory_per_connection // "n/a" | if type == "number" then (kib | tostring) + " KiB" else . end)",
-  "generator lag p99:                \(.generator.lag_p99_ms) ms (limited: \(.generator.limited))",
+  "send delay p50 / p99:             \(.generator.send_delay_p50_ms // "n/a") / \(.generator.send_delay_p99_ms // "n/a") ms (limited: \(.generator.limited))",
+  "timer lag p99:                    \(.generator.lag_p99_ms) ms",
+  "device state p50 / max:           \(.generator.device_memory_p50_bytes // "n/a") / \(.generator.device_memory_max_bytes // "n/a") bytes",
   "delivery p50 / p99:               \(.metrics.delivery_latency.p50_ms) / \(.metrics.delivery_latency.p99_ms) ms",
   "report:                           '"$out"'"
 ' "$report"
