@@ -263,6 +263,15 @@ fn two_workers_merge_into_one_report() {
     let acked = |r: &serde_json::Value| num(r, &["metrics", "messages_acked"]);
     assert!(acked(&w0) > 0.0 && acked(&w1) > 0.0, "both workers sent");
     assert_eq!(acked(&r), acked(&w0) + acked(&w1), "counters add");
+    // One global schedule, split by owner: together the workers issue exactly
+    // the arrivals one process would.
+    let planned = loadgen::engine::schedule::planned_arrivals(7, 30.0, Duration::from_secs(2));
+    assert_eq!(
+        num(&r, &["counters", "messages_scheduled"]) as u64,
+        planned,
+        "{}",
+        r["counters"]
+    );
     assert_eq!(
         num(&r, &["metrics", "delivery_latency", "count"]),
         num(&w0, &["metrics", "delivery_latency", "count"])
