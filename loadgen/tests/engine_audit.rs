@@ -102,6 +102,35 @@ async fn an_unreadable_inbox_makes_the_audit_incomplete() {
     t.server.stop().await.unwrap();
 }
 
+/// The server closes every connection once (1001, as one shedding load
+/// would): the devices reconnect and catch up, and that catch-up is timed as
+/// `recovery_latency` instead of vanishing from every histogram.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_initiated_close_is_timed_as_recovery() {
+    let t = target(Fault::CloseAt(Duration::from_millis(1000))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = scenario(dir.path(), "shed", Some(&t.url), &steady("30/s", 2));
+    let (_, r) = run(opts(path, dir.path().join("out"))).await;
+    assert!(
+        num(&r, &["counters", "server_closes"]) > 0,
+        "{}",
+        r["counters"]
+    );
+    assert!(
+        num(&r, &["metrics", "recovery_latency", "count"]) > 0,
+        "{}",
+        r["metrics"]["recovery_latency"]
+    );
+    assert!(
+        r["errors"]["closed_1001"].as_u64().unwrap_or(0) > 0,
+        "{}",
+        r["errors"]
+    );
+    assert_eq!(num(&r, &["metrics", "lost"]), 0);
+    classes_add_up(&r);
+    t.server.stop().await.unwrap();
+}
+
 /// A send rate far past what the generator can write (1,000,000/s from 13
 /// devices): the sends go out late, `send_delay` shows it and the run is
 /// generator-limited (exit 3), not a slow server.

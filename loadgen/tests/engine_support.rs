@@ -54,6 +54,9 @@ pub enum Fault {
     /// From `after` past the first connection, closes every new connection
     /// at once.
     RefuseAfter(Duration),
+    /// Once, `after` past the first connection, closes every open connection
+    /// with close code 1001 (a server shedding its clients).
+    CloseAt(Duration),
 }
 
 pub struct TestTarget {
@@ -180,6 +183,29 @@ async fn relay(
     };
     let down = async move {
         let mut held: Option<(String, Message)> = None;
+        if let Fault::CloseAt(after) = fault {
+            let at = start + after;
+            if Instant::now() < at {
+                let stream = async {
+                    while let Some(Ok(m)) = s_rx.next().await {
+                        if c_tx.send(m).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = stream => return,
+                    _ = tokio::time::sleep_until(at.into()) => {
+                        let close = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                            code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Away,
+                            reason: "shedding".into(),
+                        };
+                        let _ = c_tx.send(Message::Close(Some(close))).await;
+                        return;
+                    }
+                }
+            }
+        }
         while let Some(Ok(m)) = s_rx.next().await {
             if let Fault::Stall { after, hold } = fault {
                 let (from, to) = (start + after, start + after + hold);

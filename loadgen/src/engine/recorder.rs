@@ -323,4 +323,17 @@ mod tests {
         );
         assert_eq!(o.errors["connect"], 2);
     }
+
+    /// A receipt stamped before its scheduled time is counted, not clamped
+    /// into the histogram as a 1 us latency.
+    #[test]
+    fn negative_deltas_are_counted_not_recorded() {
+        let r = Recorder::new(Clock::new(), Duration::from_millis(100));
+        r.latency(Metric::DELIVERY, 1_000, 1_500);
+        r.latency(Metric::DELIVERY, 2_000, 1_500);
+        let mut o = Outcome::new("t", 50.0);
+        r.drain_into(&mut o);
+        assert_eq!(o.histograms["delivery_latency"].len(), 1);
+        assert_eq!(o.counters.negative_latency, 1);
+    }
 }
