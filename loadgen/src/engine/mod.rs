@@ -12,6 +12,7 @@
 //! - [`wire`]: the socket a device shares with the clock thread; client frames.
 //! - [`sim`]: the shared state: population, one control slot per device, the
 //!   recorder, the ledger.
+//! - [`outbound`]: a device's frames onto its socket (the clock thread's sends too).
 //! - [`device`]: one simulated device (a tokio task over one WebSocket at a time).
 //! - [`history`]: history page reads over HTTP, bounded in flight.
 //! - [`clock`]: the generator's own clock thread (precise wake-ups).
@@ -29,6 +30,7 @@ pub mod frame;
 pub mod history;
 pub mod inbox;
 pub mod ledger;
+pub mod outbound;
 pub mod progress;
 pub mod ranges;
 pub mod recorder;

@@ -38,10 +38,10 @@ use reference_server::protocol::ChannelId;
 
 use crate::engine::clock::Timer;
 use crate::engine::command::{Cmd, SendJob, To};
-use crate::engine::device;
 use crate::engine::history::{Read, Reader};
 use crate::engine::recorder::inc;
 use crate::engine::sim::Sim;
+use crate::engine::{device, outbound};
 use crate::outcome::PhaseOutcome;
 use crate::scenario::{Behavior, Phase};
 
@@ -202,7 +202,7 @@ impl Scheduler {
             len,
             n: self.next_n,
         };
-        if !device::send(&sim, d, job) {
+        if !outbound::send(&sim, d, job) {
             sim.refused.fetch_add(1, Relaxed);
         }
     }

@@ -1,0 +1,141 @@
+//! How a device's frames reach its socket: the clock thread's sends, written
+//! straight from that thread, and the device task's own frames (heartbeats,
+//! syncs, resends), all under the device's slot lock so they never interleave.
+//!
+//! A write the socket cannot take whole leaves its remainder in the slot's
+//! backlog; everything after it queues behind, and the device's task flushes
+//! the backlog when the socket is writable. A send for a device that is not
+//! connected, or that has commands queued ahead of it, is queued for its task
+//! ([`crate::engine::command::Cmd::Send`]). Sends in flight are the slot's
+//! [`crate::engine::inbox::Outbox`], bounded by [`MAX_PENDING`].
+
+use std::cell::RefCell;
+
+use reference_server::protocol::ClientFrame;
+use tokio::net::TcpStream;
+
+use crate::engine::command::{Cmd, SendJob, To};
+use crate::engine::inbox::Pending;
+use crate::engine::recorder::inc;
+use crate::engine::sim::{lock, Ctl, Sim, Slot, MAX_QUEUED};
+use crate::engine::wire::{encode_text, send_json, write_now, Dest};
+
+/// Sends a device keeps written-but-unacked; past it, queued sends wait.
+pub const MAX_PENDING: usize = 4096;
+
+thread_local! {
+    /// Frame-building buffers, reused: no allocation per send.
+    static BUFS: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Writes one client frame (its JSON) on the socket, behind any backlog.
+/// False when the connection is gone.
+fn write_frame(slot: &Slot, tcp: &TcpStream, json: &[u8], mask: [u8; 4]) -> bool {
+    BUFS.with(|b| {
+        let frame = &mut b.borrow_mut().1;
+        frame.clear();
+        encode_text(frame, json, mask);
+        place(&mut lock(&slot.ctl), tcp, frame)
+    })
+}
+
+/// Writes `frame` now, or behind the backlog; what the socket does not take
+/// joins the backlog (the task flushes it when the socket is writable).
+fn place(ctl: &mut Ctl, tcp: &TcpStream, frame: &[u8]) -> bool {
+    if !ctl.backlog.is_empty() {
+        ctl.backlog.extend_from_slice(frame);
+        return true;
+    }
+    match write_now(tcp, frame) {
+        Ok(n) => {
+            if n < frame.len() {
+                ctl.backlog.extend_from_slice(&frame[n..]);
+            }
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Writes a client frame the protocol types describe (heartbeats, syncs).
+pub fn write_client(slot: &Slot, tcp: &TcpStream, frame: &ClientFrame) -> bool {
+    let json = serde_json::to_vec(frame).expect("client frames serialize");
+    write_frame(slot, tcp, &json, [0x5a, 0x17, 0xc3, 0x8e])
+}
+
+/// Writes one send (a new one, or a resend with its first `actual_us`) and
+/// records it as pending under a fresh `req`.
+pub fn write_send(sim: &Sim, ctl: &mut Ctl, tcp: &TcpStream, job: SendJob, actual_us: u64) -> bool {
+    let req = ctl.out.req();
+    let to = match job.to {
+        To::User(u) => Dest::User(sim.pop.users[u as usize].id),
+        To::Group(g) => Dest::Channel(&sim.pop.groups[g as usize].channel),
+    };
+    let ok = BUFS.with(|b| {
+        let (json, frame) = &mut *b.borrow_mut();
+        json.clear();
+        send_json(json, req, to, (job.sched_us, actual_us, job.n), job.len);
+        frame.clear();
+        let mask = (actual_us as u32 ^ req as u32).to_le_bytes();
+        encode_text(frame, json, mask);
+        place(ctl, tcp, frame)
+    });
+    ctl.out.pending.push_back(Pending {
+        req,
+        job,
+        actual_us,
+    });
+    ok
+}
+
+/// A send from the scheduler: written at once, from the calling thread (the
+/// clock), when the device is connected with nothing queued ahead of it;
+/// queued for its task otherwise. False when the queue is full (refused).
+pub fn send(sim: &Sim, d: u32, job: SendJob) -> bool {
+    let slot = &sim.slots[d as usize];
+    let mut ctl = lock(&slot.ctl);
+    let direct = ctl.cmds.is_empty() && ctl.out.pending.len() < MAX_PENDING;
+    match ctl.wire.clone().filter(|_| direct) {
+        Some(tcp) => {
+            let rec = &sim.rec;
+            let actual_us = rec.clock.now_us();
+            rec.record_send_delay(actual_us, job.sched_us);
+            let ok = write_send(sim, &mut ctl, &tcp, job, actual_us);
+            inc(&rec.counters.messages_sent);
+            if !ok || !ctl.backlog.is_empty() {
+                // A broken socket or a backlog: the task takes over.
+                drop(ctl);
+                slot.wake.notify_one();
+            }
+            true
+        }
+        None => {
+            if ctl.cmds.len() >= MAX_QUEUED {
+                return false;
+            }
+            ctl.cmds.push_back(Cmd::Send(job));
+            drop(ctl);
+            slot.wake.notify_one();
+            true
+        }
+    }
+}
+
+/// The connection is over: the clock thread no longer writes to it.
+pub fn unplug(slot: &Slot) {
+    let mut ctl = lock(&slot.ctl);
+    ctl.wire = None;
+    ctl.backlog = Vec::new();
+}
+
+/// Writes what the backlog holds as far as the socket takes it.
+pub fn flush(slot: &Slot, tcp: &TcpStream) -> bool {
+    let mut ctl = lock(&slot.ctl);
+    match write_now(tcp, &ctl.backlog) {
+        Ok(n) => {
+            ctl.backlog.drain(..n);
+            true
+        }
+        Err(_) => false,
+    }
+}
