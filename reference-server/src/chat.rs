@@ -35,6 +35,7 @@ use crate::protocol::{
     MAX_CLIENT_MSG_ID_CHARS,
 };
 use crate::push::{preview, Notification, PushGateway};
+use crate::reply::{self, Order, Page, REPLY_BUDGET_BYTES};
 use crate::store::{Accepted, NewMessage, Store, TokenOwner};
 
 const CHANNEL_STRIPES: usize = 4096;
@@ -323,21 +324,86 @@ impl App {
         }
     }
 
-    /// Inbox entries after `since`, at most `limit`, and whether more remain.
+    /// Inbox entries after `since`: at most `limit`, cut at the reply budget
+    /// (at least one entry), and whether more remain (see [`crate::reply`]).
     pub async fn sync(
         &self,
         user: UserId,
         since: u64,
         limit: Option<u32>,
-    ) -> Result<(Vec<Message>, bool), ApiError> {
+    ) -> Result<Page, ApiError> {
         use crate::protocol::{SYNC_DEFAULT_LIMIT, SYNC_MAX_LIMIT};
         let limit = limit.map_or(SYNC_DEFAULT_LIMIT, |l| {
             (l as usize).clamp(1, SYNC_MAX_LIMIT)
         });
-        let mut messages = self.store.inbox_after(user, since, limit + 1).await?;
-        let more = messages.len() > limit;
-        messages.truncate(limit);
-        Ok((messages, more))
+        let store = &self.store;
+        let page = reply::fill(
+            limit,
+            REPLY_BUDGET_BYTES,
+            Order::Up,
+            |cursor, n| async move {
+                let entries = store.inbox_after(user, cursor.unwrap_or(since), n).await?;
+                Ok(entries
+                    .iter()
+                    .map(|m| reply::encode(m, m.seq.unwrap_or(0)))
+                    .collect())
+            },
+        )
+        .await?;
+        Ok(page)
+    }
+
+    /// A page of a channel's history (see `docs/protocol.md`): with `after`, the
+    /// first messages above it (below `before`, if given); otherwise the last ones
+    /// below `before` (or the newest). At most `limit`, cut at the reply budget.
+    pub async fn history(
+        &self,
+        channel: &str,
+        after: Option<u64>,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Page, ApiError> {
+        let store = &self.store;
+        let encode = |page: Vec<crate::store::StoredMessage>| {
+            page.iter()
+                .map(|m| {
+                    let m = Message {
+                        seq: None,
+                        ..(**m).clone()
+                    };
+                    reply::encode(&m, m.id)
+                })
+                .collect::<Vec<_>>()
+        };
+        let page = match after {
+            Some(after) => {
+                reply::fill(
+                    limit,
+                    REPLY_BUDGET_BYTES,
+                    Order::Up,
+                    |cursor, n| async move {
+                        let page = store
+                            .history(channel, Some(cursor.unwrap_or(after)), before, n)
+                            .await?;
+                        Ok(encode(page))
+                    },
+                )
+                .await?
+            }
+            None => {
+                reply::fill(
+                    limit,
+                    REPLY_BUDGET_BYTES,
+                    Order::Down,
+                    |cursor, n| async move {
+                        let page = store.history(channel, None, cursor.or(before), n).await?;
+                        Ok(encode(page))
+                    },
+                )
+                .await?
+            }
+        };
+        Ok(page)
     }
 
     /// Counts an error answer in `/metrics` and hands it back.

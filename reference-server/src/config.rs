@@ -95,6 +95,11 @@ pub struct Opts {
     #[arg(long, default_value_t = 0)]
     pub max_connections: usize,
 
+    /// A connection whose outbound frame cannot be written for this long (the
+    /// client stopped reading) is closed with 1008.
+    #[arg(long, default_value_t = 10_000)]
+    pub write_timeout_ms: u64,
+
     /// Token lifetime in seconds (0 = until logout). An expired token gets 401.
     #[arg(long, default_value_t = 30 * 24 * 3600)]
     pub token_ttl_secs: u64,
@@ -122,6 +127,7 @@ pub struct Config {
     pub send_rate_per_sec: u32,
     pub send_burst: u32,
     pub max_connections: usize,
+    pub write_timeout: Duration,
 }
 
 /// A flag value that cannot be used; the message names the flag.
@@ -157,6 +163,9 @@ impl Opts {
         }
         if !(8..=4 * 1024 * 1024).contains(&self.password_hash_memory_kib) {
             return err("password-hash-memory-kib", "must be 8 to 4194304");
+        }
+        if self.write_timeout_ms == 0 {
+            return err("write-timeout-ms", "must be above 0");
         }
         if self.password_hash_iterations == 0 {
             return err("password-hash-iterations", "must be above 0");
@@ -234,6 +243,7 @@ impl Opts {
             send_rate_per_sec: self.send_rate_per_sec,
             send_burst: self.send_burst.max(1),
             max_connections: self.max_connections,
+            write_timeout: Duration::from_millis(self.write_timeout_ms),
         })
     }
 }

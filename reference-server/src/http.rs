@@ -21,9 +21,9 @@ use crate::chat::App;
 use crate::error::ApiError;
 use crate::protocol::{
     valid_username, ChannelId, CreateGroupRequest, CreateGroupResponse, DiscoveryResponse, Friend,
-    FriendsResponse, HistoryResponse, LoginRequest, LoginResponse, Message, PresenceEntry,
-    PresenceResponse, SignupRequest, SignupResponse, Status, UserId, UserRef,
-    HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, MAX_GROUP_MEMBERS,
+    FriendsResponse, LoginRequest, LoginResponse, PresenceEntry, PresenceResponse, SignupRequest,
+    SignupResponse, Status, UserId, UserRef, HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT,
+    MAX_GROUP_MEMBERS,
 };
 use crate::store::TokenOwner;
 
@@ -301,7 +301,7 @@ async fn history(
     auth: Auth,
     Path(channel): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<HistoryResponse>> {
+) -> ApiResult<Response> {
     let (after, before, limit) = (|| {
         Ok((
             int_param(&q, "after")?,
@@ -316,15 +316,12 @@ async fn history(
     app.members(&channel, auth.owner.user_id)
         .await
         .map_err(|e| app.count(e))?;
-    let page = app.store.history(&channel, after, before, limit).await?;
-    let messages: Vec<Message> = page
-        .iter()
-        .map(|m| Message {
-            seq: None,
-            ..(**m).clone()
-        })
-        .collect();
-    Ok(Json(HistoryResponse { messages }))
+    let page = app.history(&channel, after, before, limit).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        page.history_json(),
+    )
+        .into_response())
 }
 
 async fn presence(

@@ -12,6 +12,7 @@
 //! - [`chat`]: shared state and the service operations (send, sync, membership).
 //! - [`hub`]: connected devices on this node, and fan-out to them.
 //! - [`outbox`]: a connection's bounded outbound queue.
+//! - [`reply`]: sync batches and history pages cut at a byte budget.
 //! - [`presence`]: online/offline by heartbeats, pushed to friends.
 //! - [`push`]: push notifications for offline members.
 //! - [`auth`]: password hashing and tokens.
@@ -31,6 +32,7 @@ pub mod outbox;
 pub mod presence;
 pub mod protocol;
 pub mod push;
+pub mod reply;
 pub mod server;
 pub mod session;
 pub mod store;

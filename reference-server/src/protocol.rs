@@ -33,6 +33,10 @@ pub const HISTORY_MAX_LIMIT: usize = 500;
 /// Default and largest page of a `sync` answer.
 pub const SYNC_DEFAULT_LIMIT: usize = 100;
 pub const SYNC_MAX_LIMIT: usize = 1000;
+/// Encoded messages in one `sync_batch` or history page, at most (a page always
+/// holds at least one message, whatever its size). Well under the frame limit
+/// (1 MiB) and the WebSocket write limit, so an answer always goes through.
+pub const REPLY_BUDGET_BYTES: usize = 256 * 1024;
 
 /// Every error code of the protocol. The HTTP status for each lives in
 /// [`ErrorCode::http_status`] and nowhere else.
@@ -186,6 +190,10 @@ pub struct CreateGroupResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HistoryResponse {
     pub messages: Vec<Message>,
+    /// True when more messages lie past this page in the direction asked (an
+    /// extension: pages are cut at a byte budget as well as at `limit`).
+    #[serde(default)]
+    pub more: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -7,9 +7,13 @@
 //! 3. the socket: handle one client frame.
 //!
 //! Outbound frames come first so that a busy client cannot starve its own
-//! deliveries. Writes are raced against the outbox's close mark: a client that
-//! stops reading blocks the write, its outbox overflows meanwhile, and the close
-//! wins instead of the task waiting forever.
+//! deliveries. Answers to the client's own frames (acks, sync batches, errors)
+//! take the same bounded path as deliveries: they are pushed on the outbox, never
+//! written straight from the read path, so a client that sends and never reads
+//! cannot park its session in a write. Every write is raced against the outbox's
+//! close mark, shutdown, and a write timeout (`--write-timeout-ms`): a client that
+//! stops reading is closed with 1008 within that time instead of the task waiting
+//! forever.
 //!
 //! Every client frame is handled in order, so a burst of sends from one device is
 //! acked and numbered in the order it was sent.
@@ -30,7 +34,7 @@ use crate::chat::App;
 use crate::error::ApiError;
 use crate::http::{Auth, Upgrade};
 use crate::metrics::Metrics;
-use crate::outbox::{CloseReason, Outbox};
+use crate::outbox::{CloseReason, Outbox, Pushed};
 use crate::protocol::{ClientFrame, ErrorCode, FrameEnvelope, ServerFrame};
 use crate::store::TokenOwner;
 
@@ -38,6 +42,10 @@ use crate::store::TokenOwner;
 const WRITE_BATCH: usize = 64;
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long a frame written outside the outbox (`hello`, the `too_large` error
+/// before a 1009 close) may take: the kernel's socket buffer always has room
+/// for one on a connection that is not stuck.
+const WRITE_TIMEOUT_ALONE: Duration = Duration::from_secs(10);
 
 /// `GET /v1/ws`: authenticate (401 before the upgrade), then run a session.
 pub async fn upgrade(State(app): State<Arc<App>>, auth: Auth, ws: Upgrade) -> Response {
@@ -135,6 +143,7 @@ async fn session(
                 Box::pin(on_incoming(
                     app,
                     socket,
+                    outbox,
                     owner,
                     token,
                     &mut allowance,
@@ -176,20 +185,36 @@ async fn next_event(app: &App, socket: &mut WebSocket, outbox: &Outbox) -> Event
 }
 
 /// Writes up to a batch of queued frames, raced against the outbox's close mark
-/// (a client that stops reading blocks the write while its outbox overflows).
+/// and shutdown; a frame that cannot be written within the write timeout (the
+/// client stopped reading) closes the connection with 1008.
 async fn write_queued(app: &App, socket: &mut WebSocket, outbox: &Outbox) -> Step {
     let mut batch = Vec::new();
     if let Some(reason) = outbox.take(&mut batch, WRITE_BATCH) {
         return Step::Close(Some((reason.code(), reason.text())));
     }
+    let limit = app.config.write_timeout;
     let write = async {
         for frame in batch.drain(..) {
-            socket.feed(WsMessage::Text(frame)).await?;
+            match tokio::time::timeout(limit, socket.feed(WsMessage::Text(frame))).await {
+                Ok(r) => r.map_err(|_| WriteFailed::Gone)?,
+                Err(_) => return Err(WriteFailed::TimedOut),
+            }
         }
-        socket.flush().await
+        match tokio::time::timeout(limit, socket.flush()).await {
+            Ok(r) => r.map_err(|_| WriteFailed::Gone),
+            Err(_) => Err(WriteFailed::TimedOut),
+        }
     };
     tokio::select! {
-        r = write => if r.is_err() { return Step::Close(None) },
+        r = write => match r {
+            Ok(()) => {}
+            Err(WriteFailed::Gone) => return Step::Close(None),
+            Err(WriteFailed::TimedOut) => {
+                Metrics::inc(&app.metrics.slow_consumer_disconnects);
+                let reason = CloseReason::SlowConsumer;
+                return Step::Close(Some((reason.code(), reason.text())));
+            }
+        },
         reason = closing(outbox) => return Step::Close(Some((reason.code(), reason.text()))),
         _ = app.shutdown.cancelled() => return Step::Close(Some((1001, "server shutting down"))),
     }
@@ -200,10 +225,35 @@ async fn write_queued(app: &App, socket: &mut WebSocket, outbox: &Outbox) -> Ste
     Step::Continue
 }
 
+/// Why a write did not complete.
+enum WriteFailed {
+    /// The connection failed or was closed by the peer.
+    Gone,
+    /// No progress within the write timeout: the client does not read.
+    TimedOut,
+}
+
+/// Queues an answer on the outbox like any delivery; `Some` is the step to take
+/// when that overflows it (1008: the client does not read its answers).
+fn queue_reply(app: &App, outbox: &Outbox, reply: String) -> Option<Step> {
+    match outbox.push(reply.into()) {
+        Pushed::Queued => None,
+        Pushed::Overflowed => {
+            Metrics::inc(&app.metrics.slow_consumer_disconnects);
+            let reason = CloseReason::SlowConsumer;
+            Some(Step::Close(Some((reason.code(), reason.text()))))
+        }
+        Pushed::Closed => outbox
+            .closing()
+            .map(|reason| Step::Close(Some((reason.code(), reason.text())))),
+    }
+}
+
 /// Handles what the socket produced: a frame, an error, or its end.
 async fn on_incoming(
     app: &App,
     socket: &mut WebSocket,
+    outbox: &Outbox,
     owner: TokenOwner,
     token: &str,
     allowance: &mut SendAllowance,
@@ -228,11 +278,15 @@ async fn on_incoming(
         WsMessage::Text(text) => {
             let (reply, end) = handle(app, owner, token, &text, allowance).await;
             if let Some(reply) = reply {
-                if !send_text(socket, reply).await {
-                    return Step::Close(None);
+                if let Some(close) = queue_reply(app, outbox, reply) {
+                    return close;
                 }
             }
             if end {
+                // The ack goes out first, then the close.
+                if let Step::Close(close) = Box::pin(write_queued(app, socket, outbox)).await {
+                    return Step::Close(close);
+                }
                 return Step::Close(Some((1000, "logged out")));
             }
         }
@@ -243,8 +297,8 @@ async fn on_incoming(
                 ErrorCode::BadRequest,
                 "binary frames are not supported; send JSON text frames",
             );
-            if !send_text(socket, err.to_json()).await {
-                return Step::Close(None);
+            if let Some(close) = queue_reply(app, outbox, err.to_json()) {
+                return close;
             }
         }
         WsMessage::Close(_) => return Step::Close(None),
@@ -287,7 +341,13 @@ fn send_text<'a>(
     socket: &'a mut WebSocket,
     text: String,
 ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
-    Box::pin(async move { socket.send(WsMessage::Text(text.into())).await.is_ok() })
+    let limit = WRITE_TIMEOUT_ALONE;
+    Box::pin(async move {
+        matches!(
+            tokio::time::timeout(limit, socket.send(WsMessage::Text(text.into()))).await,
+            Ok(Ok(()))
+        )
+    })
 }
 
 /// Sends a close frame and waits (briefly) for the peer's answer, so the
@@ -396,15 +456,10 @@ async fn handle(
             (req.map(|r| format!(r#"{{"type":"ack","req":{r}}}"#)), false)
         }
         ClientFrame::Sync { req, since, limit } => {
-            let r = app
-                .sync(owner.user_id, since, limit)
-                .await
-                .map(|(messages, more)| ServerFrame::SyncBatch {
-                    req,
-                    messages,
-                    more,
-                });
-            (reply(req, r), false)
+            match app.sync(owner.user_id, since, limit).await {
+                Ok(page) => (Some(page.sync_batch_json(req)), false),
+                Err(e) => (reply(req, Err(e)), false),
+            }
         }
         ClientFrame::Logout { req } => match app.logout(token, owner).await {
             Ok(()) => (req.map(|r| format!(r#"{{"type":"ack","req":{r}}}"#)), true),

@@ -21,6 +21,8 @@ mod presence;
 mod push;
 /// The web chat page in headless Chromium: two users, a dropped connection, two devices.
 mod web_chat;
+/// Bounded replies: big inboxes sync in batches; a client that never reads is closed.
+mod replies;
 
 /// Storage conformance: every backend (memory, embedded, redis, postgres) against
 /// the same properties (ids, dedupe, inbox, history, groups, accounts, tokens...).
