@@ -3,46 +3,95 @@
 //! Passwords are hashed with Argon2id in PHC string form (salt and parameters
 //! inside the string), so the cost can change without breaking stored hashes.
 //! Hashing runs on the blocking pool: at the default cost it takes tens of
-//! milliseconds of CPU, which must not stall the runtime's workers.
+//! milliseconds of CPU, which must not stall the runtime's workers. At most
+//! `--password-hash-concurrency` hashes (one per core by default) run at once: a
+//! login flood queues for a slot (up to [`HASH_QUEUE_WAIT`], then `overloaded`)
+//! instead of starting hundreds of 19 MiB hashes together.
 //!
 //! A token is 128 random bits from the OS-seeded CSPRNG, followed by its expiry
 //! time. The whole string is the key under which storage keeps the token's owner,
 //! so editing the expiry part yields a token that storage does not know.
 
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Duration;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use rand::Rng;
 
+use crate::metrics::Metrics;
 use crate::protocol::Millis;
 
-/// Argon2id with the configured cost.
+/// How long a login or signup waits for a hashing slot before `overloaded`.
+pub const HASH_QUEUE_WAIT: Duration = Duration::from_secs(10);
+
+/// Argon2id's cost parameters.
 #[derive(Debug, Clone, Copy)]
-pub struct PasswordHashing {
+pub struct HashCost {
     pub memory_kib: u32,
     pub iterations: u32,
 }
 
+/// Argon2id with the configured cost, at most `slots` hashes at once.
+#[derive(Clone)]
+pub struct PasswordHashing {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    slots: Arc<tokio::sync::Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
 #[derive(Debug, thiserror::Error)]
-#[error("password hashing failed: {0}")]
-pub struct HashError(String);
+pub enum HashError {
+    #[error("password hashing failed: {0}")]
+    Failed(String),
+    #[error("every password hashing slot stayed busy for {HASH_QUEUE_WAIT:?}")]
+    Busy,
+}
 
 impl PasswordHashing {
+    pub fn new(cost: HashCost, concurrency: usize, metrics: Arc<Metrics>) -> Self {
+        PasswordHashing {
+            memory_kib: cost.memory_kib,
+            iterations: cost.iterations,
+            slots: Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))),
+            metrics,
+        }
+    }
+
+    /// Runs `f` on the blocking pool once a hashing slot is free.
+    async fn in_slot<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, HashError> {
+        let _slot = tokio::time::timeout(HASH_QUEUE_WAIT, self.slots.acquire())
+            .await
+            .map_err(|_| HashError::Busy)?
+            .map_err(|e| HashError::Failed(e.to_string()))?;
+        let m = &self.metrics;
+        let now = m.password_hashes_in_flight.fetch_add(1, Relaxed) + 1;
+        m.password_hashes_peak.fetch_max(now, Relaxed);
+        let r = tokio::task::spawn_blocking(f).await;
+        m.password_hashes_in_flight.fetch_sub(1, Relaxed);
+        r.map_err(|e| HashError::Failed(e.to_string()))
+    }
+
     fn argon2(&self) -> Result<Argon2<'static>, HashError> {
         let params = Params::new(self.memory_kib, self.iterations, 1, None)
-            .map_err(|e| HashError(e.to_string()))?;
+            .map_err(|e| HashError::Failed(e.to_string()))?;
         Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
     }
 
     /// Hashes a password into a PHC string.
     pub fn hash(&self, password: &str) -> Result<String, HashError> {
         let salt_bytes: [u8; 16] = rand::rng().random();
-        let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| HashError(e.to_string()))?;
+        let salt =
+            SaltString::encode_b64(&salt_bytes).map_err(|e| HashError::Failed(e.to_string()))?;
         self.argon2()?
             .hash_password(password.as_bytes(), &salt)
             .map(|h| h.to_string())
-            .map_err(|e| HashError(e.to_string()))
+            .map_err(|e| HashError::Failed(e.to_string()))
     }
 
     /// Checks a password against a stored PHC string (with the parameters it holds).
@@ -55,16 +104,15 @@ impl PasswordHashing {
             .is_ok()
     }
 
-    pub async fn hash_blocking(self, password: String) -> Result<String, HashError> {
-        tokio::task::spawn_blocking(move || self.hash(&password))
-            .await
-            .map_err(|e| HashError(e.to_string()))?
+    pub async fn hash_blocking(&self, password: String) -> Result<String, HashError> {
+        let this = self.clone();
+        self.in_slot(move || this.hash(&password)).await?
     }
 
-    pub async fn verify_blocking(self, password: String, phc: String) -> bool {
-        tokio::task::spawn_blocking(move || self.verify(&password, &phc))
-            .await
-            .unwrap_or(false)
+    /// Checks a password in a hashing slot; `Err` only when no slot came free.
+    pub async fn verify_blocking(&self, password: String, phc: String) -> Result<bool, HashError> {
+        let this = self.clone();
+        self.in_slot(move || this.verify(&password, &phc)).await
     }
 }
 
@@ -97,10 +145,11 @@ mod tests {
 
     #[test]
     fn hashes_verify_and_never_contain_the_password() {
-        let h = PasswordHashing {
+        let cost = HashCost {
             memory_kib: 8,
             iterations: 1,
         };
+        let h = PasswordHashing::new(cost, 1, Arc::default());
         let phc = h.hash("correct horse").unwrap();
         assert!(phc.starts_with("$argon2id$"));
         assert!(!phc.contains("correct horse"));

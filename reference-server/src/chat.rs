@@ -22,11 +22,12 @@ use axum::extract::ws::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{now_ms, token_expired, PasswordHashing};
+use crate::auth::{now_ms, token_expired, HashCost, PasswordHashing};
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::hub::Hub;
+use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::outbox::CloseReason;
 use crate::presence::Presence;
@@ -40,6 +41,16 @@ use crate::store::{Accepted, NewMessage, Store, TokenOwner};
 
 const CHANNEL_STRIPES: usize = 4096;
 
+/// The rate limits beside the per-connection send allowance (see [`crate::limits`]).
+pub struct Limits {
+    /// Logins and signups by source address.
+    pub auth_by_addr: Limiter<std::net::IpAddr>,
+    /// Logins and signups by username.
+    pub auth_by_name: Limiter<String>,
+    /// Sends by user, across all its devices.
+    pub sends_by_user: Limiter<UserId>,
+}
+
 /// Everything a request or a session needs, shared behind an `Arc`.
 pub struct App {
     pub config: Config,
@@ -49,6 +60,7 @@ pub struct App {
     pub push: PushGateway,
     pub metrics: Arc<Metrics>,
     pub hashing: PasswordHashing,
+    pub limits: Limits,
     /// Cancelled when the server shuts down; sessions close with 1001.
     pub shutdown: CancellationToken,
     /// Tracks WebSocket sessions so shutdown can wait for them to close.
@@ -90,9 +102,18 @@ impl App {
                 metrics.clone(),
                 shutdown.clone(),
             ),
-            hashing: PasswordHashing {
-                memory_kib: config.password_hash_memory_kib,
-                iterations: config.password_hash_iterations,
+            hashing: PasswordHashing::new(
+                HashCost {
+                    memory_kib: config.password_hash_memory_kib,
+                    iterations: config.password_hash_iterations,
+                },
+                config.password_hash_concurrency,
+                metrics.clone(),
+            ),
+            limits: Limits {
+                auth_by_addr: Limiter::new(config.auth_per_addr),
+                auth_by_name: Limiter::new(config.auth_per_user),
+                sends_by_user: Limiter::new(config.user_send),
             },
             metrics,
             config,
@@ -226,6 +247,12 @@ impl App {
             ));
         }
         check_text(text).map_err(|(code, msg)| ApiError::new(code, msg))?;
+        if !self.limits.sends_by_user.allow(&from.user_id) {
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                "sending faster than this user's allowance across its devices; slow down",
+            ));
+        }
         let channel = match (to.user, to.channel.as_deref()) {
             (Some(user), None) if user == from.user_id => {
                 return Err(ApiError::bad_request("to.user is the sender"));

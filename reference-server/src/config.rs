@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::limits::Rate;
+
 /// `reference-server` command line.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -90,6 +92,40 @@ pub struct Opts {
     #[arg(long, default_value_t = 1000)]
     pub send_burst: u32,
 
+    /// Sends one user may make per second across all its devices, sustained
+    /// (0 = no limit); past it a `send` is answered `rate_limited`.
+    #[arg(long, default_value_t = 400)]
+    pub user_send_rate_per_sec: u32,
+
+    /// Sends one user may make in a burst, across all its devices.
+    #[arg(long, default_value_t = 2000)]
+    pub user_send_burst: u32,
+
+    /// Logins and signups per second from one source address (0 = no limit);
+    /// past it `429 rate_limited`. Loose by default: a load generator
+    /// provisioning 100,000 accounts from one address must not hit it.
+    #[arg(long, default_value_t = 10_000)]
+    pub auth_rate_per_addr: u32,
+
+    /// Logins and signups one source address may make in a burst.
+    #[arg(long, default_value_t = 10_000)]
+    pub auth_burst_per_addr: u32,
+
+    /// Logins and signups per second for one username (0 = no limit): what a
+    /// password guesser gets, whatever addresses it comes from.
+    #[arg(long, default_value_t = 5)]
+    pub auth_rate_per_user: u32,
+
+    /// Logins and signups for one username in a burst.
+    #[arg(long, default_value_t = 20)]
+    pub auth_burst_per_user: u32,
+
+    /// Password hashes computed at once (0 = one per CPU core); further logins
+    /// and signups wait their turn, so a flood cannot start hundreds of
+    /// memory-hard hashes together.
+    #[arg(long, default_value_t = 0)]
+    pub password_hash_concurrency: usize,
+
     /// Most WebSocket connections this node holds; past it an upgrade is answered
     /// `503 overloaded` (0 = the open-file limit less 256 for everything else).
     #[arg(long, default_value_t = 0)]
@@ -128,6 +164,10 @@ pub struct Config {
     pub send_burst: u32,
     pub max_connections: usize,
     pub write_timeout: Duration,
+    pub user_send: Rate,
+    pub auth_per_addr: Rate,
+    pub auth_per_user: Rate,
+    pub password_hash_concurrency: usize,
 }
 
 /// A flag value that cannot be used; the message names the flag.
@@ -244,6 +284,13 @@ impl Opts {
             send_burst: self.send_burst.max(1),
             max_connections: self.max_connections,
             write_timeout: Duration::from_millis(self.write_timeout_ms),
+            user_send: Rate::new(self.user_send_rate_per_sec, self.user_send_burst),
+            auth_per_addr: Rate::new(self.auth_rate_per_addr, self.auth_burst_per_addr),
+            auth_per_user: Rate::new(self.auth_rate_per_user, self.auth_burst_per_user),
+            password_hash_concurrency: match self.password_hash_concurrency {
+                0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+                n => n,
+            },
         })
     }
 }

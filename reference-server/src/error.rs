@@ -71,6 +71,18 @@ impl From<crate::cluster::ClusterError> for ApiError {
     }
 }
 
+impl From<crate::auth::HashError> for ApiError {
+    fn from(e: crate::auth::HashError) -> Self {
+        match e {
+            crate::auth::HashError::Busy => ApiError::new(
+                ErrorCode::Overloaded,
+                "every password hashing slot is busy; retry later",
+            ),
+            crate::auth::HashError::Failed(reason) => ApiError::new(ErrorCode::Internal, reason),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status())

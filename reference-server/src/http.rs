@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State, WebSocketUpgrade};
+use axum::extract::{
+    ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State, WebSocketUpgrade,
+};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -20,10 +22,10 @@ use crate::auth::{new_token, now_ms};
 use crate::chat::App;
 use crate::error::ApiError;
 use crate::protocol::{
-    valid_username, ChannelId, CreateGroupRequest, CreateGroupResponse, DiscoveryResponse, Friend,
-    FriendsResponse, LoginRequest, LoginResponse, PresenceEntry, PresenceResponse, SignupRequest,
-    SignupResponse, Status, UserId, UserRef, HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT,
-    MAX_GROUP_MEMBERS,
+    valid_username, ChannelId, CreateGroupRequest, CreateGroupResponse, DiscoveryResponse,
+    ErrorCode, Friend, FriendsResponse, LoginRequest, LoginResponse, PresenceEntry,
+    PresenceResponse, SignupRequest, SignupResponse, Status, UserId, UserRef,
+    HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, MAX_GROUP_MEMBERS,
 };
 use crate::store::TokenOwner;
 
@@ -105,10 +107,42 @@ impl<T: DeserializeOwned> FromRequest<Arc<App>> for JsonBody<T> {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// The source address of a request, when the server was started with it (tests
+/// that drive the router without a socket have none).
+pub struct Source(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Source {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Source(
+            parts
+                .extensions
+                .get::<ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
+/// Spends one login/signup attempt of the source address and of the username:
+/// `rate_limited` when either budget is spent.
+fn auth_attempt(app: &App, source: &Source, username: &str) -> ApiResult<()> {
+    let by_addr = source.0.is_none_or(|ip| app.limits.auth_by_addr.allow(&ip));
+    if !by_addr || !app.limits.auth_by_name.allow(&username.to_string()) {
+        return Err(app.count(ApiError::new(
+            ErrorCode::RateLimited,
+            "too many logins or signups from this address or for this username; retry later",
+        )));
+    }
+    Ok(())
+}
+
 async fn signup(
     State(app): AppState,
+    source: Source,
     JsonBody(req): JsonBody<SignupRequest>,
 ) -> ApiResult<(StatusCode, Json<SignupResponse>)> {
+    auth_attempt(&app, &source, &req.username)?;
     if !valid_username(&req.username) {
         return Err(app.count(ApiError::bad_request(
             "username must be 1-64 characters of A-Z a-z 0-9 _ . -",
@@ -122,16 +156,13 @@ async fn signup(
     // Cheap pre-check so a taken name does not cost a hash; the store's own
     // uniqueness check below is what makes it race-free.
     if app.store.user_by_name(&req.username).await?.is_some() {
-        return Err(app.count(ApiError::new(
-            crate::protocol::ErrorCode::Conflict,
-            "username is taken",
-        )));
+        return Err(app.count(ApiError::new(ErrorCode::Conflict, "username is taken")));
     }
     let hash = app
         .hashing
         .hash_blocking(req.password)
         .await
-        .map_err(|e| ApiError::new(crate::protocol::ErrorCode::Internal, e.to_string()))?;
+        .map_err(|e| app.count(e.into()))?;
     let user_id = app
         .store
         .create_user(&req.username, &hash)
@@ -142,8 +173,10 @@ async fn signup(
 
 async fn login(
     State(app): AppState,
+    source: Source,
     JsonBody(req): JsonBody<LoginRequest>,
 ) -> ApiResult<Json<LoginResponse>> {
+    auth_attempt(&app, &source, &req.username)?;
     let user = app.store.user_by_name(&req.username).await?;
     // Verify against a real hash even for unknown names would hide which names
     // exist; we answer the same 401 either way and skip the cost for unknown ones.
@@ -154,6 +187,7 @@ async fn login(
         .hashing
         .verify_blocking(req.password, user.password_hash)
         .await
+        .map_err(|e| app.count(e.into()))?
     {
         return Err(app.count(ApiError::unauthorized()));
     }

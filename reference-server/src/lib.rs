@@ -17,6 +17,7 @@
 //! - [`push`]: push notifications for offline members.
 //! - [`auth`]: password hashing and tokens.
 //! - [`cluster`]: nodes over Redis (discovery, routing, cluster-wide presence).
+//! - [`limits`]: rate limits by source address, username and user.
 //! - [`metrics`]: counters for `/metrics`.
 //! - [`error`]: `ApiError`, a protocol error code with a message.
 //! - [`store`]: the storage trait and its backends.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod outbox;
 pub mod presence;

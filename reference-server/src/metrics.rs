@@ -29,6 +29,9 @@ pub struct Metrics {
     pub seq_held: AtomicU64,
     pub seq_dropped: AtomicU64,
     pub seq_skipped: AtomicU64,
+    pub storage_overloaded: AtomicU64,
+    pub password_hashes_in_flight: AtomicU64,
+    pub password_hashes_peak: AtomicU64,
     errors: [AtomicU64; ErrorCode::ALL.len()],
 }
 
@@ -161,6 +164,24 @@ impl Metrics {
             "counter",
             "Seq gaps given up on after the grace (the device sees the gap and syncs).",
             get(&self.seq_skipped),
+        );
+        metric(
+            "chatscale_storage_overloaded_total",
+            "counter",
+            "Sends answered `overloaded` at once because the accept queue was full.",
+            get(&self.storage_overloaded),
+        );
+        metric(
+            "chatscale_password_hashes_in_flight",
+            "gauge",
+            "Password hashes (signup, login) computing now.",
+            get(&self.password_hashes_in_flight),
+        );
+        metric(
+            "chatscale_password_hashes_peak",
+            "gauge",
+            "Most password hashes that ever computed at once (bounded by --password-hash-concurrency).",
+            get(&self.password_hashes_peak),
         );
         metric(
             "chatscale_process_resident_memory_bytes",

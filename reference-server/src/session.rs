@@ -277,17 +277,18 @@ async fn on_incoming(
     match msg {
         WsMessage::Text(text) => {
             let (reply, end) = handle(app, owner, token, &text, allowance).await;
+            if end {
+                // Logging out marked this outbox closed already: the ack goes
+                // out directly, then the close.
+                if let Some(reply) = reply {
+                    send_text(socket, reply).await;
+                }
+                return Step::Close(Some((1000, "logged out")));
+            }
             if let Some(reply) = reply {
                 if let Some(close) = queue_reply(app, outbox, reply) {
                     return close;
                 }
-            }
-            if end {
-                // The ack goes out first, then the close.
-                if let Step::Close(close) = Box::pin(write_queued(app, socket, outbox)).await {
-                    return Step::Close(close);
-                }
-                return Step::Close(Some((1000, "logged out")));
             }
         }
         WsMessage::Binary(_) => {

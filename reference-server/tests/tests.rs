@@ -15,6 +15,8 @@ mod chat;
 mod http_api;
 /// The binary's life cycle: listening line, SIGTERM, flags.
 mod lifecycle;
+/// Abuse limits: logins/signups per address and username, hashing slots, per-user sends.
+mod limits;
 /// Presence by heartbeats, pushed to friends.
 mod presence;
 /// Push notifications for offline members.
