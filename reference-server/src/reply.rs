@@ -149,11 +149,10 @@ where
 mod tests {
     use super::*;
 
+    type Chunk = std::future::Ready<StoreResult<Vec<(u64, String)>>>;
+
     /// A source of `n` entries with keys 1..=n, each `size` bytes.
-    fn source(
-        n: u64,
-        size: usize,
-    ) -> impl FnMut(Option<u64>, usize) -> std::future::Ready<StoreResult<Vec<(u64, String)>>> {
+    fn source(n: u64, size: usize) -> impl FnMut(Option<u64>, usize) -> Chunk {
         move |cursor, ask| {
             let start = cursor.unwrap_or(0);
             let out = (start + 1..=n)
