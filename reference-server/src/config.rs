@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::limits::Rate;
+use crate::tls::TlsFiles;
 
 /// `reference-server` command line.
 #[derive(Debug, Clone, Parser)]
@@ -136,6 +137,14 @@ pub struct Opts {
     #[arg(long, default_value_t = 10_000)]
     pub write_timeout_ms: u64,
 
+    /// PEM certificate chain: with --tls-key, serve https:// and wss:// (rustls).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
     /// Token lifetime in seconds (0 = until logout). An expired token gets 401.
     #[arg(long, default_value_t = 30 * 24 * 3600)]
     pub token_ttl_secs: u64,
@@ -168,6 +177,7 @@ pub struct Config {
     pub auth_per_addr: Rate,
     pub auth_per_user: Rate,
     pub password_hash_concurrency: usize,
+    pub tls: Option<TlsFiles>,
 }
 
 /// A flag value that cannot be used; the message names the flag.
@@ -287,6 +297,11 @@ impl Opts {
             user_send: Rate::new(self.user_send_rate_per_sec, self.user_send_burst),
             auth_per_addr: Rate::new(self.auth_rate_per_addr, self.auth_burst_per_addr),
             auth_per_user: Rate::new(self.auth_rate_per_user, self.auth_burst_per_user),
+            tls: match (self.tls_cert, self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+                (None, None) => None,
+                _ => return err("tls-cert", "--tls-cert and --tls-key go together"),
+            },
             password_hash_concurrency: match self.password_hash_concurrency {
                 0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
                 n => n,

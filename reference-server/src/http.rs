@@ -118,8 +118,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Source {
         Ok(Source(
             parts
                 .extensions
-                .get::<ConnectInfo<std::net::SocketAddr>>()
-                .map(|c| c.0.ip()),
+                .get::<ConnectInfo<crate::server::PeerAddr>>()
+                .map(|c| c.0 .0.ip()),
         ))
     }
 }

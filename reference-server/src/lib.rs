@@ -8,6 +8,7 @@
 //! - [`server`]: start, serve, shut down.
 //! - [`http`]: the HTTP API and the WebSocket upgrade.
 //! - [`web`]: the web chat page served at `GET /` (a reference browser client).
+//! - [`tls`]: `https://` and `wss://` with rustls (a listener of handshaken streams).
 //! - [`session`]: one WebSocket connection (one device).
 //! - [`chat`]: shared state and the service operations (send, sync, membership).
 //! - [`hub`]: connected devices on this node, and fan-out to them.
@@ -39,6 +40,7 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod web;
+pub mod tls;
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {

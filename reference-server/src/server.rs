@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
+use axum::extract::connect_info::Connected;
+use axum::serve::IncomingStream;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -40,11 +41,14 @@ pub enum ServerError {
     Flush(String),
     #[error("server task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A running server.
 pub struct Server {
     addr: SocketAddr,
+    tls: bool,
     app: Arc<App>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), ServerError>>,
@@ -65,9 +69,24 @@ impl Server {
 
     /// Starts serving on a listener the caller bound.
     pub async fn start_on(listener: TcpListener, config: Config) -> Result<Server, ServerError> {
+        let store = store::open(&config.storage).await?;
+        Self::start_with_store(listener, config, store).await
+    }
+
+    /// Starts serving on a listener the caller bound, with a store the caller
+    /// opened (tests wrap a backend to inject its failures).
+    pub async fn start_with_store(
+        listener: TcpListener,
+        config: Config,
+        store: std::sync::Arc<dyn crate::store::Store>,
+    ) -> Result<Server, ServerError> {
         raise_fd_limit();
         let addr = listener.local_addr()?;
-        let store = store::open(&config.storage).await?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(crate::tls::server_config)
+            .transpose()?;
         let ws_url = match &config.advertise {
             Some(url) => format!("{url}/v1/ws"),
             None => {
@@ -75,11 +94,13 @@ impl Server {
                 if shown.ip().is_unspecified() {
                     shown.set_ip([127, 0, 0, 1].into());
                 }
-                format!("ws://{shown}/v1/ws")
+                let scheme = if tls.is_some() { "wss" } else { "ws" };
+                format!("{scheme}://{shown}/v1/ws")
             }
         };
         tracing::info!(%addr, storage = store.kind(), durability = %store.durability(), node = %config.node_id, "starting");
         let shutdown = CancellationToken::new();
+        let config_tls = tls.is_some();
         let cluster_url = config.cluster.clone();
         let mut app = App::new(config, store, vec![ws_url.clone()], shutdown.clone());
         let changes: Arc<dyn crate::presence::Changes> = match cluster_url {
@@ -114,8 +135,19 @@ impl Server {
             changes,
             shutdown.clone(),
         ));
-        let task = tokio::spawn(serve(listener, app.clone(), shutdown.clone()));
+        let task = match tls {
+            Some(tls) => {
+                let listener = crate::tls::TlsListener::start(listener, tls, shutdown.clone())?;
+                tokio::spawn(serve(listener, app.clone(), shutdown.clone()))
+            }
+            None => tokio::spawn(serve(
+                PlainListener(listener),
+                app.clone(),
+                shutdown.clone(),
+            )),
+        };
         Ok(Server {
+            tls: config_tls,
             addr,
             app,
             shutdown,
@@ -127,9 +159,10 @@ impl Server {
         self.addr
     }
 
-    /// `http://HOST:PORT`, the base URL of the HTTP API.
+    /// `http://HOST:PORT` (`https://` with TLS), the base URL of the HTTP API.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The shared state, for tests and embedding programs that look inside.
@@ -156,18 +189,18 @@ impl Server {
     }
 }
 
-async fn serve(
-    listener: TcpListener,
+async fn serve<L>(
+    listener: L,
     app: Arc<App>,
     shutdown: CancellationToken,
-) -> Result<(), ServerError> {
+) -> Result<(), ServerError>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    PeerAddr: for<'a> Connected<IncomingStream<'a, L>>,
+{
     let router = crate::http::router(app.clone());
-    // Chat frames are small and latency-bound: never wait to coalesce them.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     // With the peer's address, for the per-address login and signup limits.
-    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let service = router.into_make_service_with_connect_info::<PeerAddr>();
     axum::serve(listener, service)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await?;
@@ -188,6 +221,42 @@ async fn serve(
     Ok(())
 }
 
+/// The peer's address of a connection, plain or TLS (axum only knows how to
+/// take it from its own listener types).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl Connected<IncomingStream<'_, PlainListener>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, PlainListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, crate::tls::TlsListener>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, crate::tls::TlsListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+/// A plain TCP listener whose connections never wait to coalesce small writes
+/// (chat frames are small and latency-bound).
+pub struct PlainListener(TcpListener);
+
+impl axum::serve::Listener for PlainListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (tcp, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        let _ = tcp.set_nodelay(true);
+        (tcp, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
 /// Raises the open-file soft limit to the hard limit: each connection is a file.
 pub fn raise_fd_limit() -> u64 {
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -200,6 +269,7 @@ pub fn raise_fd_limit() -> u64 {
 }
 
 /// Runs a server until SIGTERM or SIGINT, printing `listening on http://HOST:PORT`
+/// (`https://` with TLS)
 /// on stdout once it accepts connections: the body of the `reference-server`
 /// binary, callable from other binaries (the load generator embeds it this way).
 pub async fn run_until_signal(config: Config) -> Result<(), ServerError> {

@@ -25,6 +25,8 @@ mod push;
 mod web_chat;
 /// Bounded replies: big inboxes sync in batches; a client that never reads is closed.
 mod replies;
+/// TLS: https:// and wss:// with --tls-cert/--tls-key, chat end to end.
+mod tls;
 
 /// Storage conformance: every backend (memory, embedded, redis, postgres) against
 /// the same properties (ids, dedupe, inbox, history, groups, accounts, tokens...).
