@@ -66,4 +66,8 @@ pub struct RunOpts {
     /// A baseline report.json to gate against.
     #[arg(long)]
     pub baseline: Option<PathBuf>,
+    /// A PEM file of certificate authorities to trust for an https:// target
+    /// (beside the public roots), e.g. a staging cluster's own CA.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
 }

@@ -10,6 +10,7 @@
 //! - [`run`]: one scenario run, end to end (embedded server, population, phases,
 //!   audit, report).
 //! - [`embedded`]: the reference server as a child process (the embedded default).
+//! - [`tls`]: `https://` targets: the CAs `--ca-file` adds, for HTTP and WebSockets.
 //! - [`population`]: accounts, devices, friendships and groups, from the seed.
 //! - [`engine`]: the simulation: devices, schedule, recorder, audit, progress.
 //! - [`workers`]: `--workers N`: worker processes, each driving a share of the users.
@@ -29,5 +30,6 @@ pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod thresholds;
+pub mod tls;
 pub mod units;
 pub mod workers;

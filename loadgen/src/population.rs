@@ -193,7 +193,7 @@ async fn check(
 
 /// A client for provisioning: HTTP/1 with a pool as deep as the concurrency.
 pub fn http_client(concurrency: usize) -> Result<reqwest::Client, LoadgenError> {
-    reqwest::Client::builder()
+    crate::tls::http_builder()
         .pool_max_idle_per_host(concurrency)
         .timeout(std::time::Duration::from_secs(30))
         .build()
@@ -299,13 +299,26 @@ pub async fn provision(
     }
     // Discovery may hand out another host than the target: load still goes to
     // loopback only.
-    let as_http = pop.ws_url.replacen("ws://", "http://", 1);
+    let as_http = pop
+        .ws_url
+        .replacen("wss://", "https://", 1)
+        .replacen("ws://", "http://", 1);
     crate::scenario::check_target_url(&as_http).map_err(|r| {
         LoadgenError::unrunnable(format!(
             "login at {base} handed out the chat server {}: {r}",
             pop.ws_url
         ))
     })?;
+    if pop.ws_url.starts_with("wss://") {
+        // The engine's clock thread writes sends straight to each device's TCP
+        // socket, which has no TLS layer to go through yet.
+        return Err(LoadgenError::unrunnable(format!(
+            "login at {base} handed out the chat server {}: the simulated devices \
+             speak ws:// only for now (their sends are written straight to the TCP \
+             socket); provisioning and the audit work over TLS",
+            pop.ws_url
+        )));
+    }
 
     let token_of = |u: u32| {
         pop.devices[pop.users[u as usize].devices[0] as usize]

@@ -39,6 +39,9 @@ pub async fn run(opts: RunOpts) -> Result<u8, LoadgenError> {
             format!("{}: must be 1 to 64", opts.workers),
         ));
     }
+    if let Some(ca) = &opts.ca_file {
+        crate::tls::trust_ca_file(ca)?;
+    }
     let role = crate::workers::Role::from_env()?;
     let scenario = Scenario::load(&opts.scenario)?;
     if opts.workers as u64 > scenario.population.users {

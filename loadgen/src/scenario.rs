@@ -494,12 +494,13 @@ fn validate(raw: RawScenario, default_name: &str) -> Result<Scenario, LoadgenErr
     })
 }
 
-/// A target must be `http://HOST:PORT` on a loopback address: load traffic
-/// from this tool goes to 127.0.0.0/8 only (docs/scenarios.md says why).
+/// A target must be `http://HOST:PORT` (or `https://`) on a loopback address:
+/// load traffic from this tool goes to 127.0.0.0/8 only (docs/scenarios.md says why).
 pub fn check_target_url(url: &str) -> Result<(), String> {
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| format!("{url:?}: expected http://HOST:PORT"))?;
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("{url:?}: expected http://HOST:PORT or https://HOST:PORT"))?;
     let host_port = rest.split('/').next().unwrap_or("");
     let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
     let loopback = host == "localhost"

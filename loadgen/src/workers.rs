@@ -161,6 +161,9 @@ pub async fn run_parent(
             .args(["--target", base])
             .arg("--out")
             .arg(worker_dir(&work, i));
+        if let Some(ca) = &opts.ca_file {
+            cmd.arg("--ca-file").arg(ca);
+        }
         cmd.env(WORKER_ENV, format!("{i}/{n}"))
             .env(POPULATION_ENV, &pop_path)
             .stdout(std::process::Stdio::null())

@@ -301,6 +301,7 @@ pub fn opts(path: PathBuf, out: PathBuf) -> RunOpts {
         out: Some(out),
         workers: 1,
         baseline: None,
+        ca_file: None,
     }
 }
 

@@ -10,6 +10,8 @@ mod engine_runs;
 mod engine_scenarios;
 /// Shared: a server behind a fault-injecting WebSocket proxy, in-process runs.
 mod engine_support;
+/// TLS: a run against an https:// server whose CA comes from --ca-file.
+mod engine_tls;
 /// The --baseline gate: pass, regressions, noise floor, bad baseline.
 mod report_baseline;
 /// `loadgen compare`: ratios to the first report, unreadable files.

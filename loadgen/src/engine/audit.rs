@@ -66,7 +66,7 @@ pub struct InboxRec {
 /// Reads a user's whole inbox over a fresh WebSocket: `sync` from 0, paging.
 pub async fn read_inbox(ws_url: &str, token: &str) -> Result<Vec<InboxRec>, String> {
     let url = format!("{ws_url}?token={token}");
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+    let (mut ws, _) = crate::tls::connect(&url, None)
         .await
         .map_err(|e| e.to_string())?;
     let mut out = Vec::new();

@@ -1,0 +1,49 @@
+//! TLS: a small run against a server that speaks only `https://` and `wss://`,
+//! with a certificate made for the test (rcgen) and trusted through `--ca-file`;
+//! without it the run cannot reach the server (exit 3).
+
+use std::time::Duration;
+
+use reference_server::config::Config;
+use reference_server::server::Server;
+use reference_server::tls::TlsFiles;
+
+use crate::engine_support::{opts, run, scenario, SMALL};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_over_tls_trusts_the_ca_file_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let mut config = Config::for_tests();
+    config.heartbeat_interval = Duration::from_millis(500);
+    config.offline_after = Duration::from_millis(1500);
+    config.tls = Some(TlsFiles {
+        cert: cert_path.clone(),
+        key: key_path,
+    });
+    let server = Server::start(config).await.unwrap();
+    let url = server.url();
+    assert!(url.starts_with("https://"), "{url}");
+
+    let body = format!("{SMALL}\n[[phase]]\nname = \"steady\"\nduration = \"2s\"\nonline = 8\nmessage_rate = \"30/s\"\ndisconnect_rate = \"2/s\"\n\n[thresholds]\n\"lost\" = \"== 0\"\n\"duplicated\" = \"== 0\"\n");
+    let path = scenario(dir.path(), "tls", Some(&url), &body);
+
+    // Without the CA the target's certificate is not trusted: unreachable.
+    let (code, r) = run(opts(path.clone(), dir.path().join("untrusted"))).await;
+    assert_eq!(code, 3, "{r}");
+
+    let mut with_ca = opts(path, dir.path().join("out"));
+    with_ca.ca_file = Some(cert_path);
+    let (code, r) = run(with_ca).await;
+    assert_eq!(code, 0, "{r}");
+    assert!(
+        r["metrics"]["messages_acked"].as_f64().unwrap() > 10.0,
+        "{r}"
+    );
+    assert!(r["metrics"]["deliveries"].as_f64().unwrap() > 10.0, "{r}");
+    assert_eq!(r["metrics"]["lost"], 0);
+    server.stop().await.unwrap();
+}
