@@ -1,7 +1,10 @@
 //! Benchmarks live in `benches/`; measurement programs in `src/bin/`. This library
 //! holds what the programs share: running the reference server as a child process
 //! of the program itself (re-executed with `serve`), so that the server's memory
-//! and CPU are its own.
+//! and CPU are its own; and generated-input fuzzing ([`fuzz`]) of the frame,
+//! body and scenario parsers, which a test and the `fuzz` program both run.
+
+pub mod fuzz;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -281,6 +281,42 @@ impl FrameEnvelope {
     }
 }
 
+/// A client frame that could not be parsed: what its `error` frame says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadFrame {
+    /// The frame's `req`, when it had a readable integer one.
+    pub req: Option<i64>,
+    pub message: String,
+}
+
+impl BadFrame {
+    /// The `error` frame (`bad_request`) that answers it.
+    pub fn to_error_frame(&self) -> ServerFrame {
+        ServerFrame::error(self.req, ErrorCode::BadRequest, self.message.clone())
+    }
+}
+
+/// Parses a client text frame, or says why not (for its `bad_request` answer):
+/// an unknown type, a frame without one, or a malformed or mistyped field.
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame, BadFrame> {
+    serde_json::from_str(text).map_err(|e| {
+        let env: FrameEnvelope = serde_json::from_str(text).unwrap_or_default();
+        let message = match env.kind.as_ref().and_then(|k| k.as_str()) {
+            Some(kind) if !matches!(kind, "send" | "heartbeat" | "sync" | "logout") => {
+                format!("unknown frame type {kind:?}")
+            }
+            _ if env.kind.is_none() && serde_json::from_str::<serde_json::Value>(text).is_ok() => {
+                "frame has no type".to_string()
+            }
+            _ => format!("malformed frame: {e}"),
+        };
+        BadFrame {
+            req: env.req(),
+            message,
+        }
+    })
+}
+
 /// A stored message as clients see it: in `message` frames, `sync_batch` answers
 /// and history pages. `seq` is the receiving user's inbox position; history pages,
 /// which are per channel rather than per user, leave it out.

@@ -35,7 +35,7 @@ use crate::error::ApiError;
 use crate::http::{Auth, Upgrade};
 use crate::metrics::Metrics;
 use crate::outbox::{CloseReason, Outbox, Pushed};
-use crate::protocol::{ClientFrame, ErrorCode, FrameEnvelope, ServerFrame};
+use crate::protocol::{parse_client_frame, ClientFrame, ErrorCode, ServerFrame};
 use crate::store::TokenOwner;
 
 /// Frames written per wake-up before the loop looks at the socket again.
@@ -397,26 +397,11 @@ async fn handle(
     text: &str,
     allowance: &mut SendAllowance,
 ) -> (Option<String>, bool) {
-    let frame: ClientFrame = match serde_json::from_str(text) {
+    let frame = match parse_client_frame(text) {
         Ok(f) => f,
-        Err(e) => {
-            let env: FrameEnvelope = serde_json::from_str(text).unwrap_or_default();
-            let why = match env.kind.as_ref().and_then(|k| k.as_str()) {
-                Some(kind) if !matches!(kind, "send" | "heartbeat" | "sync" | "logout") => {
-                    format!("unknown frame type {kind:?}")
-                }
-                _ if env.kind.is_none()
-                    && serde_json::from_str::<serde_json::Value>(text).is_ok() =>
-                {
-                    "frame has no type".to_string()
-                }
-                _ => format!("malformed frame: {e}"),
-            };
+        Err(bad) => {
             app.metrics.error(ErrorCode::BadRequest);
-            return (
-                Some(ServerFrame::error(env.req(), ErrorCode::BadRequest, why).to_json()),
-                false,
-            );
+            return (Some(bad.to_error_frame().to_json()), false);
         }
     };
     let reply = |req: Option<i64>, r: Result<ServerFrame, ApiError>| match r {

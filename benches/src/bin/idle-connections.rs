@@ -9,28 +9,41 @@
 //! cargo run --release -p chatscale-benches --bin idle-connections -- 10000
 //! ```
 //!
-//! Flags after the count go to the server (`-- 10000 --ws-read-buffer-bytes 256`).
+//! Flags after the count go to the server (`-- 10000 --ws-read-buffer-bytes 256`),
+//! except two of the bench's own:
+//! - `--tls`: the server serves `wss://` with a certificate made for the run
+//!   (rcgen), and every client connects over TLS;
+//! - `--messages N`: after the idle measurement, N one-to-one messages go between
+//!   pairs of the open connections (64 in flight), and the server's CPU time per
+//!   message (send, ack, delivery) is printed.
 //!
 //! Every connection has read its `hello` and then sits idle, as a phone on a chat
 //! app does between messages. The number to watch is `bytes per connection`.
 
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
-use chatscale_benches::ServerProcess;
 use futures_util::StreamExt;
 use reference_server::metrics::resident_memory_of;
 use reference_server::protocol::LoginResponse;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::Connector;
 
 const WARMUP: usize = 500;
 const DEVICES_PER_USER: usize = 10;
 
 fn main() -> anyhow::Result<()> {
-    if let Some(served) = chatscale_benches::serve_if_asked() {
-        return served;
-    }
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("serve") {
+        let opts = <reference_server::config::Opts as clap::Parser>::parse_from(&args[1..]);
+        let config = opts.into_config()?;
+        let rt = tokio::runtime::Runtime::new()?;
+        return Ok(rt.block_on(reference_server::server::run_until_signal(config))?);
+    }
     let total: usize = args
         .get(1)
         .map(|s| s.parse())
@@ -38,23 +51,70 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(10_000);
     anyhow::ensure!(total > WARMUP, "open more than {WARMUP} connections");
     reference_server::server::raise_fd_limit();
+    let mut extra: Vec<String> = Vec::new();
+    let (mut tls, mut messages) = (false, 0usize);
+    let mut rest = args[2.min(args.len())..].iter();
+    while let Some(a) = rest.next() {
+        match a.as_str() {
+            "--tls" => tls = true,
+            "--messages" => messages = rest.next().map(|n| n.parse()).transpose()?.unwrap_or(0),
+            _ => extra.push(a.clone()),
+        }
+    }
+    let cert = tls.then(TestCert::new).transpose()?;
+    if let Some(c) = &cert {
+        extra.extend(c.server_flags());
+    }
     let rt = tokio::runtime::Runtime::new()?;
-    let extra: Vec<&str> = args[2.min(args.len())..]
-        .iter()
-        .map(String::as_str)
-        .collect();
-    let mut flags = vec!["--storage", "memory"];
-    flags.extend(extra);
-    let mut child = ServerProcess::start(&flags)?;
-    let result = rt.block_on(measure(&mut child, total));
-    child.stop();
+    let mut child = start_server(&extra)?;
+    let connector = cert.as_ref().map(TestCert::connector);
+    let http = match &cert {
+        Some(c) => c.http()?,
+        None => reqwest::Client::new(),
+    };
+    let result = rt.block_on(measure(&mut child, total, http, connector, messages));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status();
+    let _ = child.0.wait();
     result
 }
 
-async fn measure(server: &mut ServerProcess, total: usize) -> anyhow::Result<()> {
-    let pid = server.child.id().to_string();
-    let url = server.url.clone();
-    let http = reqwest::Client::new();
+struct ServerProcess(Child, String);
+
+/// Starts the server; `extra` flags (after the connection count on our command
+/// line) go to it, e.g. `-- 10000 --ws-read-buffer-bytes 256`.
+fn start_server(extra: &[String]) -> anyhow::Result<ServerProcess> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["serve", "--listen", "127.0.0.1:0", "--storage", "memory"])
+        .args([
+            "--password-hash-memory-kib",
+            "8",
+            "--password-hash-iterations",
+            "1",
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .ok_or_else(|| anyhow::anyhow!("unexpected first line {line:?}"))?
+        .to_string();
+    Ok(ServerProcess(child, url))
+}
+
+async fn measure(
+    server: &mut ServerProcess,
+    total: usize,
+    http: reqwest::Client,
+    connector: Option<Connector>,
+    messages: usize,
+) -> anyhow::Result<()> {
+    let pid = server.0.id().to_string();
+    let url = server.1.clone();
     let users = total.div_ceil(DEVICES_PER_USER);
     let mut devices = Vec::with_capacity(total);
     for u in 0..users {
@@ -73,15 +133,16 @@ async fn measure(server: &mut ServerProcess, total: usize) -> anyhow::Result<()>
                 .error_for_status()?
                 .json()
                 .await?;
-            devices.push(format!("{}?token={}", r.servers[0], r.token));
+            devices.push((format!("{}?token={}", r.servers[0], r.token), r.user_id));
         }
     }
     drop(http);
 
+    let urls: Vec<String> = devices.iter().map(|(u, _)| u.clone()).collect();
     let mut conns = Vec::with_capacity(total);
-    open(&devices[..WARMUP], &mut conns).await?;
+    open(&urls[..WARMUP], &connector, &mut conns).await?;
     let before = settled_rss(&pid).await;
-    open(&devices[WARMUP..], &mut conns).await?;
+    open(&urls[WARMUP..], &connector, &mut conns).await?;
     let after = settled_rss(&pid).await;
     let opened = (total - WARMUP) as f64;
     let per_conn = (after as f64 - before as f64) / opened;
@@ -95,23 +156,143 @@ async fn measure(server: &mut ServerProcess, total: usize) -> anyhow::Result<()>
         mib(after)
     );
     println!("bytes per connection: {per_conn:.0}");
+    if messages > 0 {
+        let users: Vec<u64> = devices.iter().map(|(_, u)| *u).collect();
+        exchange(&pid, &mut conns, &users, messages).await?;
+    }
     drop(conns);
     Ok(())
+}
+
+/// Sends `n` messages, each from connection `i` to the user of connection
+/// `i + DEVICES_PER_USER` (another user), 64 in flight, every one acked and
+/// delivered; prints the server's CPU time per message.
+async fn exchange(pid: &str, conns: &mut [Conn], users: &[u64], n: usize) -> anyhow::Result<()> {
+    use futures_util::SinkExt;
+    let pairs = conns.len() - DEVICES_PER_USER;
+    let cpu_before = cpu_seconds(pid)?;
+    let started = std::time::Instant::now();
+    for round in (0..n).collect::<Vec<_>>().chunks(64) {
+        for &k in round {
+            let from = k % pairs;
+            let to = users[from + DEVICES_PER_USER];
+            let frame = json!({"type": "send", "req": k, "to": {"user": to},
+                "client_msg_id": format!("m{k}"), "text": "x".repeat(80)});
+            conns[from]
+                .send(Message::Text(frame.to_string().into()))
+                .await?;
+        }
+        for &k in round {
+            let from = k % pairs;
+            wait_for(&mut conns[from], "\"ack\"").await?;
+            // Every device of the recipient gets it.
+            let first = (from + DEVICES_PER_USER) / DEVICES_PER_USER * DEVICES_PER_USER;
+            for c in first..(first + DEVICES_PER_USER).min(conns.len()) {
+                wait_for(&mut conns[c], "\"message\"").await?;
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid)? - cpu_before;
+    println!(
+        "messages: {n} in {elapsed:.1} s, server CPU {:.1} us per message ({} deliveries each)",
+        cpu * 1e6 / n as f64,
+        DEVICES_PER_USER
+    );
+    Ok(())
+}
+
+async fn wait_for(conn: &mut Conn, kind: &str) -> anyhow::Result<()> {
+    loop {
+        let msg = conn
+            .next()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("closed while waiting for {kind}"))??;
+        if msg.to_text().is_ok_and(|t| t.contains(kind)) {
+            return Ok(());
+        }
+    }
+}
+
+/// User plus system CPU time of a process, in seconds (Linux `/proc/PID/stat`).
+fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_name = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
+/// A certificate for 127.0.0.1 made for the run, as PEM files in a temp dir.
+struct TestCert {
+    dir: tempfile::TempDir,
+    pem: String,
+}
+
+impl TestCert {
+    fn new() -> anyhow::Result<Self> {
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])?;
+        let dir = tempfile::tempdir()?;
+        let pem = cert.cert.pem();
+        std::fs::write(dir.path().join("cert.pem"), &pem)?;
+        std::fs::write(dir.path().join("key.pem"), cert.key_pair.serialize_pem())?;
+        Ok(TestCert { dir, pem })
+    }
+
+    fn server_flags(&self) -> Vec<String> {
+        let path = |f: &str| self.dir.path().join(f).display().to_string();
+        vec![
+            "--tls-cert".into(),
+            path("cert.pem"),
+            "--tls-key".into(),
+            path("key.pem"),
+        ]
+    }
+
+    fn http(&self) -> anyhow::Result<reqwest::Client> {
+        let ca = reqwest::Certificate::from_pem(self.pem.as_bytes())?;
+        Ok(reqwest::Client::builder()
+            .add_root_certificate(ca)
+            .build()?)
+    }
+
+    fn connector(&self) -> Connector {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        if let Ok(der) = rustls_pki_types::CertificateDer::from_pem_slice(self.pem.as_bytes()) {
+            let _ = roots.add(der);
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Connector::Rustls(Arc::new(config))
+    }
 }
 
 type Conn =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Opens connections 100 at a time and reads each one's `hello`.
-async fn open(urls: &[String], into: &mut Vec<Conn>) -> anyhow::Result<()> {
+async fn open(
+    urls: &[String],
+    tls: &Option<Connector>,
+    into: &mut Vec<Conn>,
+) -> anyhow::Result<()> {
     for chunk in urls.chunks(100) {
         let opened = futures_util::future::try_join_all(chunk.iter().map(|url| async move {
             let config = WebSocketConfig::default()
                 .read_buffer_size(4096)
                 .write_buffer_size(0);
-            let (mut ws, _) =
-                tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true)
-                    .await?;
+            let (mut ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+                url.as_str(),
+                Some(config),
+                true,
+                tls.clone(),
+            )
+            .await?;
             let hello = ws
                 .next()
                 .await
