@@ -32,12 +32,13 @@ use crate::metrics::Metrics;
 use crate::outbox::CloseReason;
 use crate::presence::Presence;
 use crate::protocol::{
-    check_text, ChannelId, ErrorCode, Message, MessageRef, Millis, Recipient, Seq, Status, UserId,
+    check_text, has_nul, ChannelId, ErrorCode, Message, MessageRef, Millis, Recipient, Seq,
+    Status, UserId,
     MAX_CLIENT_MSG_ID_CHARS,
 };
 use crate::push::{preview, Notification, PushGateway};
 use crate::reply::{self, Order, Page, REPLY_BUDGET_BYTES};
-use crate::store::{Accepted, NewMessage, Store, TokenOwner};
+use crate::store::{Accepted, NewMessage, Store, StoreError, TokenOwner};
 
 const CHANNEL_STRIPES: usize = 4096;
 
@@ -73,6 +74,8 @@ pub struct App {
     pub max_connections: usize,
     channel_locks: Box<[tokio::sync::Mutex<()>]>,
     hasher: RandomState,
+    /// Sends waiting for storage; none waits when all are taken (`overloaded`).
+    pending_accepts: tokio::sync::Semaphore,
 }
 
 impl App {
@@ -94,6 +97,7 @@ impl App {
             Some(_) => Hub::ordered(metrics.clone()),
             None => Hub::new(metrics.clone()),
         };
+        let config_pending = config.max_pending_accepts;
         App {
             hub: Arc::new(hub),
             presence: Arc::new(Presence::new(config.offline_after)),
@@ -127,6 +131,7 @@ impl App {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             hasher: RandomState::new(),
+            pending_accepts: tokio::sync::Semaphore::new(config_pending),
         }
     }
 
@@ -241,9 +246,9 @@ impl App {
         text: &str,
     ) -> Result<Accepted, ApiError> {
         let id_chars = client_msg_id.chars().count();
-        if !(1..=MAX_CLIENT_MSG_ID_CHARS).contains(&id_chars) {
+        if !(1..=MAX_CLIENT_MSG_ID_CHARS).contains(&id_chars) || has_nul(client_msg_id) {
             return Err(ApiError::bad_request(
-                "client_msg_id must be 1-64 characters",
+                "client_msg_id must be 1-64 characters, none of them U+0000",
             ));
         }
         check_text(text).map_err(|(code, msg)| ApiError::new(code, msg))?;
@@ -267,6 +272,11 @@ impl App {
         };
         let members = self.members(&channel, from.user_id).await?;
 
+        // Storage backed up: answer at once rather than queue without limit.
+        let Ok(_pending) = self.pending_accepts.try_acquire() else {
+            Metrics::inc(&self.metrics.storage_overloaded);
+            return Err(StoreError::Overloaded.into());
+        };
         let stripe = self.hasher.hash_one(&channel) as usize % self.channel_locks.len();
         let _order = self.channel_locks[stripe].lock().await;
         let started = Instant::now();
@@ -281,7 +291,12 @@ impl App {
                 text,
                 ts: now_ms(),
             })
-            .await?;
+            .await
+            .inspect_err(|e| {
+                if matches!(e, StoreError::Overloaded) {
+                    Metrics::inc(&self.metrics.storage_overloaded);
+                }
+            })?;
         Metrics::inc_by(
             &self.metrics.storage_accept_micros_sum,
             started.elapsed().as_micros() as u64,

@@ -127,6 +127,11 @@ pub struct Opts {
     #[arg(long, default_value_t = 0)]
     pub password_hash_concurrency: usize,
 
+    /// Sends waiting for storage at once (in the store's queue or for their
+    /// channel's turn); past it a `send` is answered `overloaded` at once.
+    #[arg(long, default_value_t = 4096)]
+    pub max_pending_accepts: usize,
+
     /// Most WebSocket connections this node holds; past it an upgrade is answered
     /// `503 overloaded` (0 = the open-file limit less 256 for everything else).
     #[arg(long, default_value_t = 0)]
@@ -178,6 +183,7 @@ pub struct Config {
     pub auth_per_user: Rate,
     pub password_hash_concurrency: usize,
     pub tls: Option<TlsFiles>,
+    pub max_pending_accepts: usize,
 }
 
 /// A flag value that cannot be used; the message names the flag.
@@ -297,6 +303,7 @@ impl Opts {
             user_send: Rate::new(self.user_send_rate_per_sec, self.user_send_burst),
             auth_per_addr: Rate::new(self.auth_rate_per_addr, self.auth_burst_per_addr),
             auth_per_user: Rate::new(self.auth_rate_per_user, self.auth_burst_per_user),
+            max_pending_accepts: self.max_pending_accepts.max(1),
             tls: match (self.tls_cert, self.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
                 (None, None) => None,

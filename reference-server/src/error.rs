@@ -53,6 +53,11 @@ impl From<StoreError> for ApiError {
                 ),
             ),
             StoreError::NotFound => ApiError::not_found("unknown user or channel"),
+            StoreError::NotMember => ApiError::forbidden("not a member of the channel"),
+            StoreError::Overloaded => ApiError::new(
+                ErrorCode::Overloaded,
+                "storage is backed up; back off and retry",
+            ),
             StoreError::Backend(reason) => {
                 tracing::error!(cause = %reason, "storage failed");
                 ApiError::new(ErrorCode::Internal, "storage failed; retry later")

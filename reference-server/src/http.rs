@@ -22,7 +22,7 @@ use crate::auth::{new_token, now_ms};
 use crate::chat::App;
 use crate::error::ApiError;
 use crate::protocol::{
-    valid_username, ChannelId, CreateGroupRequest, CreateGroupResponse, DiscoveryResponse,
+    has_nul, valid_username, ChannelId, CreateGroupRequest, CreateGroupResponse, DiscoveryResponse,
     ErrorCode, Friend, FriendsResponse, LoginRequest, LoginResponse, PresenceEntry,
     PresenceResponse, SignupRequest, SignupResponse, Status, UserId, UserRef,
     HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, MAX_GROUP_MEMBERS,
@@ -183,6 +183,9 @@ async fn login(
     let Some(user) = user else {
         return Err(app.count(ApiError::unauthorized()));
     };
+    if req.device.as_deref().is_some_and(has_nul) {
+        return Err(app.count(ApiError::bad_request("device name holds U+0000")));
+    }
     if !app
         .hashing
         .verify_blocking(req.password, user.password_hash)
@@ -262,6 +265,9 @@ async fn create_group(
     auth: Auth,
     JsonBody(req): JsonBody<CreateGroupRequest>,
 ) -> ApiResult<(StatusCode, Json<CreateGroupResponse>)> {
+    if has_nul(&req.name) {
+        return Err(app.count(ApiError::bad_request("group name holds U+0000")));
+    }
     let mut members = vec![auth.owner.user_id];
     for m in req.members {
         if !members.contains(&m) {

@@ -483,10 +483,23 @@ pub fn valid_username(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
-/// Checks a message text: 1 to 100,000 Unicode scalar values.
+/// True when a string holds U+0000, which the server refuses in every string it
+/// stores (texts, client_msg_ids, group and device names): PostgreSQL's TEXT
+/// cannot hold it, and every backend must store exactly the same strings.
+pub fn has_nul(s: &str) -> bool {
+    s.as_bytes().contains(&0)
+}
+
+/// Checks a message text: 1 to 100,000 Unicode scalar values, none of them U+0000.
 pub fn check_text(text: &str) -> Result<(), (ErrorCode, Cow<'static, str>)> {
     if text.is_empty() {
         return Err((ErrorCode::BadRequest, "text is empty".into()));
+    }
+    if has_nul(text) {
+        return Err((
+            ErrorCode::BadRequest,
+            "text holds U+0000, which the server does not store".into(),
+        ));
     }
     // A byte count at or under the limit cannot hold more characters than that;
     // counting characters is only needed for long texts.
@@ -526,6 +539,8 @@ mod tests {
             ErrorCode::TooLarge
         );
         assert_eq!(check_text("").unwrap_err().0, ErrorCode::BadRequest);
+        assert_eq!(check_text("a\0b").unwrap_err().0, ErrorCode::BadRequest);
+        assert!(check_text("\u{1}\u{7f}\u{2028}\u{fffd}\u{10ffff}").is_ok());
     }
 
     #[test]

@@ -15,8 +15,9 @@
 //!
 //! A request whose closure fails with a domain outcome (`NotFound`, `GroupFull`...)
 //! has written nothing (each closure checks before it writes), so it does not
-//! disturb the others in its batch; a backend error aborts the whole batch and
-//! every request in it fails (none was acked).
+//! disturb the others in its batch; a backend error aborts the batch, and each
+//! of its requests then runs again alone, so only the failing one fails. When
+//! the queue is full a write is answered `Overloaded` at once.
 //!
 //! Presence timestamps are not worth an fsync: a batch that holds nothing but
 //! [`Store::set_last_active`] commits with `Durability::None` and becomes durable
@@ -34,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 mod tables;
 mod writer;
 use tables::*;
-use writer::{writer_loop, Completion, Job, Request};
+use writer::{writer_loop, Request, Write};
 
 use super::{
     Accepted, NewMessage, Store, StoreError, StoreResult, StoredMessage, TokenOwner, UserInfo,
@@ -96,24 +97,27 @@ impl EmbeddedStore {
     }
 
     /// Queues a write for the next batch and waits until its batch has committed.
+    /// `f` may run twice: again alone if another write poisoned its batch.
     async fn write<T, F>(&self, durable: bool, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> StoreResult<T> + Send + 'static,
+        F: FnMut(&WriteTransaction) -> StoreResult<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |txn| {
-            let result = f(txn);
-            let poison = matches!(result, Err(StoreError::Backend(_)));
-            let done: Completion = Box::new(move |commit| {
-                let _ = tx.send(commit.and(result));
-            });
-            (done, poison)
+        let job = Box::new(Pending {
+            f,
+            result: None,
+            tx,
         });
+        // Never wait for room: a full queue means storage is backed up.
         self.writer
-            .send(Request { job, durable })
-            .await
-            .map_err(|_| StoreError::Backend("embedded writer thread has stopped".into()))?;
+            .try_send(Request { job, durable })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => {
+                    StoreError::Backend("embedded writer thread has stopped".into())
+                }
+            })?;
         rx.await
             .map_err(|_| StoreError::Backend("embedded writer dropped a request".into()))?
     }
@@ -128,6 +132,35 @@ impl EmbeddedStore {
         tokio::task::spawn_blocking(move || f(&db.begin_read().map_err(backend)?))
             .await
             .map_err(|e| StoreError::Backend(format!("read task failed: {e}")))?
+    }
+}
+
+/// A queued write: the closure, its last result, and where the answer goes.
+struct Pending<T, F> {
+    f: F,
+    result: Option<StoreResult<T>>,
+    tx: oneshot::Sender<StoreResult<T>>,
+}
+
+impl<T, F> Write for Pending<T, F>
+where
+    T: Send + 'static,
+    F: FnMut(&WriteTransaction) -> StoreResult<T> + Send + 'static,
+{
+    fn run(&mut self, txn: &WriteTransaction) -> bool {
+        let result = (self.f)(txn);
+        let poison = matches!(result, Err(StoreError::Backend(_)));
+        self.result = Some(result);
+        poison
+    }
+
+    fn finish(self: Box<Self>, commit: StoreResult<()>) {
+        let answer = match (commit, self.result) {
+            (Ok(()), Some(result)) => result,
+            (Err(e), _) => Err(e),
+            (Ok(()), None) => Err(StoreError::Backend("a write never ran".into())),
+        };
+        let _ = self.tx.send(answer);
     }
 }
 
@@ -323,7 +356,7 @@ impl Store for EmbeddedStore {
             let id = next_counter(txn, "next_group")?;
             txn.open_table(GROUPS)
                 .map_err(backend)?
-                .insert(id, (name.as_str(), list))
+                .insert(id, (name.as_str(), list.clone()))
                 .map_err(backend)?;
             Ok(id)
         })

@@ -232,7 +232,23 @@ impl Store for MemoryStore {
                 duplicate: true,
             });
         }
-        if msg.members.iter().any(|&m| inner.user(m).is_none()) {
+        // A group's members as they are now, under the same lock as the append.
+        let current;
+        let members = match super::group_of(msg.channel) {
+            Some(g) => {
+                current = g
+                    .checked_sub(1)
+                    .and_then(|i| inner.groups.get(i as usize))
+                    .cloned()
+                    .ok_or(StoreError::NotFound)?;
+                if !current.contains(&msg.from) {
+                    return Err(StoreError::NotMember);
+                }
+                &current[..]
+            }
+            None => msg.members,
+        };
+        if members.iter().any(|&m| inner.user(m).is_none()) {
             return Err(StoreError::NotFound);
         }
         let history = inner.channels.entry(msg.channel.to_string()).or_default();
@@ -248,8 +264,8 @@ impl Store for MemoryStore {
             ts: msg.ts,
         });
         history.push(stored.clone());
-        let mut recipients = Vec::with_capacity(msg.members.len());
-        for &m in msg.members {
+        let mut recipients = Vec::with_capacity(members.len());
+        for &m in members {
             let user = inner.user_mut(m)?;
             user.inbox.push(stored.clone());
             recipients.push((m, user.inbox.len() as Seq));

@@ -32,6 +32,13 @@ pub enum StoreError {
     GroupFull,
     #[error("not found")]
     NotFound,
+    /// The sender is not (any more) a member of the group it sends to.
+    #[error("not a member of the channel")]
+    NotMember,
+    /// The backend's queue of waiting writes is full: the caller is answered at
+    /// once (`overloaded`) rather than made to wait without limit.
+    #[error("storage is backed up: its write queue is full")]
+    Overloaded,
     #[error("storage backend failed: {0}")]
     Backend(String),
 }
@@ -61,8 +68,13 @@ pub struct TokenOwner {
     pub device_id: DeviceId,
 }
 
-/// A message to accept. `members` is every member of the channel at the time of
-/// sending (the sender included); each gets the message in its inbox.
+/// A message to accept. `members` is every member of the channel as the caller
+/// saw it (the sender included). For a group channel (`g:N`) the store does not
+/// trust that list: inside the atomic accept it reads the group's members as they
+/// are now, answers `NotMember` if the sender is not among them (after the dedupe
+/// check, so a resend of an accepted message still gets its ack), and appends the
+/// message to those members' inboxes. So a member removed concurrently cannot
+/// slip one more message in or out. A `dm:A:B` channel's members are fixed.
 #[derive(Debug, Clone, Copy)]
 pub struct NewMessage<'a> {
     pub channel: &'a str,
@@ -176,6 +188,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes everything accepted so far durable (called at shutdown).
     async fn flush(&self) -> StoreResult<()>;
+}
+
+/// The group number of a `g:N` channel, for the membership check in `accept`.
+pub(crate) fn group_of(channel: &str) -> Option<u64> {
+    match crate::protocol::ChannelId::parse(channel) {
+        Some(crate::protocol::ChannelId::Group(n)) => Some(n),
+        _ => None,
+    }
 }
 
 /// A group's member list as every backend stores it: duplicates removed (first

@@ -20,8 +20,9 @@
 //! `synchronous_commit=on`) covers the batch; then each caller's oneshot completes.
 //! Several nodes on one database commit batches concurrently, so a batch first
 //! locks all its user rows, then all its channel rows, each sorted (see `writer`).
-//! A backend error rolls the batch back and fails every caller in it (none was
-//! acked). Everything else runs on a small `deadpool-postgres` pool with prepared
+//! A backend error rolls the batch back; each of its accepts then runs again in a
+//! transaction of its own, so only the one that fails is answered with an error.
+//! Everything else runs on a small `deadpool-postgres` pool with prepared
 //! (cached) statements.
 //!
 //! **Migrations** are a list of versioned SQL scripts applied at open under an
@@ -481,7 +482,7 @@ impl Store for PostgresStore {
         let (done, answer) = oneshot::channel();
         let request = AcceptRequest {
             channel: msg.channel.to_string(),
-            members: members.clone(),
+            members,
             from: big(msg.from),
             device: big(msg.from_device),
             cmid: msg.client_msg_id.to_string(),
@@ -489,15 +490,20 @@ impl Store for PostgresStore {
             ts: big(msg.ts),
             done,
         };
-        self.writer
-            .send(request)
-            .await
-            .map_err(|_| StoreError::Backend("postgres writer task has stopped".into()))?;
-        let row = answer
+        // Never wait for room: a full queue means storage is backed up.
+        self.writer.try_send(request).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => {
+                StoreError::Backend("postgres writer task has stopped".into())
+            }
+        })?;
+        let answer = answer
             .await
             .map_err(|_| StoreError::Backend("postgres writer dropped a request".into()))??;
+        let (row, members) = (&answer.row, &answer.members);
         let status: i32 = row.get("status");
         match status {
+            2 if answer.not_member => Err(StoreError::NotMember),
             2 => Err(StoreError::NotFound),
             0 | 1 => {
                 let seqs: Option<Vec<i64>> = row.get("seqs");

@@ -81,7 +81,23 @@ pub(super) fn accept_in(txn: &WriteTransaction, msg: &OwnedMessage) -> StoreResu
             duplicate: true,
         });
     }
-    for &m in &msg.members {
+    // A group's members as they are now, in the same transaction as the append.
+    let members = match crate::store::group_of(&msg.channel) {
+        Some(g) => {
+            let groups = txn.open_table(GROUPS).map_err(backend)?;
+            let current = groups
+                .get(g)
+                .map_err(backend)?
+                .map(|v| v.value().1)
+                .ok_or(StoreError::NotFound)?;
+            if !current.contains(&msg.from) {
+                return Err(StoreError::NotMember);
+            }
+            current
+        }
+        None => msg.members.clone(),
+    };
+    for &m in &members {
         if !user_exists(txn, m)? {
             return Err(StoreError::NotFound);
         }
@@ -109,8 +125,8 @@ pub(super) fn accept_in(txn: &WriteTransaction, msg: &OwnedMessage) -> StoreResu
         .map_err(backend)?;
     let mut inbox = txn.open_table(INBOX).map_err(backend)?;
     let mut inbox_heads = txn.open_table(INBOX_HEADS).map_err(backend)?;
-    let mut recipients = Vec::with_capacity(msg.members.len());
-    for &m in &msg.members {
+    let mut recipients = Vec::with_capacity(members.len());
+    for &m in &members {
         let seq = inbox_heads
             .get(m)
             .map_err(backend)?

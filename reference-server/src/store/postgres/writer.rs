@@ -6,6 +6,12 @@
 //! each set sorted: one global lock order for all writers, so two batches wait for
 //! each other but never deadlock. Inside the transaction each accept's own locks are
 //! then already held.
+//!
+//! For a group channel the members come from the database, read in the batch's
+//! transaction before its locks are taken (the caller's list may be stale), so
+//! a member removed meanwhile gets nothing and a removed sender is refused. A
+//! batch that fails is retried one accept per transaction, so one accept that
+//! PostgreSQL refuses fails alone and the others commit.
 
 use futures_util::future::join_all;
 use tokio::sync::{mpsc, oneshot};
@@ -23,8 +29,27 @@ pub(super) struct AcceptRequest {
     pub(super) cmid: String,
     pub(super) text: String,
     pub(super) ts: i64,
-    pub(super) done: oneshot::Sender<StoreResult<Row>>,
+    pub(super) done: oneshot::Sender<StoreResult<Answer>>,
 }
+
+/// What `chatscale_accept` answered, and the members it was called with (for a
+/// group: the members read in the batch's transaction, not the caller's list).
+pub(super) struct Answer {
+    pub(super) row: Row,
+    pub(super) members: Vec<i64>,
+    /// The sender was not a member: an "unknown member" status means `NotMember`.
+    pub(super) not_member: bool,
+}
+
+/// A group's members, read in the batch's transaction (the caller's list may be
+/// stale). No row: no such group.
+const MEMBERS_SQL: &str = "SELECT coalesce((SELECT array_agg(m.user_id ORDER BY m.joined) \
+     FROM group_members m WHERE m.group_id = g.id), '{}') FROM groups g WHERE g.id = $1";
+
+/// A member id no user has: calling the accept with it in the member list makes
+/// the function answer "unknown member" after its dedupe check, which is how a
+/// non-member's resend of an accepted message still gets its ack.
+const NOBODY: i64 = -1;
 
 const ACCEPT_SQL: &str = "SELECT o_status AS status, o_channel AS channel, o_id AS id, \
      o_ts AS ts, o_sender_seq AS sender_seq, o_seqs AS seqs \
@@ -68,9 +93,23 @@ pub(super) async fn writer_loop(
             )),
         };
         match result {
-            Ok(rows) => {
-                for (request, row) in batch.drain(..).zip(rows) {
-                    let _ = request.done.send(Ok(row));
+            Ok(answers) => {
+                for (request, answer) in batch.drain(..).zip(answers) {
+                    let _ = request.done.send(answer);
+                }
+            }
+            Err(e) if size > 1 && stmt.is_some() => {
+                // One bad accept (a string PostgreSQL refuses, say) aborts the
+                // whole transaction: run each again alone, so only it fails.
+                tracing::warn!(batch = size, cause = %e, "postgres accept batch failed; retrying each alone");
+                let stmt = stmt.as_ref().expect("checked above");
+                for request in batch.drain(..) {
+                    let alone = commit_batch(&mut client, stmt, std::slice::from_ref(&request)).await;
+                    let _ = request.done.send(alone.and_then(|mut answers| {
+                        answers.pop().unwrap_or_else(|| {
+                            Err(StoreError::Backend("postgres: no answer".into()))
+                        })
+                    }));
                 }
             }
             Err(e) => {
@@ -103,11 +142,13 @@ const CREATE_CHANNELS: &str = "INSERT INTO channels (channel_id, head) \
 const LOCK_CHANNELS: &str =
     "SELECT 1 FROM channels WHERE channel_id = ANY ($1) ORDER BY channel_id FOR UPDATE";
 
-/// The sorted, distinct users (senders and members) and channels of a batch.
-fn lock_sets(batch: &[AcceptRequest]) -> (Vec<i64>, Vec<String>) {
+/// The sorted, distinct users (senders and the members each accept is called
+/// with) and channels of a batch.
+fn lock_sets(batch: &[AcceptRequest], members: &[Vec<i64>]) -> (Vec<i64>, Vec<String>) {
     let mut users: Vec<i64> = batch
         .iter()
-        .flat_map(|r| r.members.iter().copied().chain([r.from]))
+        .zip(members)
+        .flat_map(|(r, m)| m.iter().copied().chain([r.from]))
         .collect();
     users.sort_unstable();
     users.dedup();
@@ -117,13 +158,42 @@ fn lock_sets(batch: &[AcceptRequest]) -> (Vec<i64>, Vec<String>) {
     (users, channels)
 }
 
+/// For each accept: the members to call it with, and whether the sender was
+/// refused as a non-member. A group's are read now; a dm's are the caller's.
+async fn current_members(
+    txn: &tokio_postgres::Transaction<'_>,
+    batch: &[AcceptRequest],
+) -> StoreResult<Vec<(Vec<i64>, bool)>> {
+    let reads = batch.iter().map(|r| async move {
+        let Some(g) = crate::store::group_of(&r.channel) else {
+            return Ok((r.members.clone(), false));
+        };
+        let row = txn
+            .query_opt(MEMBERS_SQL, &[&(g as i64)])
+            .await
+            .map_err(backend)?;
+        // No such group, or a sender outside it: still through the function,
+        // for its dedupe check (a resend gets its first ack wherever it goes).
+        Ok(match row.map(|row| row.get::<_, Vec<i64>>(0)) {
+            None => (vec![NOBODY], false),
+            Some(m) if !m.contains(&r.from) => (vec![NOBODY], true),
+            Some(m) => (m, false),
+        })
+    });
+    join_all(reads).await.into_iter().collect()
+}
+
 async fn commit_batch(
     client: &mut tokio_postgres::Client,
     stmt: &Statement,
     batch: &[AcceptRequest],
-) -> StoreResult<Vec<Row>> {
+) -> StoreResult<Vec<StoreResult<Answer>>> {
     let txn = client.transaction().await.map_err(backend)?;
-    let (users, channels) = lock_sets(batch);
+    // Membership first (plain reads, no locks), so the lock sets below cover
+    // every user an accept will touch.
+    let members = current_members(&txn, batch).await?;
+    let lists: Vec<Vec<i64>> = members.iter().map(|(m, _)| m.clone()).collect();
+    let (users, channels) = lock_sets(batch, &lists);
     txn.execute(LOCK_USERS, &[&users]).await.map_err(backend)?;
     txn.execute(CREATE_CHANNELS, &[&channels])
         .await
@@ -132,22 +202,26 @@ async fn commit_batch(
         .await
         .map_err(backend)?;
     // Issued together, the calls are pipelined on the connection and still run in
-    // order, so a batch costs about one round trip plus one commit.
+    // order, so a batch costs about two round trips plus one commit.
     let (txn_ref, stmt_ref) = (&txn, stmt);
-    let calls = batch.iter().map(|r| async move {
-        txn_ref
+    let calls = batch.iter().zip(members).map(|(r, (members, not_member))| async move {
+        let row = txn_ref
             .query_one(
                 stmt_ref,
-                &[
-                    &r.channel, &r.members, &r.from, &r.device, &r.cmid, &r.text, &r.ts,
-                ],
+                &[&r.channel, &members, &r.from, &r.device, &r.cmid, &r.text, &r.ts],
             )
             .await
+            .map_err(backend)?;
+        Ok::<_, StoreError>(Answer {
+            row,
+            members,
+            not_member,
+        })
     });
-    let mut rows = Vec::with_capacity(batch.len());
+    let mut answers = Vec::with_capacity(batch.len());
     for result in join_all(calls).await {
-        rows.push(result.map_err(backend)?);
+        answers.push(Ok(result?));
     }
     txn.commit().await.map_err(backend)?;
-    Ok(rows)
+    Ok(answers)
 }

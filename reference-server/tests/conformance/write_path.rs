@@ -1,0 +1,114 @@
+//! Conformance properties of the write path: what is stored comes back exactly,
+//! membership is checked inside the atomic accept, and one failing accept does
+//! not fail the others of its batch.
+
+use std::sync::Arc;
+
+use reference_server::store::{NewMessage, Store, StoreError};
+
+use super::{msg, users};
+
+/// Every kind of Unicode scalar but U+0000 (which the protocol refuses) comes
+/// back exactly, in history and in the inbox.
+pub async fn unicode_round_trip(s: Arc<dyn Store>) {
+    let u = users(&*s, 2).await;
+    let ch = format!("dm:{}:{}", u[0], u[1]);
+    let controls: String = (1u32..0x20).filter_map(char::from_u32).collect();
+    let texts = [
+        controls,
+        "\u{7f}\u{80}\u{9f}\u{a0}\u{ad}".to_string(),
+        "\u{2028}\u{2029}\u{200b}\u{200d}\u{feff}\u{fffd}\u{fffe}\u{ffff}".to_string(),
+        "\u{d7ff}\u{e000}\u{f8ff}\u{10000}\u{1f600}\u{10fffd}\u{10ffff}".to_string(),
+        "e\u{301} \u{5d0}\u{5d1} \u{202e}rtl\u{202c} \"quoted\" \\ back\\slash '".to_string(),
+        "\\u0000 is only text here".to_string(),
+    ];
+    for (i, text) in texts.iter().enumerate() {
+        let cmid = format!("u{i}\u{1}\u{10ffff}");
+        let m = NewMessage {
+            text,
+            client_msg_id: &cmid,
+            ..msg(&ch, &u, u[0], "")
+        };
+        s.accept(m).await.expect("accept");
+    }
+    let page = s.history(&ch, None, None, 50).await.expect("history");
+    let inbox = s.inbox_after(u[1], 0, 50).await.expect("inbox");
+    assert_eq!(page.len(), texts.len());
+    for (i, text) in texts.iter().enumerate() {
+        assert_eq!(&page[i].text, text, "history text {i}");
+        assert_eq!(&inbox[i].text, text, "inbox text {i}");
+        assert_eq!(inbox[i].client_msg_id, format!("u{i}\u{1}\u{10ffff}"));
+    }
+}
+
+/// A stale member list does not let a removed member slip a message in or out.
+pub async fn membership_in_accept(s: Arc<dyn Store>) {
+    let u = users(&*s, 3).await;
+    let g = s.create_group("g", &u, 10).await.expect("group");
+    let ch = format!("g:{g}");
+    let first = s
+        .accept(msg(&ch, &u, u[0], "before"))
+        .await
+        .expect("accept");
+    assert_eq!(first.recipients.len(), 3);
+    s.remove_member(g, u[2]).await.expect("remove");
+    // The caller still believes u[2] is in: the store knows better.
+    let after = s.accept(msg(&ch, &u, u[0], "after")).await.expect("accept");
+    let got: Vec<u64> = after.recipients.iter().map(|(m, _)| *m).collect();
+    assert_eq!(
+        got,
+        vec![u[0], u[1]],
+        "out: the removed member gets nothing"
+    );
+    assert_eq!(s.inbox_head(u[2]).await.expect("head"), 1);
+    // In: a removed sender cannot send, but its resend of an accepted message
+    // still gets the first ack.
+    assert!(matches!(
+        s.accept(msg(&ch, &u, u[2], "from-removed")).await,
+        Err(StoreError::NotMember)
+    ));
+    s.remove_member(g, u[0]).await.expect("remove sender");
+    let again = s.accept(msg(&ch, &u, u[0], "after")).await.expect("resend");
+    assert!(again.duplicate);
+    assert_eq!(again.id, after.id);
+    assert_eq!(s.inbox_head(u[1]).await.expect("head"), 2);
+    assert!(matches!(
+        s.accept(msg("g:99999", &u, u[0], "nowhere")).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+/// Sixty accepts at once, every tenth one carrying U+0000 (which PostgreSQL's
+/// TEXT refuses): every other accept succeeds, whatever batch it shared.
+pub async fn a_bad_accept_fails_alone(s: Arc<dyn Store>) {
+    let u = users(&*s, 2).await;
+    let ch = format!("dm:{}:{}", u[0], u[1]);
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let (s, u, ch) = (s.clone(), u.clone(), ch.clone());
+        tasks.push(tokio::spawn(async move {
+            let text = if i % 10 == 0 { "nul\0here" } else { "fine" };
+            let cmid = format!("b{i}");
+            let m = NewMessage {
+                text,
+                client_msg_id: &cmid,
+                ..msg(&ch, &u, u[0], "")
+            };
+            (i, s.accept(m).await)
+        }));
+    }
+    let mut stored = 0;
+    for t in tasks {
+        let (i, r) = t.await.expect("task");
+        match r {
+            Ok(a) => {
+                assert!(!a.duplicate);
+                stored += 1;
+            }
+            Err(e) => assert_eq!(i % 10, 0, "good accept {i} failed: {e}"),
+        }
+    }
+    let page = s.history(&ch, None, None, 100).await.expect("history");
+    assert_eq!(page.len(), stored);
+    assert!(stored >= 54);
+}
