@@ -76,6 +76,8 @@ pub struct App {
     hasher: RandomState,
     /// Sends waiting for storage; none waits when all are taken (`overloaded`).
     pending_accepts: tokio::sync::Semaphore,
+    /// Accepts that failed here and may have committed all the same.
+    uncertain: crate::uncertain::Uncertain,
 }
 
 impl App {
@@ -132,6 +134,7 @@ impl App {
                 .collect(),
             hasher: RandomState::new(),
             pending_accepts: tokio::sync::Semaphore::new(config_pending),
+            uncertain: Default::default(),
         }
     }
 
@@ -292,10 +295,11 @@ impl App {
                 ts: now_ms(),
             })
             .await
-            .inspect_err(|e| {
-                if matches!(e, StoreError::Overloaded) {
-                    Metrics::inc(&self.metrics.storage_overloaded);
-                }
+            .inspect_err(|e| match e {
+                StoreError::Overloaded => Metrics::inc(&self.metrics.storage_overloaded),
+                // It may have committed all the same: see `uncertain`.
+                StoreError::Backend(_) => self.uncertain.note(from.user_id, client_msg_id),
+                _ => {}
             })?;
         Metrics::inc_by(
             &self.metrics.storage_accept_micros_sum,
@@ -304,11 +308,48 @@ impl App {
         Metrics::inc(&self.metrics.storage_accept_count);
         if accepted.duplicate {
             Metrics::inc(&self.metrics.messages_deduplicated);
+            if self.uncertain.take(from.user_id, client_msg_id) {
+                self.fan_out_stored(&accepted, &members).await?;
+            }
             return Ok(accepted);
         }
         Metrics::inc(&self.metrics.messages_accepted);
         self.fan_out(&accepted, from, client_msg_id, text).await;
         Ok(accepted)
+    }
+
+    /// Fans out a message that was stored by an accept whose caller saw an error
+    /// (see [`crate::uncertain`]): the stored message, to the members holding it.
+    async fn fan_out_stored(
+        &self,
+        accepted: &Accepted,
+        members: &[UserId],
+    ) -> Result<(), ApiError> {
+        let page = self
+            .store
+            .history(
+                &accepted.channel,
+                Some(accepted.id - 1),
+                Some(accepted.id + 1),
+                1,
+            )
+            .await?;
+        let Some(m) = page.first() else {
+            return Ok(());
+        };
+        let recipients =
+            crate::uncertain::recipients(&*self.store, &accepted.channel, accepted.id, members)
+                .await?;
+        let original = TokenOwner {
+            user_id: m.from,
+            device_id: m.from_device,
+        };
+        let again = Accepted {
+            recipients,
+            ..accepted.clone()
+        };
+        self.fan_out(&again, original, &m.client_msg_id, &m.text);
+        Ok(())
     }
 
     /// Queues the message on every connected device of every member (not the

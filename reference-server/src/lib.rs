@@ -12,6 +12,7 @@
 //! - [`session`]: one WebSocket connection (one device).
 //! - [`chat`]: shared state and the service operations (send, sync, membership).
 //! - [`hub`]: connected devices on this node, and fan-out to them.
+//! - [`uncertain`]: accepts that failed but may have committed; fanned out on resend.
 //! - [`outbox`]: a connection's bounded outbound queue.
 //! - [`reply`]: sync batches and history pages cut at a byte budget.
 //! - [`presence`]: online/offline by heartbeats, pushed to friends.
@@ -41,6 +42,7 @@ pub mod session;
 pub mod store;
 pub mod web;
 pub mod tls;
+pub mod uncertain;
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {

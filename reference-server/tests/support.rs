@@ -55,6 +55,24 @@ impl TestServer {
         let mut config = Config::for_tests();
         tweak(&mut config);
         let server = Server::start(config).await.expect("server starts");
+        Self::running(server)
+    }
+
+    /// Starts a server on port 0 over a store the test made (to inject faults).
+    pub async fn with_store(
+        tweak: impl FnOnce(&mut Config),
+        store: std::sync::Arc<dyn reference_server::store::Store>,
+    ) -> Self {
+        let mut config = Config::for_tests();
+        tweak(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = Server::start_with_store(listener, config, store)
+            .await
+            .expect("server starts");
+        Self::running(server)
+    }
+
+    fn running(server: Server) -> Self {
         let url = server.url();
         TestServer {
             server: Some(server),

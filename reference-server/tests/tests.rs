@@ -28,6 +28,9 @@ mod replies;
 /// TLS: https:// and wss:// with --tls-cert/--tls-key, chat end to end.
 mod tls;
 
+/// The write path: U+0000 refused, overloaded at once, resends after ambiguous failures.
+mod write_path;
+
 /// Storage conformance: every backend (memory, embedded, redis, postgres) against
 /// the same properties (ids, dedupe, inbox, history, groups, accounts, tokens...).
 mod conformance;
