@@ -182,11 +182,15 @@ async fn exchange(pid: &str, conns: &mut [Conn], users: &[u64], n: usize) -> any
             let to = users[from + DEVICES_PER_USER];
             let frame = json!({"type": "send", "req": k, "to": {"user": to},
                 "client_msg_id": format!("m{k}"), "text": "x".repeat(80)});
-            conns[from].send(Message::Text(frame.to_string().into())).await?;
+            conns[from]
+                .send(Message::Text(frame.to_string().into()))
+                .await?;
             want.entry(from).or_default().0 += 1;
-            for (c, _) in users.iter().enumerate().filter(|(c, &u)| {
-                (u == to || u == users[from]) && *c != from && *c < conns.len()
-            }) {
+            for (c, _) in users
+                .iter()
+                .enumerate()
+                .filter(|(c, &u)| (u == to || u == users[from]) && *c != from && *c < conns.len())
+            {
                 want.entry(c).or_default().1 += 1;
             }
         }
