@@ -125,11 +125,16 @@ pub fn new_token(now: Millis, ttl: Option<Duration>) -> String {
 
 /// True when the token carries an expiry that has passed (or is malformed).
 pub fn token_expired(token: &str, now: Millis) -> bool {
-    match token.rsplit_once('.').map(|(_, e)| e.parse::<Millis>()) {
-        Some(Ok(0)) => false,
-        Some(Ok(expires)) => now >= expires,
-        _ => true,
+    match token_expiry(token) {
+        Some(0) => false,
+        Some(expires) => now >= expires,
+        None => true,
     }
+}
+
+/// The expiry a token carries (0: none), or `None` for a malformed token.
+pub fn token_expiry(token: &str) -> Option<Millis> {
+    token.rsplit_once('.').and_then(|(_, e)| e.parse().ok())
 }
 
 /// Milliseconds since the Unix epoch, now.

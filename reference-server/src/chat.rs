@@ -348,7 +348,8 @@ impl App {
             recipients,
             ..accepted.clone()
         };
-        self.fan_out(&again, original, &m.client_msg_id, &m.text);
+        self.fan_out(&again, original, &m.client_msg_id, &m.text)
+            .await;
         Ok(())
     }
 

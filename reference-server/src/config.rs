@@ -132,6 +132,16 @@ pub struct Opts {
     #[arg(long, default_value_t = 4096)]
     pub max_pending_accepts: usize,
 
+    /// A resend with the same client_msg_id is answered with the first ack for
+    /// this long after the first send; later it is a new message (the dedupe
+    /// record is removed, so storage does not grow per message for it forever).
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    pub dedupe_window_secs: u64,
+
+    /// How often expired tokens and old dedupe records are removed.
+    #[arg(long, default_value_t = 600)]
+    pub expire_interval_secs: u64,
+
     /// Most WebSocket connections this node holds; past it an upgrade is answered
     /// `503 overloaded` (0 = the open-file limit less 256 for everything else).
     #[arg(long, default_value_t = 0)]
@@ -184,6 +194,8 @@ pub struct Config {
     pub password_hash_concurrency: usize,
     pub tls: Option<TlsFiles>,
     pub max_pending_accepts: usize,
+    pub dedupe_window: Duration,
+    pub expire_interval: Duration,
 }
 
 /// A flag value that cannot be used; the message names the flag.
@@ -219,6 +231,9 @@ impl Opts {
         }
         if !(8..=4 * 1024 * 1024).contains(&self.password_hash_memory_kib) {
             return err("password-hash-memory-kib", "must be 8 to 4194304");
+        }
+        if self.dedupe_window_secs < 60 {
+            return err("dedupe-window-secs", "must be at least 60");
         }
         if self.write_timeout_ms == 0 {
             return err("write-timeout-ms", "must be above 0");
@@ -304,6 +319,8 @@ impl Opts {
             auth_per_addr: Rate::new(self.auth_rate_per_addr, self.auth_burst_per_addr),
             auth_per_user: Rate::new(self.auth_rate_per_user, self.auth_burst_per_user),
             max_pending_accepts: self.max_pending_accepts.max(1),
+            dedupe_window: Duration::from_secs(self.dedupe_window_secs),
+            expire_interval: Duration::from_secs(self.expire_interval_secs.max(1)),
             tls: match (self.tls_cert, self.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
                 (None, None) => None,

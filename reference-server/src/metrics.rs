@@ -30,6 +30,8 @@ pub struct Metrics {
     pub seq_dropped: AtomicU64,
     pub seq_skipped: AtomicU64,
     pub storage_overloaded: AtomicU64,
+    pub expired_tokens: AtomicU64,
+    pub expired_dedupe: AtomicU64,
     pub password_hashes_in_flight: AtomicU64,
     pub password_hashes_peak: AtomicU64,
     errors: [AtomicU64; ErrorCode::ALL.len()],
@@ -170,6 +172,18 @@ impl Metrics {
             "counter",
             "Sends answered `overloaded` at once because the accept queue was full.",
             get(&self.storage_overloaded),
+        );
+        metric(
+            "chatscale_expired_tokens_total",
+            "counter",
+            "Expired tokens removed from storage.",
+            get(&self.expired_tokens),
+        );
+        metric(
+            "chatscale_expired_dedupe_total",
+            "counter",
+            "Dedupe records removed from storage after the dedupe window.",
+            get(&self.expired_dedupe),
         );
         metric(
             "chatscale_password_hashes_in_flight",

@@ -135,6 +135,7 @@ impl Server {
             changes,
             shutdown.clone(),
         ));
+        tokio::spawn(expire_loop(app.clone(), shutdown.clone()));
         let task = match tls {
             Some(tls) => {
                 let listener = crate::tls::TlsListener::start(listener, tls, shutdown.clone())?;
@@ -219,6 +220,28 @@ where
         .map_err(|e| ServerError::Flush(e.to_string()))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every `--expire-interval-secs`: removes expired tokens and dedupe records
+/// older than the dedupe window (see [`crate::store::Store::expire`]).
+async fn expire_loop(app: Arc<App>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(app.config.expire_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = crate::auth::now_ms();
+        let before = now.saturating_sub(app.config.dedupe_window.as_millis() as u64);
+        match app.store.expire(now, before).await {
+            Ok(gone) => {
+                crate::metrics::Metrics::inc_by(&app.metrics.expired_tokens, gone.tokens);
+                crate::metrics::Metrics::inc_by(&app.metrics.expired_dedupe, gone.dedupe);
+            }
+            Err(e) => tracing::warn!(cause = %e, "expiring tokens and dedupe records failed"),
+        }
+    }
 }
 
 /// The peer's address of a connection, plain or TLS (axum only knows how to

@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use reference_server::protocol::{DeviceId, Message, MessageId, Millis, Seq, ServerFrame, UserId};
 use reference_server::store::memory::MemoryStore;
 use reference_server::store::{
-    Accepted, NewMessage, Store, StoreError, StoreResult, StoredMessage, TokenOwner, UserInfo,
-    UserRecord,
+    Accepted, Expired, NewMessage, Store, StoreError, StoreResult, StoredMessage, TokenOwner,
+    UserInfo, UserRecord,
 };
 use serde_json::json;
 
@@ -126,6 +126,9 @@ impl Store for Faulty {
     }
     async fn set_last_active(&self, user: UserId, at: Millis) -> StoreResult<()> {
         self.inner.set_last_active(user, at).await
+    }
+    async fn expire(&self, now: Millis, before: Millis) -> StoreResult<Expired> {
+        self.inner.expire(now, before).await
     }
     async fn flush(&self) -> StoreResult<()> {
         self.inner.flush().await
@@ -253,4 +256,22 @@ async fn a_resend_after_an_ambiguous_failure_still_reaches_the_recipient_live() 
         .await
         .iter()
         .all(|f| !matches!(f, ServerFrame::Message(_))));
+}
+
+#[tokio::test]
+async fn expired_tokens_are_removed_from_storage() {
+    let s = TestServer::with(|c| {
+        c.token_ttl = Some(Duration::from_millis(300));
+        c.expire_interval = Duration::from_millis(100);
+    })
+    .await;
+    let a = s.user("brief").await;
+    assert_eq!(s.get("/v1/discovery", Some(&a.token)).await.0, 200);
+    let mut waited = 0;
+    while s.metric("chatscale_expired_tokens_total").await < 1.0 {
+        assert!(waited < 50, "the token was never removed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    assert_eq!(s.get("/v1/discovery", Some(&a.token)).await.0, 401);
 }

@@ -38,8 +38,8 @@ use tables::*;
 use writer::{writer_loop, Request, Write};
 
 use super::{
-    Accepted, NewMessage, Store, StoreError, StoreResult, StoredMessage, TokenOwner, UserInfo,
-    UserRecord,
+    Accepted, Expired, NewMessage, Store, StoreError, StoreResult, StoredMessage, TokenOwner,
+    UserInfo, UserRecord,
 };
 use crate::protocol::{DeviceId, Message, MessageId, Millis, Seq, UserId};
 
@@ -83,6 +83,7 @@ impl EmbeddedStore {
             txn.open_table(INBOX).map_err(backend)?;
             txn.open_table(INBOX_HEADS).map_err(backend)?;
             txn.open_table(DEDUPE).map_err(backend)?;
+            txn.open_table(DEDUPE_BY_TS).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
         let db = Arc::new(db);
@@ -409,9 +410,9 @@ impl Store for EmbeddedStore {
     }
 
     async fn accept(&self, msg: NewMessage<'_>) -> StoreResult<Accepted> {
-        // A resend is answered from a read transaction, without a commit (dedupe
-        // records are never removed, so a committed one is final). The writer
-        // checks again, for two first sends racing each other.
+        // A resend is answered from a read transaction, without a commit. The
+        // writer checks again, for two first sends racing each other (and for a
+        // record expired in between).
         let (from, cmid) = (msg.from, msg.client_msg_id.to_string());
         let seen = self
             .read(move |txn| {
@@ -545,6 +546,11 @@ impl Store for EmbeddedStore {
             Ok(())
         })
         .await
+    }
+
+    async fn expire(&self, now: Millis, dedupe_before: Millis) -> StoreResult<Expired> {
+        self.write(true, move |txn| expire_in(txn, now, dedupe_before))
+            .await
     }
 
     async fn flush(&self) -> StoreResult<()> {

@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::{
-    Accepted, NewMessage, Store, StoreError, StoreResult, StoredMessage, TokenOwner, UserInfo,
-    UserRecord,
+    Accepted, Expired, NewMessage, Store, StoreError, StoreResult, StoredMessage, TokenOwner,
+    UserInfo, UserRecord,
 };
 use crate::protocol::{DeviceId, Message, MessageId, Millis, Seq, UserId};
 
@@ -346,6 +346,28 @@ impl Store for MemoryStore {
         let u = inner.user_mut(user)?;
         u.last_active_at = Some(u.last_active_at.map_or(at, |prev| prev.max(at)));
         Ok(())
+    }
+
+    async fn expire(&self, now: Millis, dedupe_before: Millis) -> StoreResult<Expired> {
+        let mut inner = self.inner.lock();
+        let tokens = inner.tokens.len();
+        inner
+            .tokens
+            .retain(|token, _| !crate::auth::token_expired(token, now));
+        let Inner {
+            dedupe, channels, ..
+        } = &mut *inner;
+        let records = dedupe.len();
+        dedupe.retain(|_, (channel, id, _)| {
+            channels
+                .get(channel)
+                .and_then(|h| h.get((*id - 1) as usize))
+                .is_some_and(|m| m.ts >= dedupe_before)
+        });
+        Ok(Expired {
+            tokens: (tokens - inner.tokens.len()) as u64,
+            dedupe: (records - inner.dedupe.len()) as u64,
+        })
     }
 
     async fn flush(&self) -> StoreResult<()> {

@@ -186,8 +186,22 @@ pub trait Store: Send + Sync + 'static {
 
     async fn set_last_active(&self, user: UserId, at: Millis) -> StoreResult<()>;
 
+    // -- growth ----------------------------------------------------------------
+
+    /// Removes what has run out: tokens whose expiry (in the token) is at or
+    /// before `now`, and dedupe records of messages sent before `dedupe_before`
+    /// (a resend after that is a new message). Called periodically.
+    async fn expire(&self, now: Millis, dedupe_before: Millis) -> StoreResult<Expired>;
+
     /// Makes everything accepted so far durable (called at shutdown).
     async fn flush(&self) -> StoreResult<()>;
+}
+
+/// What one [`Store::expire`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expired {
+    pub tokens: u64,
+    pub dedupe: u64,
 }
 
 /// The group number of a `g:N` channel, for the membership check in `accept`.

@@ -43,8 +43,8 @@ use tokio_postgres::{NoTls, Row};
 use writer::{writer_loop, AcceptRequest};
 
 use super::{
-    Accepted, NewMessage, Store, StoreError, StoreResult, StoredMessage, TokenOwner, UserInfo,
-    UserRecord,
+    Accepted, Expired, NewMessage, Store, StoreError, StoreResult, StoredMessage, TokenOwner,
+    UserInfo, UserRecord,
 };
 use crate::protocol::{DeviceId, Message, MessageId, Millis, Seq, UserId};
 
@@ -599,6 +599,29 @@ impl Store for PostgresStore {
             return Err(StoreError::NotFound);
         }
         Ok(())
+    }
+
+    async fn expire(&self, now: Millis, dedupe_before: Millis) -> StoreResult<Expired> {
+        // Tokens end in `.EXPIRY` (ms, 0 = none); a malformed one is expired.
+        let tokens = self
+            .query(
+                "WITH gone AS (DELETE FROM tokens WHERE NOT (token ~ '\\.[0-9]{1,18}$') \
+                 OR (split_part(token, '.', 2)::BIGINT BETWEEN 1 AND $1) RETURNING 1) \
+                 SELECT count(*) FROM gone",
+                &[&big(now)],
+            )
+            .await?;
+        let dedupe = self
+            .query(
+                "WITH gone AS (DELETE FROM dedupe WHERE ts < $1 RETURNING 1) SELECT count(*) FROM gone",
+                &[&big(dedupe_before)],
+            )
+            .await?;
+        let count = |rows: &[Row]| rows.first().map_or(0, |r| id(r.get::<_, i64>(0)));
+        Ok(Expired {
+            tokens: count(&tokens),
+            dedupe: count(&dedupe),
+        })
     }
 
     async fn flush(&self) -> StoreResult<()> {

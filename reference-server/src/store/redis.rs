@@ -40,8 +40,8 @@ pub(crate) use keys::Keys;
 use scripts::{Call, Scripts};
 
 use super::{
-    Accepted, NewMessage, Store, StoreError, StoreResult, StoredMessage, TokenOwner, UserInfo,
-    UserRecord,
+    Accepted, Expired, NewMessage, Store, StoreError, StoreResult, StoredMessage, TokenOwner,
+    UserInfo, UserRecord,
 };
 use crate::protocol::{DeviceId, Message, MessageId, Millis, Seq, UserId};
 
@@ -313,8 +313,13 @@ impl Store for RedisStore {
 
     async fn put_token(&self, token: &str, owner: TokenOwner) -> StoreResult<()> {
         let value = format!("{}:{}", owner.user_id, owner.device_id);
+        // Redis removes the key itself when the token expires.
+        let expiry = match crate::auth::token_expiry(token) {
+            Some(0) | None => None,
+            Some(at) => Some(Expiration::PXAT(at as i64)),
+        };
         self.client()
-            .set::<(), _, _>(self.keys.token(token), value, None, None, false)
+            .set::<(), _, _>(self.keys.token(token), value, expiry, None, false)
             .await
             .map_err(backend)
     }
@@ -576,6 +581,11 @@ impl Store for RedisStore {
             0 => Err(StoreError::NotFound),
             _ => Ok(()),
         }
+    }
+
+    async fn expire(&self, _now: Millis, _dedupe_before: Millis) -> StoreResult<Expired> {
+        // Tokens carry a Redis expiry (PXAT) and go by themselves.
+        Ok(Expired::default())
     }
 
     async fn flush(&self) -> StoreResult<()> {

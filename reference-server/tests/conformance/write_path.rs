@@ -112,3 +112,42 @@ pub async fn a_bad_accept_fails_alone(s: Arc<dyn Store>) {
     assert_eq!(page.len(), stored);
     assert!(stored >= 54);
 }
+
+/// Expired tokens and dedupe records past the window are removed; the rest stay.
+pub async fn expiry(s: Arc<dyn Store>) {
+    let u = users(&*s, 2).await;
+    let owner = reference_server::store::TokenOwner {
+        user_id: u[0],
+        device_id: 1,
+    };
+    for t in ["aaaa.1500", "bbbb.0", "cccc.9000000000000"] {
+        s.put_token(t, owner).await.expect("put");
+    }
+    let ch = format!("dm:{}:{}", u[0], u[1]);
+    let old = NewMessage {
+        ts: 1_000,
+        ..msg(&ch, &u, u[0], "old")
+    };
+    let new = NewMessage {
+        ts: 5_000,
+        ..msg(&ch, &u, u[0], "new")
+    };
+    s.accept(old).await.expect("old");
+    s.accept(new).await.expect("new");
+    let gone = s.expire(2_000, 2_000).await.expect("expire");
+    assert!(gone.tokens <= 1 && gone.dedupe <= 1, "{gone:?}");
+    assert_eq!(s.token_owner("aaaa.1500").await.expect("owner"), None);
+    assert_eq!(s.token_owner("bbbb.0").await.expect("owner"), Some(owner));
+    assert_eq!(
+        s.token_owner("cccc.9000000000000").await.expect("owner"),
+        Some(owner)
+    );
+    // Past the window a resend is a new message; inside it, the first ack.
+    let again = s
+        .accept(NewMessage { ts: 6_000, ..old })
+        .await
+        .expect("old again");
+    assert!(!again.duplicate, "the old record expired");
+    assert_eq!(again.id, 3);
+    assert!(s.accept(new).await.expect("new again").duplicate);
+}

@@ -39,6 +39,11 @@ pub(super) const INBOX_HEADS: TableDefinition<'_, u64, u64> = TableDefinition::n
 pub(super) const DEDUPE: TableDefinition<'_, (u64, &str), (&str, u64, u64)> =
     TableDefinition::new("dedupe");
 
+/// (message ts, sender, client_msg_id): the dedupe records by age, so the old
+/// ones can be found without reading them all.
+pub(super) const DEDUPE_BY_TS: TableDefinition<'_, (u64, u64, &str), ()> =
+    TableDefinition::new("dedupe_by_ts");
+
 /// Takes the next value of a counter in `META` (1 for the first).
 pub(super) fn next_counter(txn: &WriteTransaction, name: &str) -> StoreResult<u64> {
     let mut meta = txn.open_table(META).map_err(backend)?;
@@ -146,6 +151,10 @@ pub(super) fn accept_in(txn: &WriteTransaction, msg: &OwnedMessage) -> StoreResu
             (channel, id, sender_seq),
         )
         .map_err(backend)?;
+    txn.open_table(DEDUPE_BY_TS)
+        .map_err(backend)?
+        .insert((msg.ts, msg.from, msg.client_msg_id.as_str()), ())
+        .map_err(backend)?;
     Ok(Accepted {
         channel: msg.channel.clone(),
         id,
@@ -165,4 +174,51 @@ pub(super) struct OwnedMessage {
     pub(super) client_msg_id: String,
     pub(super) text: String,
     pub(super) ts: Millis,
+}
+
+/// Most records one [`crate::store::Store::expire`] call removes per kind, so
+/// that it holds the writer (and every accept behind it) only briefly; the next
+/// sweep goes on where it stopped.
+pub(super) const EXPIRE_CHUNK: usize = 50_000;
+
+/// Removes expired tokens and old dedupe records (at most a chunk of each).
+pub(super) fn expire_in(
+    txn: &WriteTransaction,
+    now: u64,
+    dedupe_before: u64,
+) -> StoreResult<crate::store::Expired> {
+    let mut tokens = txn.open_table(TOKENS).map_err(backend)?;
+    let mut stale = Vec::new();
+    for entry in tokens.iter().map_err(backend)? {
+        let (k, _) = entry.map_err(backend)?;
+        if crate::auth::token_expired(k.value(), now) {
+            stale.push(k.value().to_string());
+            if stale.len() >= EXPIRE_CHUNK {
+                break;
+            }
+        }
+    }
+    for t in &stale {
+        tokens.remove(t.as_str()).map_err(backend)?;
+    }
+    let mut by_ts = txn.open_table(DEDUPE_BY_TS).map_err(backend)?;
+    let mut old = Vec::new();
+    for entry in by_ts
+        .range((0, 0, "")..(dedupe_before, 0, ""))
+        .map_err(backend)?
+        .take(EXPIRE_CHUNK)
+    {
+        let (k, _) = entry.map_err(backend)?;
+        let (ts, from, cmid) = k.value();
+        old.push((ts, from, cmid.to_string()));
+    }
+    let mut dedupe = txn.open_table(DEDUPE).map_err(backend)?;
+    for (ts, from, cmid) in &old {
+        by_ts.remove((*ts, *from, cmid.as_str())).map_err(backend)?;
+        dedupe.remove((*from, cmid.as_str())).map_err(backend)?;
+    }
+    Ok(crate::store::Expired {
+        tokens: stale.len() as u64,
+        dedupe: old.len() as u64,
+    })
 }
