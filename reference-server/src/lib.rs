@@ -40,9 +40,9 @@ pub mod reply;
 pub mod server;
 pub mod session;
 pub mod store;
-pub mod web;
 pub mod tls;
 pub mod uncertain;
+pub mod web;
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {

@@ -21,12 +21,12 @@ mod limits;
 mod presence;
 /// Push notifications for offline members.
 mod push;
-/// The web chat page in headless Chromium: two users, a dropped connection, two devices.
-mod web_chat;
 /// Bounded replies: big inboxes sync in batches; a client that never reads is closed.
 mod replies;
 /// TLS: https:// and wss:// with --tls-cert/--tls-key, chat end to end.
 mod tls;
+/// The web chat page in headless Chromium: two users, a dropped connection, two devices.
+mod web_chat;
 
 /// The write path: U+0000 refused, overloaded at once, resends after ambiguous failures.
 mod write_path;
