@@ -12,7 +12,8 @@
 //!   parses back; an accepted `send` goes through the text and channel checks;
 //! - bodies: every request body type parses or fails without a panic;
 //! - scenarios: `Scenario::parse` returns a scenario or an error naming a
-//!   field, never panics.
+//!   field, never panics, and an accepted rate gives event gaps a `Duration`
+//!   can hold.
 //!
 //! `cargo test` runs a few thousand inputs per target; the `fuzz` binary runs
 //! millions (`cargo run --release -p chatscale-benches --bin fuzz`).
@@ -200,7 +201,18 @@ fn check_bodies(input: &str) -> Result<(), String> {
 
 fn check_scenario(input: &str) -> Result<(), String> {
     match loadgen::scenario::Scenario::parse(input, "fuzz") {
-        Ok(_) => Ok(()),
+        Ok(s) => {
+            // What a run derives from an accepted file must hold too: the
+            // longest exponential gap between events (-ln(EPSILON) / rate).
+            for p in &s.phases {
+                for rate in [p.message_rate, p.disconnect_rate, p.history_rate] {
+                    if rate > 0.0 && std::time::Duration::try_from_secs_f64(37.0 / rate).is_err() {
+                        return Err(format!("phase {:?}: rate {rate} gives no gap", p.name));
+                    }
+                }
+            }
+            Ok(())
+        }
         Err(e) if e.exit_code() == 2 && !e.to_string().is_empty() => Err(String::new()),
         Err(e) => Err(format!("rejected without exit 2: {e}")),
     }
@@ -262,6 +274,8 @@ const TOKENS: &[&str] = &[
     "\"inf/s\"",
     "\"1/x\"",
     "\"99999999999999999999999/s\"",
+    "\"1e-300/s\"",
+    "\"0.0000001/s\"",
     "\"8KiB\"",
     "\"< 5ms\"",
     "\"== 0\"",

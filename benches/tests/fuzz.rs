@@ -48,7 +48,8 @@ fn the_inputs_that_found_bugs_are_kept_and_pass() {
         "the scenario corpus keeps its bug finders"
     );
     for input in found {
-        // Durations too large for a Duration once panicked; now they are errors.
+        // Durations too large for a Duration once panicked the parser, and a
+        // vanishing rate the run; now both are errors naming the field.
         assert_eq!(Target::Scenarios.check(&input), Err(String::new()));
     }
 }

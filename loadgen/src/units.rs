@@ -52,13 +52,22 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
     if !n.is_finite() || n < 0.0 {
         return Err(format!("{s:?}: a rate cannot be negative"));
     }
-    match per.trim() {
-        "s" => Ok(n),
-        "m" => Ok(n / 60.0),
-        "h" => Ok(n / 3600.0),
-        other => Err(format!("{s:?}: unknown rate unit {other:?} (use /s or /m)")),
+    let per_sec = match per.trim() {
+        "s" => n,
+        "m" => n / 60.0,
+        "h" => n / 3600.0,
+        other => return Err(format!("{s:?}: unknown rate unit {other:?} (use /s or /m)")),
+    };
+    // Gaps between events are 1/rate: a vanishing rate ("1e-300/s") would make
+    // a gap no Duration holds. Zero means none at all.
+    if per_sec != 0.0 && per_sec < MIN_RATE {
+        return Err(format!("{s:?}: a rate is 0 or at least one a day"));
     }
+    Ok(per_sec)
 }
+
+/// The smallest rate above zero: one event a day.
+const MIN_RATE: f64 = 1.0 / 86_400.0;
 
 /// Parses sizes: `"8KiB"`, `"1MiB"`, `"512B"`, `"2KB"`, or a plain number of bytes.
 pub fn parse_size(s: &str) -> Result<f64, String> {
@@ -98,6 +107,12 @@ mod tests {
         assert_eq!(parse_rate("60/m").unwrap(), 1.0);
         assert!(parse_rate("-1/s").is_err());
         assert!(parse_rate("10").is_err());
+        assert_eq!(parse_rate("0/s").unwrap(), 0.0);
+        assert!(
+            parse_rate("1e-300/s").is_err(),
+            "a gap of 1e300 s is no Duration"
+        );
+        assert!(parse_duration("99999999999999999999999h").is_err());
         assert_eq!(parse_size("8KiB").unwrap(), 8192.0);
         assert_eq!(parse_size("512").unwrap(), 512.0);
         assert!(parse_size("8 furlongs").is_err());
