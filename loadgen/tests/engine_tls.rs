@@ -47,3 +47,21 @@ async fn a_run_over_tls_trusts_the_ca_file_and_loses_nothing() {
     assert_eq!(r["metrics"]["lost"], 0);
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_ca_file_without_a_certificate_is_exit_2_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let path = scenario(
+        dir.path(),
+        "no-ca",
+        Some("https://127.0.0.1:9"),
+        &format!("{SMALL}\n[[phase]]\nduration = \"1s\"\n"),
+    );
+    let mut o = opts(path, dir.path().join("out"));
+    o.ca_file = Some(empty);
+    let (code, r) = run(o).await;
+    assert_eq!(code, 2, "{r}");
+    assert!(r.as_str().unwrap_or_default().contains("--ca-file"), "{r}");
+}
