@@ -32,9 +32,8 @@ use crate::metrics::Metrics;
 use crate::outbox::CloseReason;
 use crate::presence::Presence;
 use crate::protocol::{
-    check_text, has_nul, ChannelId, ErrorCode, Message, MessageRef, Millis, Recipient, Seq,
-    Status, UserId,
-    MAX_CLIENT_MSG_ID_CHARS,
+    check_text, has_nul, ChannelId, ErrorCode, Message, MessageRef, Millis, Recipient, Seq, Status,
+    UserId, MAX_CLIENT_MSG_ID_CHARS,
 };
 use crate::push::{preview, Notification, PushGateway};
 use crate::reply::{self, Order, Page, REPLY_BUDGET_BYTES};

@@ -104,7 +104,8 @@ pub(super) async fn writer_loop(
                 tracing::warn!(batch = size, cause = %e, "postgres accept batch failed; retrying each alone");
                 let stmt = stmt.as_ref().expect("checked above");
                 for request in batch.drain(..) {
-                    let alone = commit_batch(&mut client, stmt, std::slice::from_ref(&request)).await;
+                    let alone =
+                        commit_batch(&mut client, stmt, std::slice::from_ref(&request)).await;
                     let _ = request.done.send(alone.and_then(|mut answers| {
                         answers.pop().unwrap_or_else(|| {
                             Err(StoreError::Backend("postgres: no answer".into()))
@@ -204,20 +205,25 @@ async fn commit_batch(
     // Issued together, the calls are pipelined on the connection and still run in
     // order, so a batch costs about two round trips plus one commit.
     let (txn_ref, stmt_ref) = (&txn, stmt);
-    let calls = batch.iter().zip(members).map(|(r, (members, not_member))| async move {
-        let row = txn_ref
-            .query_one(
-                stmt_ref,
-                &[&r.channel, &members, &r.from, &r.device, &r.cmid, &r.text, &r.ts],
-            )
-            .await
-            .map_err(backend)?;
-        Ok::<_, StoreError>(Answer {
-            row,
-            members,
-            not_member,
-        })
-    });
+    let calls = batch
+        .iter()
+        .zip(members)
+        .map(|(r, (members, not_member))| async move {
+            let row = txn_ref
+                .query_one(
+                    stmt_ref,
+                    &[
+                        &r.channel, &members, &r.from, &r.device, &r.cmid, &r.text, &r.ts,
+                    ],
+                )
+                .await
+                .map_err(backend)?;
+            Ok::<_, StoreError>(Answer {
+                row,
+                members,
+                not_member,
+            })
+        });
     let mut answers = Vec::with_capacity(batch.len());
     for result in join_all(calls).await {
         answers.push(Ok(result?));
