@@ -21,11 +21,10 @@
 //! app does between messages. The number to watch is `bytes per connection`.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chatscale_benches::ServerProcess;
 use futures_util::StreamExt;
 use reference_server::metrics::resident_memory_of;
 use reference_server::protocol::LoginResponse;
@@ -38,13 +37,10 @@ const WARMUP: usize = 500;
 const DEVICES_PER_USER: usize = 10;
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("serve") {
-        let opts = <reference_server::config::Opts as clap::Parser>::parse_from(&args[1..]);
-        let config = opts.into_config()?;
-        let rt = tokio::runtime::Runtime::new()?;
-        return Ok(rt.block_on(reference_server::server::run_until_signal(config))?);
+    if let Some(served) = chatscale_benches::serve_if_asked() {
+        return served;
     }
+    let args: Vec<String> = std::env::args().collect();
     let total: usize = args
         .get(1)
         .map(|s| s.parse())
@@ -67,44 +63,17 @@ fn main() -> anyhow::Result<()> {
         extra.extend(c.server_flags());
     }
     let rt = tokio::runtime::Runtime::new()?;
-    let mut child = start_server(&extra)?;
+    let mut flags = vec!["--storage", "memory"];
+    flags.extend(extra.iter().map(String::as_str));
+    let mut child = ServerProcess::start(&flags)?;
     let connector = cert.as_ref().map(TestCert::connector);
     let http = match &cert {
         Some(c) => c.http()?,
         None => reqwest::Client::new(),
     };
     let result = rt.block_on(measure(&mut child, total, http, connector, messages));
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status();
-    let _ = child.0.wait();
+    child.stop();
     result
-}
-
-struct ServerProcess(Child, String);
-
-/// Starts the server; `extra` flags (after the connection count on our command
-/// line) go to it, e.g. `-- 10000 --ws-read-buffer-bytes 256`.
-fn start_server(extra: &[String]) -> anyhow::Result<ServerProcess> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["serve", "--listen", "127.0.0.1:0", "--storage", "memory"])
-        .args([
-            "--password-hash-memory-kib",
-            "8",
-            "--password-hash-iterations",
-            "1",
-        ])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .ok_or_else(|| anyhow::anyhow!("unexpected first line {line:?}"))?
-        .to_string();
-    Ok(ServerProcess(child, url))
 }
 
 async fn measure(
@@ -114,8 +83,8 @@ async fn measure(
     connector: Option<Connector>,
     messages: usize,
 ) -> anyhow::Result<()> {
-    let pid = server.0.id().to_string();
-    let url = server.1.clone();
+    let pid = server.child.id().to_string();
+    let url = server.url.clone();
     let users = total.div_ceil(DEVICES_PER_USER);
     let mut devices = Vec::with_capacity(total);
     for u in 0..users {
