@@ -22,7 +22,10 @@ mod backends;
 mod write_path;
 pub use backends::service_url;
 use backends::{run, run_two_nodes};
-use write_path::{a_bad_accept_fails_alone, unicode_round_trip};
+use write_path::{
+    a_bad_accept_fails_alone, expiry, expiry_counts_every_record, membership_in_accept,
+    unicode_round_trip,
+};
 
 async fn users(s: &dyn Store, n: usize) -> Vec<UserId> {
     let mut ids = Vec::with_capacity(n);
@@ -659,5 +662,6 @@ macro_rules! conformance {
 
 conformance!(memory, embedded, redis, redis_cluster, postgres; (
     gap_free_ids, dedupe, dedupe_race, group_limit_race, inbox_cursors, history_paging, groups, accounts,
-    tokens_and_devices, friends, presence, unicode_round_trip, a_bad_accept_fails_alone
+    tokens_and_devices, friends, presence, unicode_round_trip, a_bad_accept_fails_alone,
+    membership_in_accept, expiry, expiry_counts_every_record
 ));

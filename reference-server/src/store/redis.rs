@@ -31,11 +31,13 @@ use serde::{Deserialize, Serialize};
 
 mod accept;
 mod connection;
+mod dedupe;
 mod keys;
 pub(crate) mod scripts;
 
 pub(crate) use connection::connect;
 pub use connection::COMMAND_TIMEOUT;
+use dedupe::DedupeWindow;
 pub(crate) use keys::Keys;
 use scripts::{Call, Scripts};
 
@@ -69,6 +71,8 @@ pub struct RedisStore {
     keys: Keys,
     scripts: Arc<Scripts>,
     durability: String,
+    /// What the accept scripts need to expire dedupe records ([`dedupe`]).
+    dedupe: DedupeWindow,
 }
 
 impl RedisStore {
@@ -95,6 +99,7 @@ impl RedisStore {
             keys: Keys::new(&prefix),
             scripts,
             durability,
+            dedupe: DedupeWindow::default(),
         })
     }
 
@@ -583,9 +588,15 @@ impl Store for RedisStore {
         }
     }
 
-    async fn expire(&self, _now: Millis, _dedupe_before: Millis) -> StoreResult<Expired> {
-        // Tokens carry a Redis expiry (PXAT) and go by themselves.
-        Ok(Expired::default())
+    async fn expire(&self, now: Millis, dedupe_before: Millis) -> StoreResult<Expired> {
+        // Tokens carry a Redis expiry (PXAT) and go by themselves. Dedupe records
+        // are removed by the accept scripts and by their keys' TTL, from the cutoff
+        // given here ([`dedupe`]); `dedupe` counts what the scripts removed since
+        // the previous call.
+        Ok(Expired {
+            tokens: 0,
+            dedupe: self.dedupe.set(now, dedupe_before),
+        })
     }
 
     async fn flush(&self) -> StoreResult<()> {

@@ -139,6 +139,29 @@ where
     ns.remove().await;
 }
 
+/// Runs a property on a fresh Redis store (`redis` or `redis_cluster`) with a
+/// plain client on the same Redis and the store's key prefix, for properties of
+/// the keys themselves.
+pub(super) async fn run_redis<F, Fut>(backend: &str, tag: &str, property: F)
+where
+    F: FnOnce(Arc<dyn Store>, fred::clients::Client, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    use fred::interfaces::ClientLike;
+    let Some((store, ns, url)) = fresh(backend, tag).await else {
+        return;
+    };
+    let (base, prefix) = url.rsplit_once("prefix=").expect("a prefixed url");
+    let config = fred::types::config::Config::from_url(base.trim_end_matches(['?', '&']))
+        .expect("redis url");
+    let client = fred::clients::Client::new(config, None, None, None);
+    client.init().await.expect("connect to redis");
+    property(store.clone(), client.clone(), prefix.to_string()).await;
+    client.quit().await.expect("quit");
+    drop(store);
+    ns.remove().await;
+}
+
 #[tokio::test]
 async fn open_rejects_bad_urls() {
     assert!(matches!(

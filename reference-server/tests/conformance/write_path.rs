@@ -4,8 +4,11 @@
 
 use std::sync::Arc;
 
+use fred::clients::Client;
+use fred::interfaces::{HashesInterface, KeysInterface, SortedSetsInterface};
 use reference_server::store::{NewMessage, Store, StoreError};
 
+use super::backends::run_redis;
 use super::{msg, users};
 
 /// Every kind of Unicode scalar but U+0000 (which the protocol refuses) comes
@@ -76,6 +79,16 @@ pub async fn membership_in_accept(s: Arc<dyn Store>) {
         s.accept(msg("g:99999", &u, u[0], "nowhere")).await,
         Err(StoreError::NotFound)
     ));
+    // A member added since the caller looked gets the message all the same.
+    s.add_member(g, u[2], 10).await.expect("add back");
+    let stale = [u[1]];
+    let late = s
+        .accept(msg(&ch, &stale, u[1], "to-the-newcomer"))
+        .await
+        .expect("accept");
+    let got: Vec<u64> = late.recipients.iter().map(|(m, _)| *m).collect();
+    assert_eq!(got, vec![u[1], u[2]], "in: the added member gets it");
+    assert_eq!(s.inbox_head(u[2]).await.expect("head"), 2);
 }
 
 /// Sixty accepts at once, every tenth one carrying U+0000 (which PostgreSQL's
@@ -152,24 +165,88 @@ pub async fn expiry(s: Arc<dyn Store>) {
     assert!(s.accept(new).await.expect("new again").duplicate);
 }
 
-/// Membership inside the accept and the dedupe window, on the backends that
-/// have them: the Redis backend's stepwise (cluster) accept still takes the
-/// caller's member list and keeps dedupe records forever (tokens do expire
-/// there, by a Redis expiry); see docs/storage.md.
-macro_rules! not_on_redis_yet {
-    ($($backend:ident),* ; $properties:tt) => {
-        $(not_on_redis_yet!(@backend $backend $properties);)*
+/// Every dedupe record past the window is removed and counted once, whether
+/// `expire` removes it at once or the backend does it lazily (Redis: the next
+/// accepts of its sender and channel, counted by the next `expire`).
+pub async fn expiry_counts_every_record(s: Arc<dyn Store>) {
+    let u = users(&*s, 2).await;
+    let ch = format!("dm:{}:{}", u[0], u[1]);
+    for i in 0..100 {
+        let cmid = format!("old{i}");
+        s.accept(msg(&ch, &u, u[0], &cmid)).await.expect("old");
+    }
+    let first = s.expire(2_000, 2_000).await.expect("expire").dedupe;
+    for cmid in ["new0", "new1"] {
+        let m = NewMessage {
+            ts: 5_000,
+            ..msg(&ch, &u, u[0], cmid)
+        };
+        assert!(!s.accept(m).await.expect("new").duplicate);
+    }
+    let second = s.expire(6_000, 2_000).await.expect("expire").dedupe;
+    assert_eq!(first + second, 100, "{first} + {second}");
+    let resend = NewMessage {
+        ts: 5_000,
+        ..msg(&ch, &u, u[0], "new0")
     };
-    (@backend $backend:ident ($($property:ident),*)) => {
-        mod $backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $property() {
-                    super::super::run(stringify!($backend), stringify!($property), super::$property).await;
-                }
-            )*
-        }
+    assert!(s.accept(resend).await.expect("resend").duplicate);
+    let old = NewMessage {
+        ts: 7_000,
+        ..msg(&ch, &u, u[0], "old5")
     };
+    assert_eq!(s.accept(old).await.expect("old again").id, 103);
 }
 
-not_on_redis_yet!(memory, embedded, postgres; (membership_in_accept, expiry));
+/// On Redis the dedupe records past the window leave the keys themselves (the
+/// hash and the sorted set of ts beside it, per sender and per channel), and
+/// those keys carry a TTL, so an idle sender's records go too.
+async fn dedupe_keys_shrink(s: Arc<dyn Store>, redis: Client, prefix: String) {
+    let u = users(&*s, 2).await;
+    let ch = format!("dm:{}:{}", u[0], u[1]);
+    for i in 0..100 {
+        let cmid = format!("old{i}");
+        s.accept(msg(&ch, &u, u[0], &cmid)).await.expect("old");
+    }
+    let keys = [
+        format!("{prefix}:{{u:{}}}:dd", u[0]),
+        format!("{prefix}:{{u:{}}}:dt", u[0]),
+        format!("{prefix}:{{c:{ch}}}:dd"),
+        format!("{prefix}:{{c:{ch}}}:dt"),
+    ];
+    let sizes = |redis: Client, keys: [String; 4]| async move {
+        let mut out = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            let n: u64 = if i % 2 == 0 {
+                redis.hlen(k).await.expect("hlen")
+            } else {
+                redis.zcard(k).await.expect("zcard")
+            };
+            out.push(n);
+        }
+        out
+    };
+    assert_eq!(sizes(redis.clone(), keys.clone()).await, [100; 4]);
+    s.expire(2_000, 2_000).await.expect("expire");
+    for cmid in ["new0", "new1"] {
+        let m = NewMessage {
+            ts: 5_000,
+            ..msg(&ch, &u, u[0], cmid)
+        };
+        s.accept(m).await.expect("new");
+    }
+    assert_eq!(sizes(redis.clone(), keys.clone()).await, [2; 4]);
+    for k in &keys {
+        let ttl: i64 = redis.pttl(k).await.expect("pttl");
+        assert!(ttl > 0, "{k} has no TTL ({ttl})");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_dedupe_keys_shrink() {
+    run_redis("redis", "dd_keys", dedupe_keys_shrink).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_dedupe_keys_shrink() {
+    run_redis("redis_cluster", "dd_keys", dedupe_keys_shrink).await;
+}

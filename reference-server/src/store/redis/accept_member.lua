@@ -1,11 +1,12 @@
--- One member's half of an accept. KEYS (all in the member's slot): ih, ib, ic, dd.
--- ARGV: channel, target id, then for each pending message of the channel this user
--- is a member of, ascending by id: id, client_msg_id ('' unless this user sent it),
--- ts. Appends every one not yet in this inbox, in id order (`ic` holds, per channel,
--- `last_id:its_seq`), writes the sender's dedupe record with its seq, and returns
+-- One member's half of an accept. KEYS (all in the member's slot): ih, ib, ic, dd,
+-- dt. ARGV: channel, target id, cutoff, ttl (see dedupe.lua), then for each
+-- pending message of the channel this user is a member of, ascending by id: id,
+-- client_msg_id ('' unless this user sent it), ts. Appends every one not yet in
+-- this inbox, in id order (`ic` holds, per channel, `last_id:its_seq`), writes the
+-- sender's dedupe record with its seq (unless a live one is there), and returns
 -- this user's seq of the target message (0 if not found).
-local ih, ib, ic, dd = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local ch, target = ARGV[1], tonumber(ARGV[2])
+local ih, ib, ic, dd, dt = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local ch, target, cutoff, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local last, lastseq = 0, 0
 local cur = redis.call('HGET', ic, ch)
 if cur then
@@ -30,8 +31,8 @@ local function find(ref)
   return 0
 end
 local result = 0
-local moved = false
-for i = 3, #ARGV, 3 do
+local moved, trimmed = false, false
+for i = 5, #ARGV, 3 do
   local id, cmid, ts = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2]
   local ref = ch .. '\n' .. ARGV[i]
   local seq
@@ -39,7 +40,13 @@ for i = 3, #ARGV, 3 do
     seq = redis.call('INCR', ih)
     redis.call('HSET', ib, seq, ref)
     if cmid ~= '' then
-      redis.call('HSETNX', dd, cmid, ref .. '\n' .. string.format('%d', seq) .. '\n' .. ts)
+      if not trimmed then
+        dedupe_trim(dd, dt, cutoff)
+        trimmed = true
+      end
+      if not dedupe_get(dd, dt, cmid, cutoff) then
+        dedupe_put(dd, dt, cmid, ref .. '\n' .. string.format('%d', seq) .. '\n' .. ts, ts, ttl)
+      end
     end
     last, lastseq, moved = id, seq, true
   elseif id == last then

@@ -32,28 +32,30 @@ impl Keys {
     }
 
     /// `P:{u:ID}:PART`: `ih` (inbox head), `ib` (inbox), `ic` (per channel, the last
-    /// id appended and its seq), `dd` (dedupe), `dev` (named devices), `fr` (friends).
+    /// id appended and its seq), `dd` (dedupe), `dt` (the dedupe records' ts),
+    /// `dev` (named devices), `fr` (friends).
     pub(crate) fn user_part(&self, id: UserId, part: &str) -> String {
         format!("{}:{{u:{id}}}:{part}", self.prefix)
     }
 
-    /// The four keys of one member's half of an accept: ih, ib, ic, dd.
+    /// The five keys of one member's half of an accept: ih, ib, ic, dd, dt.
     pub(crate) fn inbox_keys(&self, id: UserId) -> Vec<String> {
-        ["ih", "ib", "ic", "dd"]
+        ["ih", "ib", "ic", "dd", "dt"]
             .iter()
             .map(|part| self.user_part(id, part))
             .collect()
     }
 
     /// `P:{c:CHANNEL}:PART`: `head` (highest id), `msgs` (id -> JSON), `pend`
-    /// (ids not yet in every inbox), `pm` (their members), `dd` (channel dedupe).
+    /// (ids not yet in every inbox), `pm` (their members), `dd` (channel dedupe),
+    /// `dt` (the channel dedupe records' ts).
     pub(crate) fn channel(&self, channel: &str, part: &str) -> String {
         format!("{}:{{c:{channel}}}:{part}", self.prefix)
     }
 
-    /// The five keys of the channel's half of an accept: head, msgs, pend, pm, dd.
+    /// The six keys of the channel's half of an accept: head, msgs, pend, pm, dd, dt.
     pub(crate) fn accept_keys(&self, channel: &str) -> Vec<String> {
-        ["head", "msgs", "pend", "pm", "dd"]
+        ["head", "msgs", "pend", "pm", "dd", "dt"]
             .iter()
             .map(|part| self.channel(channel, part))
             .collect()

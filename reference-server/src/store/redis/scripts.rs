@@ -5,6 +5,9 @@
 //! that forgot them (it restarted) answers `NOSCRIPT`, and then every script is
 //! loaded again and the call retried once. Every script here is idempotent or
 //! runs before anything was written, so a retried pipeline is safe.
+//!
+//! The three accept scripts share `dedupe.lua` (the dedupe window's helpers),
+//! prepended to each at compile time: Redis has no script includes.
 
 use fred::prelude::*;
 use fred::types::scripts::Script;
@@ -25,6 +28,13 @@ pub(crate) struct Scripts {
     pub(crate) add_member: Script,
     pub(crate) members: Script,
     pub(crate) set_active: Script,
+}
+
+/// An accept script: `dedupe.lua`, then the script itself.
+macro_rules! accept_script {
+    ($file:literal) => {
+        Script::from_lua(concat!(include_str!("dedupe.lua"), include_str!($file)))
+    };
 }
 
 /// One script call: the script, its keys (one slot), its arguments.
@@ -55,9 +65,9 @@ impl Call<'_> {
 impl Scripts {
     pub(crate) fn new() -> Self {
         Scripts {
-            accept_single: Script::from_lua(include_str!("accept_single.lua")),
-            accept_channel: Script::from_lua(include_str!("accept_channel.lua")),
-            accept_member: Script::from_lua(include_str!("accept_member.lua")),
+            accept_single: accept_script!("accept_single.lua"),
+            accept_channel: accept_script!("accept_channel.lua"),
+            accept_member: accept_script!("accept_member.lua"),
             accept_finalize: Script::from_lua(include_str!("accept_finalize.lua")),
             history: Script::from_lua(include_str!("history.lua")),
             inbox: Script::from_lua(include_str!("inbox.lua")),
