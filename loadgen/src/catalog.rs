@@ -202,6 +202,9 @@ latency_metrics! {
     ACK_UNCORRECTED = "ack_latency_uncorrected": "actual send -> the sender's ack",
     HISTORY = "history_latency": "scheduled history read -> the whole page received (HTTP)",
     RECOVERY = "recovery_latency": "a server-initiated close (1008, 1001, lost connection) -> reconnected and caught up",
+    FAILOVER = "failover_latency": "a node fault (kill_node, stop_node) -> the device's next hello on a live node",
+    DELIVERY_SAME_NODE = "delivery_latency_same_node": "delivery_latency where the sending and receiving devices are on one node (cluster)",
+    DELIVERY_CROSS_NODE = "delivery_latency_cross_node": "delivery_latency where they are on different nodes (cluster)",
 }
 
 #[cfg(test)]

@@ -60,8 +60,10 @@ pub struct RunOpts {
     /// Output directory (default: reports/runs/NAME-TIMESTAMP/).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Worker processes (default 1).
-    #[arg(long, default_value_t = 1)]
+    /// Worker processes on this machine: 1 to 64, or `auto` (the default):
+    /// as many as the peak device count needs under the descriptor limit.
+    /// (In the struct, 0 means `auto`.)
+    #[arg(long, default_value = "auto", value_parser = parse_workers)]
     pub workers: u32,
     /// A baseline report.json to gate against.
     #[arg(long)]
@@ -70,4 +72,36 @@ pub struct RunOpts {
     /// (beside the public roots), e.g. a staging cluster's own CA.
     #[arg(long)]
     pub ca_file: Option<PathBuf>,
+    /// Drive only shard I of N (users whose index is I modulo N), for one run
+    /// spread over several machines; `loadgen merge` combines the shards.
+    #[arg(long, value_parser = parse_shard)]
+    pub shard: Option<crate::population::Share>,
+    /// When the first phase starts, as Unix time in milliseconds: the same on
+    /// every shard (default: shard 0 chooses and writes it to --population).
+    #[arg(long)]
+    pub start_at: Option<u64>,
+    /// With --shard: a directory every shard reads. Shard 0 creates the
+    /// population and writes each shard's slice (and its start time) there;
+    /// the other shards wait for theirs.
+    #[arg(long)]
+    pub population: Option<PathBuf>,
+}
+
+/// `--workers`: `auto` (0) or 1 to 64.
+fn parse_workers(s: &str) -> Result<u32, String> {
+    if s == "auto" {
+        return Ok(0);
+    }
+    match s.parse::<u32>() {
+        Ok(n) if (1..=64).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?}: a number of processes from 1 to 64, or auto"
+        )),
+    }
+}
+
+/// `--shard I/N`.
+fn parse_shard(s: &str) -> Result<crate::population::Share, String> {
+    crate::population::Share::parse(s)
+        .ok_or_else(|| format!("{s:?}: expected I/N with 0 <= I < N (shard 0/4 is the first of 4)"))
 }

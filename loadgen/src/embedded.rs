@@ -37,6 +37,24 @@ pub struct EmbeddedConfig {
     pub storage: String,
     pub heartbeat_interval: Duration,
     pub offline_after: Duration,
+    /// The address to listen on; `None`: a free port on 127.0.0.1.
+    pub listen: Option<std::net::SocketAddr>,
+    /// A node of an embedded cluster: the cluster's Redis and the node's id
+    /// (`--cluster`, `--node-id`; it advertises its listen address).
+    pub cluster: Option<(String, String)>,
+}
+
+impl EmbeddedConfig {
+    /// One server with `storage`, timed like the scenario's behavior.
+    pub fn new(storage: String, heartbeat_interval: Duration, offline_after: Duration) -> Self {
+        EmbeddedConfig {
+            storage,
+            heartbeat_interval,
+            offline_after,
+            listen: None,
+            cluster: None,
+        }
+    }
 }
 
 pub struct EmbeddedServer {
@@ -61,9 +79,12 @@ impl EmbeddedServer {
                 ))
             })?,
         };
+        let listen = cfg
+            .listen
+            .map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string());
         let mut cmd = Command::new(&exe);
         cmd.arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--storage", &cfg.storage])
+            .args(["--listen", &listen, "--storage", &cfg.storage])
             // Cheap password hashing: a load test creates thousands of accounts,
             // all from this one address (so no per-address login limit either).
             .args([
@@ -82,7 +103,14 @@ impl EmbeddedServer {
                 "--offline-after-ms",
                 &cfg.offline_after.as_millis().max(1).to_string(),
             ])
-            .env(PARENT_WATCH_ENV, "1")
+            .env(PARENT_WATCH_ENV, "1");
+        if let Some((redis, node)) = &cfg.cluster {
+            cmd.args(["--cluster", redis, "--node-id", node]);
+            if let Some(addr) = cfg.listen {
+                cmd.args(["--advertise", &format!("ws://{addr}")]);
+            }
+        }
+        cmd
             // Its own process group: a terminal's Ctrl-C goes to loadgen only,
             // which then stops the server after writing the report.
             .process_group(0)
@@ -105,7 +133,8 @@ impl EmbeddedServer {
         let stdin = child.stdin.take();
         let (durability_tx, mut durability_rx) = tokio::sync::watch::channel(None);
         if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(relay_stderr(stderr, quiet, durability_tx));
+            let tag = cfg.cluster.as_ref().map(|(_, node)| format!("[{node}] "));
+            tokio::spawn(relay_stderr(stderr, quiet, tag, durability_tx));
         }
         let stdout = child
             .stdout
@@ -126,8 +155,10 @@ impl EmbeddedServer {
             Ok(None) => {
                 let status = child.wait().await.ok();
                 return Err(LoadgenError::unrunnable(format!(
-                    "the embedded server exited before listening ({status:?}); storage {:?}",
-                    cfg.storage
+                    "the embedded server exited before listening ({status:?}); storage {:?}{}",
+                    reference_server::store::redact(&cfg.storage),
+                    cfg.listen
+                        .map_or(String::new(), |a| format!(", listening on {a}"))
                 )));
             }
             Err(_) => {
@@ -160,12 +191,19 @@ impl EmbeddedServer {
         reference_server::metrics::resident_memory_of(&self.pid.to_string())
     }
 
+    /// `kill -9`: no goodbye (a node fault); waits for the process to be gone.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+        drop(self.stdin.take());
+        tracing::info!(pid = self.pid, "embedded server killed");
+    }
+
     /// SIGTERM, wait; SIGKILL if it does not stop in time.
     pub async fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status()
-            .await;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
             Ok(_) => tracing::info!(pid = self.pid, "embedded server stopped"),
             Err(_) => {
@@ -186,8 +224,10 @@ impl EmbeddedServer {
 async fn relay_stderr(
     stderr: tokio::process::ChildStderr,
     quiet: bool,
+    tag: Option<String>,
     durability: tokio::sync::watch::Sender<Option<String>>,
 ) {
+    let tag = tag.unwrap_or_default();
     let mut lines = BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let plain = strip_ansi(&line);
@@ -203,7 +243,7 @@ async fn relay_stderr(
         if quiet && plain.contains(" INFO ") {
             continue;
         }
-        eprintln!("{line}");
+        eprintln!("{tag}{line}");
     }
 }
 

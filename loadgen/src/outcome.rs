@@ -57,6 +57,10 @@ pub struct Audit {
     /// Why it is incomplete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incomplete_reason: Option<String>,
+    /// One part of a split run (a shard): the pairs of messages between its
+    /// users and other parts' users are counted by `loadgen merge`, not here.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cross_part_pending: bool,
 }
 
 impl std::ops::Deref for Audit {
@@ -83,6 +87,7 @@ impl Audit {
 
     pub fn merge(&mut self, o: &Audit) {
         self.counts.merge(&o.counts);
+        self.cross_part_pending |= o.cross_part_pending;
         if o.incomplete {
             self.incomplete(o.incomplete_reason.clone().unwrap_or_default());
         }
@@ -106,6 +111,19 @@ pub struct MemorySample {
     pub server_rss_bytes: Option<u64>,
     /// This generator process's resident memory in bytes.
     pub loadgen_rss_bytes: u64,
+}
+
+/// One node's connections over the run, from its `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeSeries {
+    /// The node's name (the `node` label of its metrics), or its address.
+    pub node: String,
+    /// `http://HOST:PORT`.
+    pub url: String,
+    /// Most connections seen at one sample.
+    pub peak_connections: u64,
+    /// (ms since the phases started, connections; `null` when it did not answer).
+    pub connections: Vec<(u64, Option<u64>)>,
 }
 
 /// Creating the population, before the measured phases.
@@ -262,7 +280,11 @@ pub struct Outcome {
     /// Error answers and failures by code (`rate_limited`, `connect`, ...).
     pub errors: BTreeMap<String, u64>,
     pub audit: Audit,
+    /// The most devices connected at once: the server side's count (summed
+    /// over its nodes) when `nodes` were sampled, else the generator's.
     pub peak_connections: u64,
+    /// Each server node's connections over the run (sampled from `/metrics`).
+    pub nodes: Vec<NodeSeries>,
     pub memory: Vec<MemorySample>,
     pub provisioning: Provisioning,
     pub generator: GeneratorHealth,
@@ -285,6 +307,7 @@ impl Outcome {
             errors: BTreeMap::new(),
             audit: Audit::default(),
             peak_connections: 0,
+            nodes: Vec::new(),
             memory: Vec::new(),
             provisioning: Provisioning::default(),
             generator: GeneratorHealth::new(lag_bound_ms),
@@ -319,7 +342,17 @@ impl Outcome {
             *self.errors.entry(code.clone()).or_default() += n;
         }
         self.audit.merge(&o.audit);
-        self.peak_connections += o.peak_connections;
+        // Server-side peaks (every part saw the whole server) do not add;
+        // generators' own peaks do.
+        match (self.nodes.is_empty(), o.nodes.is_empty()) {
+            (false, false) => self.peak_connections = self.peak_connections.max(o.peak_connections),
+            (true, false) => {
+                self.peak_connections = o.peak_connections;
+                self.nodes.clone_from(&o.nodes);
+            }
+            (false, true) => {}
+            (true, true) => self.peak_connections += o.peak_connections,
+        }
         self.memory.extend(o.memory.iter().cloned());
         self.generator.merge(&o.generator);
         self.duration_s = self.duration_s.max(o.duration_s);

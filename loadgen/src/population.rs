@@ -26,7 +26,12 @@ use crate::error::LoadgenError;
 use crate::outcome::Provisioning;
 use crate::scenario::{Population as PopulationSpec, Scenario};
 
-const PASSWORD: &str = "loadgen-password";
+mod slice;
+
+pub use slice::{Share, Sparse};
+
+/// Every simulated user's password (devices log in again with it).
+pub const PASSWORD: &str = "loadgen-password";
 
 /// One simulated user.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -57,15 +62,28 @@ pub struct Group {
     pub members: Vec<u32>,
 }
 
+/// The population, or a process's slice of it ([`Population::slice`]):
+/// users and groups by global index, devices by local index.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Population {
-    pub users: Vec<User>,
+    pub users: Sparse<User>,
     pub devices: Vec<Device>,
-    pub groups: Vec<Group>,
-    /// Friendship edges (each once, a < b).
+    pub groups: Sparse<Group>,
+    /// Friendship edges (each once, a < b); empty in a slice.
+    #[serde(default)]
     pub friendships: Vec<(u32, u32)>,
+    /// In a slice: (user index, server id) of friends of its users that it
+    /// does not hold, by index.
+    #[serde(default)]
+    pub others: Vec<(u32, u64)>,
     /// WebSocket URL handed out by login (service discovery).
     pub ws_url: String,
+    /// Every server login listed (more than one: a cluster).
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// This run's part of the usernames (`lg{nonce}u{index}`).
+    #[serde(default)]
+    pub nonce: String,
 }
 
 /// Draws the population's shape from the seed.
@@ -166,6 +184,13 @@ impl Population {
 
 fn username(nonce: &str, u: usize) -> String {
     format!("lg{nonce}u{u}")
+}
+
+impl Population {
+    /// User `u`'s username (devices that must log in again use it).
+    pub fn username(&self, u: u32) -> String {
+        username(&self.nonce, u as usize)
+    }
 }
 
 fn http_err(base: &str, what: &str, e: reqwest::Error) -> LoadgenError {
@@ -285,9 +310,13 @@ pub async fn provision(
         .buffered(concurrency)
         .try_collect()
         .await?;
+    pop.nonce = nonce.clone();
     for (dev, login) in pop.devices.iter_mut().zip(logins) {
         if pop.ws_url.is_empty() {
             pop.ws_url = login.servers.first().cloned().unwrap_or_default();
+        }
+        if login.servers.len() > pop.servers.len() {
+            pop.servers = login.servers;
         }
         dev.device_id = login.device_id;
         dev.token = login.token;
@@ -325,7 +354,7 @@ pub async fn provision(
             .token
             .clone()
     };
-    let user_id = |u: u32| pop.users[u as usize].id;
+    let user_id = |u: u32| pop.user_id(u);
     stream::iter(pop.friendships.iter().copied())
         .map(|(a, b)| {
             let (token, body) = (

@@ -46,7 +46,11 @@ pub struct Target {
     /// A running server; `None` starts the embedded one.
     pub url: Option<String>,
     pub storage: String,
+    /// Nodes of the embedded cluster (1: one server, no cluster).
     pub servers: u32,
+    /// The Redis an embedded cluster's nodes meet in (`--cluster`); `None`:
+    /// the storage's Redis, or a private `redis-server` (see [`crate::cluster`]).
+    pub cluster: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +100,36 @@ pub struct Phase {
     pub disconnect_rate: f64,
     /// History page reads per second (open model, over HTTP).
     pub history_rate: f64,
+    /// Node faults at the phase's start, in order (embedded cluster only).
+    pub faults: Vec<NodeFault>,
+}
+
+/// Most nodes an embedded cluster may have.
+pub const MAX_SERVERS: u32 = 32;
+
+/// What a phase does to a node of the embedded cluster at its start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeFault {
+    /// `kill_node = K`: SIGKILL (no goodbye: its clients see the connection drop).
+    Kill(u32),
+    /// `stop_node = K`: SIGTERM (it leaves discovery and closes with 1001).
+    Stop(u32),
+    /// `start_node = K`: started again (same node id, same port if it is free).
+    Start(u32),
+}
+
+impl NodeFault {
+    /// The node, 0-based.
+    pub fn node(self) -> usize {
+        match self {
+            NodeFault::Kill(k) | NodeFault::Stop(k) | NodeFault::Start(k) => k as usize - 1,
+        }
+    }
+
+    /// True for a fault that takes the node down (its devices fail over).
+    pub fn takes_down(self) -> bool {
+        !matches!(self, NodeFault::Start(_))
+    }
 }
 
 impl Scenario {
@@ -227,11 +261,31 @@ fn validate(raw: RawScenario, default_name: &str) -> Result<Scenario, LoadgenErr
             "must name a backend: memory, embedded:DIR, redis://..., postgres://...",
         ));
     }
-    if t.servers != 1 {
+    if !(1..=MAX_SERVERS as i64).contains(&t.servers) {
         return Err(bad(
             "target.servers",
-            format!("{}: only 1 embedded server is supported so far (an embedded cluster needs a shared backend: start the nodes yourself and pass [target] url)", t.servers),
+            format!("{}: must be 1 to {MAX_SERVERS}", t.servers),
         ));
+    }
+    let servers = t.servers as u32;
+    if servers > 1 && t.url.is_some() {
+        return Err(bad(
+            "target.servers",
+            format!("{servers}: servers starts an embedded cluster, but target.url names a running one (loadgen follows its discovery): drop one of the two"),
+        ));
+    }
+    if servers > 1 {
+        crate::cluster::check_shared_storage(&t.storage)
+            .map_err(|r| bad("target.servers", format!("{servers} nodes: {r}")))?;
+    }
+    if let Some(c) = &t.cluster {
+        if servers < 2 {
+            return Err(bad(
+                "target.cluster",
+                "only an embedded cluster (servers > 1) has a cluster Redis",
+            ));
+        }
+        crate::cluster::check_cluster_redis(c).map_err(|r| bad("target.cluster", r))?;
     }
 
     let p = raw.population;
@@ -410,6 +464,8 @@ fn validate(raw: RawScenario, default_name: &str) -> Result<Scenario, LoadgenErr
     }
     let mut phases = Vec::new();
     let mut online = users;
+    // Nodes down after each phase's faults (a node is started only when down).
+    let mut down = vec![false; servers as usize];
     for (i, rp) in raw.phase.into_iter().enumerate() {
         let at = |field: &str| format!("phase[{i}].{field}");
         let duration = positive_duration(&at("duration"), &rp.duration)?;
@@ -449,7 +505,9 @@ fn validate(raw: RawScenario, default_name: &str) -> Result<Scenario, LoadgenErr
                 "no channel to read: population.friends and population.groups are 0",
             ));
         }
+        let faults = node_faults(i, &rp, servers, t.url.is_some(), &mut down)?;
         phases.push(Phase {
+            faults,
             name: rp.name.unwrap_or_else(|| format!("phase{i}")),
             duration,
             online,
@@ -469,7 +527,8 @@ fn validate(raw: RawScenario, default_name: &str) -> Result<Scenario, LoadgenErr
         target: Target {
             url: t.url,
             storage: t.storage,
-            servers: 1,
+            servers,
+            cluster: t.cluster,
         },
         population: Population {
             users,
@@ -492,6 +551,60 @@ fn validate(raw: RawScenario, default_name: &str) -> Result<Scenario, LoadgenErr
         thresholds,
         projection: raw.projection,
     })
+}
+
+/// A phase's `kill_node`, `stop_node`, `start_node`, checked against the
+/// nodes' state after the phases before it (`down`, updated).
+fn node_faults(
+    i: usize,
+    rp: &raw::RawPhase,
+    servers: u32,
+    remote: bool,
+    down: &mut [bool],
+) -> Result<Vec<NodeFault>, LoadgenError> {
+    let keys = [
+        ("kill_node", rp.kill_node),
+        ("stop_node", rp.stop_node),
+        ("start_node", rp.start_node),
+    ];
+    let mut faults = Vec::new();
+    for (key, value) in keys {
+        let Some(k) = value else { continue };
+        let path = format!("phase[{i}].{key}");
+        if remote {
+            return Err(bad(
+                path,
+                "target.url is set: loadgen kills, stops and starts only the nodes it started (drop url and set servers)",
+            ));
+        }
+        if !(1..=servers as i64).contains(&k) {
+            return Err(bad(
+                path,
+                format!("{k}: a node number from 1 to target.servers ({servers})"),
+            ));
+        }
+        let k = k as u32;
+        let fault = match key {
+            "kill_node" => NodeFault::Kill(k),
+            "stop_node" => NodeFault::Stop(k),
+            _ => NodeFault::Start(k),
+        };
+        let was_down = down[fault.node()];
+        if fault.takes_down() && was_down {
+            return Err(bad(path, format!("node {k} is already down at this phase")));
+        }
+        if !fault.takes_down() && !was_down {
+            return Err(bad(
+                path,
+                format!(
+                    "node {k} is running at this phase (kill or stop it in an earlier phase first)"
+                ),
+            ));
+        }
+        down[fault.node()] = fault.takes_down();
+        faults.push(fault);
+    }
+    Ok(faults)
 }
 
 /// A target must be `http://HOST:PORT` (or `https://`) on a loopback address:

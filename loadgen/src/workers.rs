@@ -1,21 +1,35 @@
-//! `--workers N`: one run spread over N worker processes on this machine.
+//! `--workers N` (or `auto`): one run spread over N worker processes on this
+//! machine.
 //!
 //! One process can hold only as many sockets as its descriptor limit allows
-//! (about 19,900 here), and one tokio runtime's timers start to lag long before
-//! a large population is driven. So the parent process makes the server (or
-//! reaches the target) and the population once, writes the provisioned
-//! population (ids, tokens, channels) to `OUT/workers/population.json`, and
+//! (about 19,900 here), and one runtime's timers start to lag long before a
+//! large population is driven. So the parent process makes the server (or
+//! reaches the target) and the population once, writes each worker's *slice*
+//! of it (its users, their devices and groups, their friends' ids:
+//! [`Population::slice`]) to `OUT/workers/worker-I/population.json`, and
 //! re-executes itself N times as `run SCENARIO --target URL --out
-//! OUT/workers/worker-I` with `CHATSCALE_LOADGEN_WORKER=I/N`. Worker I drives
-//! the users whose index is I modulo N: its share of each phase's `online` and
-//! 1/N of each rate, with its own seed, and audits the messages it sent
-//! (reading every member's inbox, wherever that member is driven). Each worker
-//! writes an ordinary run directory; the parent reads them back
-//! ([`crate::report::merge::read_outcome`]), merges them exactly
-//! ([`Outcome::merge`]), and judges the merged outcome like any other. The
-//! parent itself samples the server's memory against the total connection count
-//! (from `/metrics`) and the workers' summed memory, so per-connection figures
-//! stay right.
+//! OUT/workers/worker-I`, told its place by the environment
+//! ([`WORKER_ENV`] and friends). Each worker holds only its slice (memory
+//! O(its devices)) and drives the users of its [`Share`].
+//!
+//! **One start.** A worker that has loaded its slice writes `ready` in its
+//! directory; once all are ready (or when the run's start is fixed already,
+//! a shard's) the parent writes `OUT/workers/start.json` with the absolute
+//! time the first phase starts, and every worker starts each phase then: the
+//! same global schedule, the same intervals, so merged per-interval
+//! histograms line up.
+//!
+//! **One outcome.** Each worker writes an ordinary run directory plus what
+//! the merge needs ([`crate::parts`]); the parent reads them back, merges them
+//! exactly ([`Outcome::merge`]), completes the audit across workers and the
+//! fan-out ([`crate::parts::complete`]), and judges the result like any other.
+//! It samples the server's memory and its nodes' connections itself, so
+//! per-connection figures and `peak_connections` are the server's.
+//!
+//! **Ctrl-C.** The parent forwards it to every worker (each stops its phases,
+//! audits and writes its report), merges what they wrote and marks the run
+//! incomplete; the embedded nodes are stopped after it. A second Ctrl-C exits
+//! at once: the workers and nodes see their stdin close and exit too.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -24,25 +38,46 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::RunOpts;
+use crate::engine::nodes::Nodes;
 use crate::engine::progress::ServerMemory;
-use crate::engine::{simulate, Part};
+use crate::engine::{simulate, Part, Setup};
 use crate::error::LoadgenError;
 use crate::outcome::{MemorySample, Outcome, TargetInfo};
-use crate::population::provision_for;
-use crate::population::Population;
+use crate::parts::PartInfo;
+use crate::population::{Population, Share};
 use crate::scenario::Scenario;
 
-/// `I/N`: this process is worker I of N.
+/// `I/N`: this process drives share I of N of the users.
 pub const WORKER_ENV: &str = "CHATSCALE_LOADGEN_WORKER";
-/// Path of the provisioned population a worker loads.
+/// Path of the population slice a worker loads.
 pub const POPULATION_ENV: &str = "CHATSCALE_LOADGEN_POPULATION";
+/// The nodes devices connect to: `discover|ws://...,ws://...` (`discover` 1
+/// for a cluster), in the order every process numbers them.
+pub const NODES_ENV: &str = "CHATSCALE_LOADGEN_NODES";
+/// Path of the start file a worker waits for.
+pub const START_ENV: &str = "CHATSCALE_LOADGEN_START";
+
+/// Written in a worker's directory once its slice is loaded.
+const READY: &str = "ready";
+/// How long workers may take to load their slices.
+const READY_TIMEOUT: Duration = Duration::from_secs(600);
+/// Between the last worker ready and the first phase.
+const START_MARGIN: Duration = Duration::from_millis(500);
 
 /// This process's place in a multi-process run.
 #[derive(Debug, Clone)]
 pub struct Role {
-    pub index: u32,
-    pub count: u32,
+    pub share: Share,
     pub population: PathBuf,
+    pub nodes: Vec<String>,
+    pub discover: bool,
+    pub start: PathBuf,
+}
+
+fn env_path(name: &str) -> Result<PathBuf, LoadgenError> {
+    std::env::var_os(name)
+        .map(PathBuf::from)
+        .ok_or_else(|| LoadgenError::invalid(name, "a worker needs it (the parent sets it)"))
 }
 
 impl Role {
@@ -51,75 +86,113 @@ impl Role {
         let Some(spec) = std::env::var_os(WORKER_ENV) else {
             return Ok(None);
         };
-        let bad = || LoadgenError::invalid(WORKER_ENV, format!("{spec:?}: expected I/N"));
-        let spec_str = spec.to_str().ok_or_else(bad)?;
-        let (i, n) = spec_str.split_once('/').ok_or_else(bad)?;
-        let (index, count): (u32, u32) =
-            (i.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
-        if count == 0 || index >= count {
-            return Err(bad());
-        }
-        let population = std::env::var_os(POPULATION_ENV)
-            .map(PathBuf::from)
-            .ok_or_else(|| {
-                LoadgenError::invalid(POPULATION_ENV, "a worker needs the population file")
-            })?;
+        let share = spec
+            .to_str()
+            .and_then(Share::parse)
+            .ok_or_else(|| LoadgenError::invalid(WORKER_ENV, format!("{spec:?}: expected I/N")))?;
+        let nodes = std::env::var(NODES_ENV).unwrap_or_default();
+        let (flag, list) = nodes.split_once('|').unwrap_or(("0", ""));
         Ok(Some(Role {
-            index,
-            count,
-            population,
+            share,
+            population: env_path(POPULATION_ENV)?,
+            nodes: list
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+            discover: flag == "1",
+            start: env_path(START_ENV)?,
         }))
-    }
-
-    pub fn owns(&self, user: u32) -> bool {
-        user % self.count == self.index
     }
 }
 
-/// Worker side: drive this worker's users; the caller writes its run directory.
+/// The start file: when the first phase starts, Unix µs.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Start {
+    pub start_us: u64,
+}
+
+/// Writes a start file (whole, by rename: readers never see half of one).
+pub fn write_start(path: &Path, start_us: u64) -> Result<(), LoadgenError> {
+    let tmp = path.with_extension("tmp");
+    let io = |source| LoadgenError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec(&Start { start_us }).expect("serializes"),
+    )
+    .map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Waits for a start file (bounded; `None` on Ctrl-C or past `timeout`).
+pub async fn wait_start(path: &Path, timeout: Duration, stop: &CancellationToken) -> Option<u64> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(s) = std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Start>(&b).ok())
+        {
+            return Some(s.start_us);
+        }
+        if stop.is_cancelled() || tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Worker side: load the slice, wait for the start, drive this worker's
+/// users; writes the worker's run directory (report and part files).
 pub async fn run_worker(
+    opts: &RunOpts,
     scenario: &Scenario,
     base: &str,
-    out: &Path,
     role: Role,
     stop: &CancellationToken,
-) -> Result<Outcome, LoadgenError> {
+) -> Result<u8, LoadgenError> {
     crate::embedded::watch_parent();
+    let out = opts
+        .out
+        .clone()
+        .ok_or_else(|| LoadgenError::invalid("--out", "a worker needs its directory"))?;
     let pop = Population::load(&role.population)?;
-    // Siblings' run directories: worker-J beside this one.
-    let work = out.parent().unwrap_or(Path::new("."));
-    let peers = (0..role.count)
-        .filter(|&j| j != role.index)
-        .map(|j| worker_dir(work, j))
-        .collect();
-    let (index, count) = (role.index, role.count);
+    std::fs::create_dir_all(&out).map_err(|source| LoadgenError::Io {
+        path: out.clone(),
+        source,
+    })?;
+    crate::report::write_file(&out.join(READY), b"")?;
+    let clock = crate::engine::recorder::Clock::new();
+    let start_us = wait_start(&role.start, READY_TIMEOUT, stop)
+        .await
+        .unwrap_or_else(|| clock.now_us());
+    let client = crate::population::http_client(crate::engine::nodes::MAX_IN_FLIGHT)?;
+    let faults = crate::cluster::faults::FaultPlan::of(&scenario.phases, start_us);
+    let setup = Setup {
+        memory: ServerMemory::Metrics(crate::population::http_client(1)?, base.to_string()),
+        endpoint: crate::engine::history::Endpoint {
+            client: crate::population::http_client(crate::engine::history::MAX_IN_FLIGHT)?,
+            base: base.to_string(),
+        },
+        nodes: Nodes::new(&role.nodes, role.discover, client, faults),
+    };
     let part = Part {
-        owned: Box::new(move |u| u % count == index),
-        dir: out.to_path_buf(),
-        peers,
+        share: role.share,
+        dir: out.clone(),
+        start_us,
     };
-    let memory = ServerMemory::Metrics(crate::population::http_client(1)?, base.to_string());
-    let endpoint = crate::engine::history::Endpoint {
-        client: crate::population::http_client(crate::engine::history::MAX_IN_FLIGHT)?,
-        base: base.to_string(),
-    };
-    let mut outcome = simulate(
-        scenario,
-        pop,
-        part,
-        &scenario.phases,
-        (memory, endpoint),
-        false,
-        stop,
-    )
-    .await;
+    let mut outcome = simulate(scenario, pop, part, &scenario.phases, setup, false, stop).await;
     outcome.target = TargetInfo {
         url: base.to_string(),
         embedded: false,
-        storage: format!("worker {}/{}", role.index, role.count),
+        storage: format!("worker {}", role.share),
         durability: None,
     };
-    Ok(outcome)
+    crate::run::finish(opts, scenario, &outcome, false)?;
+    PartInfo::new(scenario, role.share, start_us).write(&out)?;
+    Ok(crate::error::exit::PASSED)
 }
 
 fn worker_exe() -> Result<PathBuf, LoadgenError> {
@@ -131,41 +204,67 @@ fn worker_exe() -> Result<PathBuf, LoadgenError> {
     }
 }
 
-/// Parent side: provision, start the workers (their run directories go under
-/// `out/workers/`), sample, merge; the caller judges the merged outcome.
+/// What the parent hands every worker.
+pub struct Plan<'a> {
+    /// The population (whole, or a shard's slice), provisioned.
+    pub pop: &'a Population,
+    /// The users this machine drives (a shard's, or everyone).
+    pub share: Share,
+    pub workers: u32,
+    /// The first phase's start when it is fixed already (a shard's);
+    /// `None`: once every worker is ready.
+    pub start_us: Option<u64>,
+    /// The nodes, in order, and whether devices ask discovery.
+    pub nodes: (Vec<String>, bool),
+}
+
+/// Parent side: write the slices, start the workers, sample, merge. Calls
+/// `on_start` with the run's start once it is fixed (the faults and the
+/// node sampler run on it); returns the merged outcome (the caller judges
+/// it) and the start.
 pub async fn run_parent(
     opts: &RunOpts,
-    scenario: &Scenario,
     base: &str,
     out: &Path,
-    (target, memory): (TargetInfo, ServerMemory),
+    plan: Plan<'_>,
+    memory: ServerMemory,
+    on_start: impl FnOnce(u64),
     stop: &CancellationToken,
-) -> Result<Outcome, LoadgenError> {
-    let (pop, provisioning, _) = provision_for(scenario, base).await?;
+) -> Result<(Outcome, u64), LoadgenError> {
     let work = out.join("workers");
-    std::fs::create_dir_all(&work).map_err(|source| LoadgenError::Io {
-        path: work.clone(),
-        source,
-    })?;
-    let pop_path = work.join("population.json");
-    pop.save(&pop_path)?;
-    drop(pop);
-
-    let exe = worker_exe()?;
-    let n = opts.workers;
-    let mut children: Vec<Child> = Vec::new();
+    let n = plan.workers;
+    let mut dirs = Vec::new();
     for i in 0..n {
+        let dir = worker_dir(&work, i);
+        std::fs::create_dir_all(&dir).map_err(|source| LoadgenError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let _ = std::fs::remove_file(dir.join(READY));
+        plan.pop
+            .slice(plan.share.split(i, n))
+            .save(&dir.join("population.json"))?;
+        dirs.push(dir);
+    }
+    let start_file = work.join("start.json");
+    let _ = std::fs::remove_file(&start_file);
+    let exe = worker_exe()?;
+    let nodes_env = format!("{}|{}", u8::from(plan.nodes.1), plan.nodes.0.join(","));
+    let mut children: Vec<Child> = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
         let mut cmd = Command::new(&exe);
         cmd.arg("run")
             .arg(&opts.scenario)
-            .args(["--target", base])
+            .args(["--target", base, "--workers", "1"])
             .arg("--out")
-            .arg(worker_dir(&work, i));
+            .arg(dir);
         if let Some(ca) = &opts.ca_file {
             cmd.arg("--ca-file").arg(ca);
         }
-        cmd.env(WORKER_ENV, format!("{i}/{n}"))
-            .env(POPULATION_ENV, &pop_path)
+        cmd.env(WORKER_ENV, plan.share.split(i as u32, n).to_string())
+            .env(POPULATION_ENV, dir.join("population.json"))
+            .env(NODES_ENV, &nodes_env)
+            .env(START_ENV, &start_file)
             .stdout(std::process::Stdio::null())
             // Own process group: a terminal's Ctrl-C reaches the parent only,
             // which forwards one (a second would make a worker exit unreported).
@@ -182,11 +281,39 @@ pub async fn run_parent(
     eprintln!("{n} workers started");
     // Held until the workers are done (tokio's `wait` would close them).
     let stdins: Vec<_> = children.iter_mut().map(|c| c.stdin.take()).collect();
-    let pids: Vec<String> = children
+    let pids: Vec<i32> = children
         .iter()
         .filter_map(|c| c.id())
-        .map(|p| p.to_string())
+        .map(|p| p as i32)
         .collect();
+    let interrupt = |pids: &[i32]| {
+        for &pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGINT,
+            );
+        }
+    };
+
+    // One start for all: when every worker has loaded its slice.
+    let start_us = match plan.start_us {
+        Some(s) => s,
+        None => {
+            let deadline = Instant::now() + READY_TIMEOUT;
+            while !dirs.iter().all(|d| d.join(READY).exists()) {
+                let exited = children
+                    .iter_mut()
+                    .any(|c| matches!(c.try_wait(), Ok(Some(_))));
+                if exited || stop.is_cancelled() || Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            crate::engine::recorder::Clock::new().now_us() + START_MARGIN.as_micros() as u64
+        }
+    };
+    write_start(&start_file, start_us)?;
+    on_start(start_us);
 
     // Sample until every worker is done; forward a Ctrl-C the workers did not see.
     let client = crate::population::http_client(1)?;
@@ -201,9 +328,7 @@ pub async fn run_parent(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.cancelled(), if !forwarded => {
                 forwarded = true;
-                for pid in &pids {
-                    let _ = Command::new("kill").args(["-INT", pid]).status().await;
-                }
+                interrupt(&pids);
             }
         }
         for (i, w) in waits.iter_mut().enumerate() {
@@ -218,7 +343,7 @@ pub async fn run_parent(
             .unwrap_or(0.0) as u64;
         let loadgen_rss = pids
             .iter()
-            .filter_map(|p| reference_server::metrics::resident_memory_of(p))
+            .filter_map(|p| reference_server::metrics::resident_memory_of(&p.to_string()))
             .sum();
         samples.push(MemorySample {
             t_ms: started.elapsed().as_millis() as u64,
@@ -241,39 +366,47 @@ pub async fn run_parent(
         if *status != Some(Some(0)) {
             return Err(LoadgenError::unrunnable(format!(
                 "worker {i} failed (exit status {status:?}); its output is in {}",
-                worker_dir(&work, i as u32).display()
+                dirs[i].display()
             )));
         }
     }
 
-    for i in 0..n {
-        let _ = std::fs::remove_file(worker_dir(&work, i).join(crate::engine::ledger::FILE));
+    let mut outcome = merge_dirs(&dirs)?;
+    crate::parts::complete(&dirs, plan.pop, &mut outcome)?;
+    if !outcome.audit.cross_part_pending {
+        // The workers cover every user: nothing is left for a later merge.
+        crate::parts::clean(&dirs);
     }
+    for dir in &dirs {
+        let _ = std::fs::remove_file(dir.join("population.json"));
+        let _ = std::fs::remove_file(dir.join(READY));
+    }
+    let _ = std::fs::remove_file(&start_file);
+    outcome.memory = samples;
+    if forwarded {
+        outcome
+            .audit
+            .incomplete("interrupted (Ctrl-C): the workers stopped before the phases ended");
+    }
+    Ok((outcome, start_us))
+}
+
+/// The outcomes of run directories merged, each phase's sends summed.
+pub fn merge_dirs(dirs: &[PathBuf]) -> Result<Outcome, LoadgenError> {
     let mut merged: Option<Outcome> = None;
-    let mut phases_sent = vec![0u64; scenario.phases.len()];
-    for i in 0..n {
-        let (_, o) = crate::report::merge::read_outcome(&worker_dir(&work, i))?;
-        for (k, p) in o.phases.iter().enumerate().take(phases_sent.len()) {
-            phases_sent[k] += p.messages_sent;
-        }
+    for dir in dirs {
+        let (_, o) = crate::report::merge::read_outcome(dir)?;
         match &mut merged {
             None => merged = Some(o),
-            Some(m) => m.merge(&o),
+            Some(m) => {
+                for (mine, theirs) in m.phases.iter_mut().zip(&o.phases) {
+                    mine.messages_sent += theirs.messages_sent;
+                }
+                m.merge(&o);
+            }
         }
     }
-    let mut outcome = merged.ok_or_else(|| LoadgenError::unrunnable("no worker outcome"))?;
-    for (k, p) in outcome.phases.iter_mut().enumerate() {
-        p.online = scenario.phases.get(k).map_or(p.online, |s| s.online);
-        p.message_rate = scenario
-            .phases
-            .get(k)
-            .map_or(p.message_rate, |s| s.message_rate);
-        p.messages_sent = phases_sent.get(k).copied().unwrap_or(0);
-    }
-    outcome.memory = samples;
-    outcome.provisioning = provisioning;
-    outcome.target = target;
-    Ok(outcome)
+    merged.ok_or_else(|| LoadgenError::unrunnable("no run directory to merge"))
 }
 
 fn worker_dir(work: &Path, i: u32) -> PathBuf {

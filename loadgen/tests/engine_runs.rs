@@ -169,8 +169,8 @@ async fn an_unreachable_target_exits_3_and_bad_input_exits_2() {
     assert!(msg.as_str().unwrap().contains("unreachable"), "{msg}");
 
     let mut o = opts(path.clone(), dir.path().join("out"));
-    o.workers = 0;
-    assert_eq!(run(o).await.0, 2);
+    o.workers = 9;
+    assert_eq!(run(o).await.0, 2, "more workers than the 8 users");
     let mut o = opts(path.clone(), dir.path().join("out"));
     o.target = Some("http://192.0.2.1:80".into());
     assert_eq!(run(o).await.0, 2, "load goes to loopback only");

@@ -302,6 +302,9 @@ pub fn opts(path: PathBuf, out: PathBuf) -> RunOpts {
         workers: 1,
         baseline: None,
         ca_file: None,
+        shard: None,
+        start_at: None,
+        population: None,
     }
 }
 

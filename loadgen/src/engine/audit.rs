@@ -27,13 +27,18 @@
 //! drain count as `unacked` (written) or `unsent` (still queued); sends the
 //! generator's queue refused as `refused`.
 //!
-//! With several processes each audits what it knows: `lost` for the messages
-//! it sent, the classes for the devices it drives, reading every process's
-//! ledger. An inbox it cannot read, a ledger it cannot read or write, or a
-//! device that did not stop makes the audit **incomplete**: the run is then
-//! never a pass (exit 3).
+//! With several processes (workers, shards) each reads its own users'
+//! inboxes only: it counts `lost` for its own acked messages and its own
+//! members, and classifies its devices' copies of its own messages. A message
+//! in one of its inboxes that its ledger lacks was sent by another process:
+//! its pairs are classified here and handed to the merge
+//! ([`crate::engine::handoff::Pending`]), which counts them once it knows the
+//! message was acked, and checks the members other processes drive
+//! ([`crate::parts`]). An inbox it cannot read, a ledger it cannot read or
+//! write, or a device that did not stop makes the audit **incomplete**: the
+//! run is then never a pass (exit 3).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,9 +50,11 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::engine::command::{chan_key, send_number, Cmd, To};
 use crate::engine::frame::FrameView;
+use crate::engine::handoff::{Pending, Records};
 use crate::engine::ledger::{self, Entry};
 use crate::engine::sim::{lock, Sim};
 use crate::outcome::{Audit, AuditExample};
+use crate::population::Population;
 
 /// How long reading one user's inbox may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -122,11 +129,7 @@ pub async fn read_inbox(ws_url: &str, token: &str) -> Result<Vec<InboxRec>, Stri
 fn channel_name(sim: &Sim, sender: u32, to: To) -> String {
     match to {
         To::Group(g) => sim.pop.groups[g as usize].channel.clone(),
-        To::User(u) => ChannelId::direct(
-            sim.pop.users[sender as usize].id,
-            sim.pop.users[u as usize].id,
-        )
-        .to_string(),
+        To::User(u) => ChannelId::direct(sim.pop.user_id(sender), sim.pop.user_id(u)).to_string(),
     }
 }
 
@@ -134,12 +137,22 @@ fn channel_name(sim: &Sim, sender: u32, to: To) -> String {
 pub struct Inputs {
     /// This process's ledger, or why it is unusable.
     pub own: Result<PathBuf, String>,
-    /// The other processes' ledgers (workers of the same run).
-    pub peers: Vec<PathBuf>,
+    /// Where to write the pairs of other processes' messages (a part of a
+    /// split run); `None` alone.
+    pub pending: Option<PathBuf>,
     /// Per device: connected when the run ended (before the devices stopped).
     pub connected_at_end: Vec<bool>,
     /// A device did not stop in time: its record is not there to check.
     pub unstopped: bool,
+}
+
+/// How a user's devices got one message.
+#[derive(Default)]
+struct Classes {
+    live: u16,
+    recovered: u16,
+    undelivered: u16,
+    awaiting: u16,
 }
 
 /// Runs the audit. Devices must be stopped (their state parked) first.
@@ -164,18 +177,7 @@ pub async fn audit(
             Vec::new()
         }
     };
-    let mut acked: HashMap<(u64, u64), bool> =
-        own.iter().map(|e| ((e.channel, e.id), true)).collect();
-    for p in &inputs.peers {
-        match ledger::read(p) {
-            Ok(entries) => {
-                for e in entries {
-                    acked.entry((e.channel, e.id)).or_insert(false);
-                }
-            }
-            Err(why) => audit.incomplete(format!("another worker's ledger: {why}")),
-        }
-    }
+    let acked: HashSet<(u64, u64)> = own.iter().map(|e| (e.channel, e.id)).collect();
     // Sends never acked, and sends the generator refused.
     for (d, slot) in sim.slots.iter().enumerate() {
         if !owns(pop.devices[d].user) {
@@ -191,34 +193,39 @@ pub async fn audit(
     }
     audit.refused += sim.refused.load(std::sync::atomic::Ordering::Relaxed);
 
-    let members = |e: &Entry| -> Vec<u32> {
-        let sender = pop.devices[e.device as usize].user;
-        match e.to {
-            To::User(u) => vec![sender, u],
-            To::Group(g) => pop.groups[g as usize].members.clone(),
-        }
-    };
-    // Own acked messages each user's inbox must hold.
-    let mut expected = vec![0u64; pop.users.len()];
+    // Own acked messages each own user's inbox must hold (members other
+    // processes drive are checked by the merge).
+    let mut expected: HashMap<u32, u64> = HashMap::new();
     for e in &own {
         audit.messages_checked += 1;
-        for u in members(e) {
-            expected[u as usize] += 1;
-            audit.deliveries_expected += pop.users[u as usize].devices.len() as u64;
+        for u in members(pop, e) {
+            if owns(u) {
+                *expected.entry(u).or_default() += 1;
+                audit.deliveries_expected += pop.users[u as usize].devices.len() as u64;
+            }
         }
     }
-    // Inboxes to read: members of own messages, and own users (whose devices
-    // are classified against every process's acked messages).
-    let wanted: Vec<u32> = (0..pop.users.len() as u32)
-        .filter(|&u| expected[u as usize] > 0 || owns(u))
+    let mut pending = match inputs.pending.as_deref().map(Records::create).transpose() {
+        Ok(w) => w,
+        Err(e) => {
+            audit.incomplete(format!("cannot write the pending pairs: {e}"));
+            None
+        }
+    };
+    let wanted: Vec<u32> = pop
+        .users
+        .indexed()
+        .map(|(u, _)| u)
+        .filter(|&u| owns(u))
         .collect();
     let mut reads = stream::iter(wanted)
         .map(|u| {
             let token = pop.devices[pop.users[u as usize].devices[0] as usize]
                 .token
                 .clone();
-            let url = pop.ws_url.clone();
+            let sim = sim.clone();
             async move {
+                let url = inbox_url(&sim, &token).await;
                 let r = tokio::time::timeout(READ_TIMEOUT, read_inbox(&url, &token)).await;
                 (u, r.map_err(|_| "timeout".to_string()).and_then(|r| r))
             }
@@ -236,34 +243,66 @@ pub async fn audit(
                 continue;
             }
         };
-        check_inbox(
+        let others = check_inbox(
             sim,
             &mut audit,
             u,
             &inbox,
             &acked,
             &own,
-            expected[u as usize],
-            &owns,
+            expected.get(&u).copied().unwrap_or(0),
             &inputs.connected_at_end,
         );
+        if let Some(w) = pending.as_mut() {
+            let written = others.iter().try_for_each(|p| w.pending(p));
+            if let Err(e) = written {
+                audit.incomplete(format!("cannot write the pending pairs: {e}"));
+                pending = None;
+            }
+        }
+    }
+    if let Some(w) = pending {
+        if let Err(e) = w.finish() {
+            audit.incomplete(format!("cannot write the pending pairs: {e}"));
+        }
     }
     audit
 }
 
-/// Compares one user's inbox with the ledger and its devices' records.
+/// Where an inbox is read: the server login named, or in a cluster a live
+/// node discovery names (the first node may be down by now).
+async fn inbox_url(sim: &Sim, token: &str) -> String {
+    if sim.nodes.discover {
+        if let Ok(servers) = sim.nodes.ask(token).await {
+            if let Some(first) = servers.into_iter().next() {
+                return first;
+            }
+        }
+    }
+    sim.pop.ws_url.clone()
+}
+
+/// The members of an acked message's channel (user indices).
+pub fn members(pop: &Population, e: &Entry) -> Vec<u32> {
+    match e.to {
+        To::User(u) => vec![e.sender, u],
+        To::Group(g) => pop.groups[g as usize].members.clone(),
+    }
+}
+
+/// Compares one own user's inbox with the ledger and its devices' records;
+/// returns the pairs of messages this process did not send.
 #[allow(clippy::too_many_arguments)] // one call site; the audit's working set
 fn check_inbox(
     sim: &Sim,
     audit: &mut Audit,
     u: u32,
     inbox: &[InboxRec],
-    acked: &HashMap<(u64, u64), bool>,
+    acked: &HashSet<(u64, u64)>,
     own: &[Entry],
     expected: u64,
-    owns: &impl Fn(u32) -> bool,
     at_end: &[bool],
-) {
+) -> Vec<Pending> {
     let pop = &sim.pop;
     let devices = &pop.users[u as usize].devices;
     let example = |audit: &mut Audit, kind: &str, channel: String, id: u64, d: u32| {
@@ -273,7 +312,7 @@ fn check_inbox(
                 kind: kind.into(),
                 channel,
                 id,
-                user: pop.users[dev.user as usize].id,
+                user: pop.user_id(dev.user),
                 device: dev.device_id,
             });
         }
@@ -286,7 +325,7 @@ fn check_inbox(
     let mut held = Vec::with_capacity(inbox.len());
     for r in inbox {
         if let Some(&seq) = seqs.get(&(r.channel, r.id)) {
-            if seq != r.seq && owns(u) {
+            if seq != r.seq {
                 audit.duplicated += devices.len() as u64;
             }
             continue;
@@ -295,17 +334,15 @@ fn check_inbox(
         if let Some(n) = r.send {
             match sends.get(&(r.from, n)) {
                 Some(&first) if first != (r.channel, r.id) => {
-                    if owns(u) {
-                        audit.duplicated += devices.len() as u64;
-                        if let Some(&d) = devices.first() {
-                            example(
-                                audit,
-                                "duplicated",
-                                format!("send {n} of user {}", r.from),
-                                r.id,
-                                d,
-                            );
-                        }
+                    audit.duplicated += devices.len() as u64;
+                    if let Some(&d) = devices.first() {
+                        example(
+                            audit,
+                            "duplicated",
+                            format!("send {n} of user {}", r.from),
+                            r.id,
+                            d,
+                        );
                     }
                 }
                 Some(_) => {}
@@ -314,10 +351,9 @@ fn check_inbox(
                 }
             }
         }
-        if let Some(&mine) = acked.get(&(r.channel, r.id)) {
-            found += u64::from(mine);
-            held.push(r);
-        }
+        let mine = acked.contains(&(r.channel, r.id));
+        found += u64::from(mine);
+        held.push((r, mine));
     }
     // Own acked messages this user's inbox lacks: lost for each of its devices.
     let missing = expected.saturating_sub(found);
@@ -325,14 +361,9 @@ fn check_inbox(
         audit.lost += missing * devices.len() as u64;
         if audit.examples.len() < Audit::MAX_EXAMPLES {
             for e in own {
-                let sender = pop.devices[e.device as usize].user;
-                let member = match e.to {
-                    To::User(v) => v == u || sender == u,
-                    To::Group(g) => pop.groups[g as usize].members.contains(&u),
-                };
-                if member && !seqs.contains_key(&(e.channel, e.id)) {
+                if members(pop, e).contains(&u) && !seqs.contains_key(&(e.channel, e.id)) {
                     for &d in devices {
-                        example(audit, "lost", channel_name(sim, sender, e.to), e.id, d);
+                        example(audit, "lost", channel_name(sim, e.sender, e.to), e.id, d);
                     }
                     if audit.examples.len() >= Audit::MAX_EXAMPLES {
                         break;
@@ -341,34 +372,47 @@ fn check_inbox(
             }
         }
     }
-    if !owns(u) {
-        return;
-    }
-    // Each of this user's devices against every acked message in the inbox.
-    for &d in devices {
-        let ctl = lock(&sim.slots[d as usize].ctl);
-        let st = ctl.parked.as_deref();
-        let connected = at_end.get(d as usize).copied().unwrap_or(false);
-        let max_seen = st.map_or(0, |s| s.max_seen());
-        for r in &held {
+    // Each of this user's devices against every message in the inbox: own
+    // messages counted now, the others' handed to the merge.
+    let mut others = Vec::new();
+    let states: Vec<_> = devices
+        .iter()
+        .map(|&d| lock(&sim.slots[d as usize].ctl))
+        .collect();
+    for (r, mine) in held {
+        let mut c = Classes::default();
+        for (&d, ctl) in devices.iter().zip(&states) {
+            let st = ctl.parked.as_deref();
+            let connected = at_end.get(d as usize).copied().unwrap_or(false);
+            let max_seen = st.map_or(0, |s| s.max_seen());
             match st {
-                Some(s) if s.live.contains(r.seq) => audit.delivered_live += 1,
-                Some(s) if s.synced.contains(r.seq) => audit.recovered += 1,
+                Some(s) if s.live.contains(r.seq) => c.live += 1,
+                Some(s) if s.synced.contains(r.seq) => c.recovered += 1,
                 _ if connected || r.seq <= max_seen => {
-                    audit.undelivered += 1;
-                    if audit.examples.len() < Audit::MAX_EXAMPLES {
-                        let dev = &pop.devices[d as usize];
-                        audit.examples.push(AuditExample {
-                            kind: "undelivered".into(),
-                            channel: format!("seq {}", r.seq),
-                            id: r.id,
-                            user: pop.users[dev.user as usize].id,
-                            device: dev.device_id,
-                        });
+                    c.undelivered += 1;
+                    if mine {
+                        example(audit, "undelivered", format!("seq {}", r.seq), r.id, d);
                     }
                 }
-                _ => audit.awaiting_sync += 1,
+                _ => c.awaiting += 1,
             }
         }
+        if mine {
+            audit.delivered_live += u64::from(c.live);
+            audit.recovered += u64::from(c.recovered);
+            audit.undelivered += u64::from(c.undelivered);
+            audit.awaiting_sync += u64::from(c.awaiting);
+        } else {
+            others.push(Pending {
+                user: u,
+                channel: r.channel,
+                id: r.id,
+                live: c.live,
+                recovered: c.recovered,
+                undelivered: c.undelivered,
+                awaiting: c.awaiting,
+            });
+        }
     }
+    others
 }

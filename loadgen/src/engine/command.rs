@@ -44,7 +44,8 @@ pub fn chan_key(channel: &str) -> u64 {
 
 /// `client_msg_id` carrying the scheduled and the actual send time, so a
 /// receiver computes both latencies without a shared map: `S-A-N` with S and A
-/// in Unix µs, N the run-unique send number.
+/// in Unix µs, N the run-unique send number. In a cluster a fourth part, `-K`,
+/// names the node the sending device is on ([`decode_node`]).
 pub fn encode_msg_id(sched_us: u64, actual_us: u64, n: u64) -> String {
     format!("{sched_us}-{actual_us}-{n}")
 }
@@ -63,7 +64,16 @@ pub fn decode_msg_id(id: &str) -> Option<(u64, u64)> {
 /// sender, what identifies one logical send however often it was resent (or
 /// re-stamped), so the audit finds one send stored under two ids.
 pub fn send_number(id: &str) -> Option<u64> {
-    let mut parts = id.splitn(3, '-');
+    let mut parts = id.splitn(4, '-');
+    parts.next()?.parse::<u64>().ok()?;
+    parts.next()?.parse::<u64>().ok()?;
+    parts.next()?.parse().ok()
+}
+
+/// The sending device's node (`S-A-N-K`), when the sender was in a cluster.
+pub fn decode_node(id: &str) -> Option<u16> {
+    let mut parts = id.splitn(4, '-');
+    parts.next()?.parse::<u64>().ok()?;
     parts.next()?.parse::<u64>().ok()?;
     parts.next()?.parse::<u64>().ok()?;
     parts.next()?.parse().ok()
@@ -96,6 +106,11 @@ mod tests {
         assert_eq!(decode_msg_id("someone-else"), None);
         assert_eq!(send_number(&id), Some(42));
         assert_eq!(send_number("a-b-c"), None);
+        assert_eq!(decode_node(&id), None, "one server: no node");
+        // In a cluster the sender's node follows.
+        assert_eq!(send_number("1-2-42-3"), Some(42));
+        assert_eq!(decode_msg_id("1-2-42-3"), Some((1, 2)));
+        assert_eq!(decode_node("1-2-42-3"), Some(3));
         assert_eq!(text_of(130).len(), 130);
     }
 }

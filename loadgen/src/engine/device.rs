@@ -33,7 +33,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::engine::command::{chan_key, decode_msg_id, Cmd};
+use crate::engine::command::{chan_key, decode_msg_id, decode_node, Cmd};
 use crate::engine::frame::{FrameView, MsgView};
 use crate::engine::inbox::{Arrival, DeviceState, Pending};
 use crate::engine::ledger::Entry;
@@ -87,6 +87,8 @@ pub async fn run(sim: Arc<Sim>, d: u32, state: Option<Box<DeviceState>>) {
             if ctl.stop || sim.stop_all.is_cancelled() {
                 ctl.running = false;
                 ctl.parked = Some(st);
+                // Offline now: a failover it did not finish is not timed.
+                ctl.link.lost = None;
                 return;
             }
         }
@@ -95,6 +97,13 @@ pub async fn run(sim: Arc<Sim>, d: u32, state: Option<Box<DeviceState>>) {
         let end = Box::pin(connection(&sim, d, &mut st)).await;
         if let End::Lost = end {
             st.lost_at.get_or_insert_with(Instant::now);
+            // In a cluster: fail over to another node, and time it.
+            let mut ctl = lock(&slot.ctl);
+            let link = &mut ctl.link;
+            link.avoid = link.node;
+            if link.lost.is_none() {
+                link.lost = link.node.map(|n| (n, sim.rec.clock.now_us()));
+            }
         }
         if let End::Dropped | End::Lost | End::Failed = end {
             let (lo, hi) = sim.behavior.reconnect_delay;
@@ -134,6 +143,9 @@ struct Conn {
     gap_deadline: Option<tokio::time::Instant>,
     /// The server's presence timeout, from `hello` (dates offline changes).
     offline_after_ms: u64,
+    /// The node this connection is on (a cluster): deliveries are split into
+    /// same-node and cross-node by the sender's node in `client_msg_id`.
+    node: Option<u16>,
 }
 
 fn ws_config() -> WebSocketConfig {
@@ -174,20 +186,74 @@ enum ConnectError {
     Exhausted(String),
 }
 
-async fn connection(sim: &Sim, d: u32, st: &mut DeviceState) -> End {
+/// Where a device connects now: the server login named, or in a cluster the
+/// node discovery names (passing over the one it lost); `None` when discovery
+/// could not be asked (counted as a `discovery` error).
+async fn target(sim: &Sim, d: u32) -> Option<(Option<u16>, crate::engine::nodes::Known, String)> {
     let dev = &sim.pop.devices[d as usize];
+    let slot = &sim.slots[d as usize];
+    let (token, avoid) = {
+        let ctl = lock(&slot.ctl);
+        let token = ctl.token.as_deref().unwrap_or(&dev.token).to_string();
+        (token, ctl.link.avoid)
+    };
+    let nodes = &sim.nodes;
+    if !nodes.discover {
+        let known = crate::engine::nodes::Known {
+            ws: sim.ws.url.clone(),
+            addr: sim.ws.addr,
+        };
+        return Some((nodes.index_of(&sim.ws.url), known, token));
+    }
+    let (servers, token) = match nodes.ask(&token).await {
+        Ok(s) => (s, token),
+        Err(crate::engine::nodes::Ask::Refused) => {
+            // The token is refused: log in again as the same device.
+            let user = &sim.pop.users[dev.user as usize];
+            let k = user.devices.iter().position(|&x| x == d).unwrap_or(0);
+            let name = sim.pop.username(dev.user);
+            match nodes.login(name, format!("d{k}")).await {
+                Ok(t) => {
+                    lock(&slot.ctl).token = Some(t.clone().into());
+                    match nodes.ask(&t).await {
+                        Ok(s) => (s, t),
+                        Err(_) => return None,
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(device = d, cause = %e, "login again failed");
+                    sim.rec.error("login_again");
+                    return None;
+                }
+            }
+        }
+        Err(crate::engine::nodes::Ask::Unreachable(why)) => {
+            tracing::debug!(device = d, cause = %why, "discovery failed");
+            return None;
+        }
+    };
+    let (i, known) = nodes.pick(&servers, avoid)?;
+    Some((Some(i), known, token))
+}
+
+async fn connection(sim: &Sim, d: u32, st: &mut DeviceState) -> End {
     let rec = &sim.rec;
+    let Some((node, known, token)) = Box::pin(target(sim, d)).await else {
+        inc(&rec.counters.connect_errors);
+        rec.error("discovery");
+        return End::Failed;
+    };
     let t0 = Instant::now();
     let src = sim.sources.for_device(d);
     let first = Box::pin(async {
-        let tcp = source::connect(src, sim.ws.addr)
-            .await
-            .map_err(|e| match source::exhaustion(&e, src) {
+        let tcp = source::connect(src, known.addr).await.map_err(|e| {
+            match source::exhaustion(&e, src) {
                 Some(why) => ConnectError::Exhausted(why),
                 None => ConnectError::Server(e.to_string()),
-            })?;
+            }
+        })?;
         let tcp = Arc::new(tcp);
-        let url = format!("{}?token={}", sim.ws.url, dev.token);
+        let url = format!("{}?token={token}", known.ws);
         let shared = SharedTcp(tcp.clone());
         let (mut ws, _) =
             tokio_tungstenite::client_async_with_config(url, shared, Some(ws_config()))
@@ -209,6 +275,8 @@ async fn connection(sim: &Sim, d: u32, st: &mut DeviceState) -> End {
             }
         }
     });
+    let slot = &sim.slots[d as usize];
+    let failed = || lock(&slot.ctl).link.avoid = node;
     let (mut ws, tcp, hello) = tokio::select! {
         _ = sim.stop_all.cancelled() => return End::Stop,
         r = tokio::time::timeout(sim.connect_timeout, first) => match r {
@@ -217,17 +285,20 @@ async fn connection(sim: &Sim, d: u32, st: &mut DeviceState) -> End {
                 // The generator's limit, not the server's: no connect error.
                 tracing::warn!(device = d, "{why}");
                 rec.exhausted(why);
+                failed();
                 return End::Failed;
             }
             Ok(Err(ConnectError::Server(e))) => {
                 inc(&rec.counters.connect_errors);
                 rec.error("connect");
                 tracing::debug!(device = d, cause = %e, "connect failed");
+                failed();
                 return End::Failed;
             }
             Err(_) => {
                 inc(&rec.counters.connect_errors);
                 rec.error("connect_timeout");
+                failed();
                 return End::Failed;
             }
         }
@@ -238,7 +309,16 @@ async fn connection(sim: &Sim, d: u32, st: &mut DeviceState) -> End {
         inc(&rec.counters.reconnects);
     }
     st.connections += 1;
-    let slot = &sim.slots[d as usize];
+    let lost = {
+        let mut ctl = lock(&slot.ctl);
+        ctl.link.node = node;
+        ctl.link.avoid = None;
+        ctl.link.lost.take()
+    };
+    // A device that lost its node to a fault: failed over, on a live node.
+    if let Some(down) = lost.and_then(|(n, at)| sim.nodes.faults.down_at(n as usize, at)) {
+        rec.latency(Metric::FAILOVER, rec.clock.now_us(), down);
+    }
     slot.connected.store(true, Relaxed);
     rec.device_connected();
     let end = session(sim, d, st, &mut ws, &tcp, hello, t0).await;
@@ -287,6 +367,7 @@ async fn session(
     let slot = &sim.slots[d as usize];
     let mut conn = Conn {
         offline_after_ms,
+        node: lock(&slot.ctl).link.node.filter(|_| sim.nodes.discover),
         ..Conn::default()
     };
     if head > st.cursor {
@@ -472,7 +553,7 @@ fn on_frame(
             sim.ledger.append(&Entry {
                 channel: chan_key(&f.channel),
                 id: f.id,
-                device: d,
+                sender: sim.pop.devices[d as usize].user,
                 to: p.job.to,
             });
             // The sending device holds its own message through the ack.
@@ -586,6 +667,14 @@ fn receive(
         sched,
     );
     rec.latency(Metric::DELIVERY_UNCORRECTED, now, actual);
+    if let (Some(me), Some(from)) = (conn.node, decode_node(&m.client_msg_id)) {
+        let split = if me == from {
+            Metric::DELIVERY_SAME_NODE
+        } else {
+            Metric::DELIVERY_CROSS_NODE
+        };
+        rec.latency(split, now, sched);
+    }
     if live && group {
         sim.fanout_arrival((key, m.id), sched, now);
     }
@@ -654,11 +743,11 @@ mod latency {
     fn delivery_latency_counts_from_the_scheduled_time() {
         let s = Scenario::parse("[[phase]]\nduration = \"1s\"\n", "t").unwrap();
         let pop = Population {
-            users: vec![User {
+            users: crate::population::Sparse::whole(vec![User {
                 id: 1,
                 devices: vec![0],
                 ..User::default()
-            }],
+            }]),
             devices: vec![Device {
                 user: 0,
                 device_id: 9,

@@ -2,12 +2,12 @@
 //! directory rather than kept in memory.
 //!
 //! Every ack appends one fixed-size record (24 bytes: channel key, message id,
-//! sending device, recipient); the audit reads the file back at the end. A run
+//! sending user, recipient); the audit reads the file back at the end. A run
 //! of any length then holds a buffer, not a record per message, which is what
-//! keeps the generator's memory flat after the ramp. With `--workers N` each
-//! worker writes its own ledger and the audit of each reads all of them (see
-//! [`crate::engine::audit`]), so an ack recorded by one process is known to
-//! the process that drives the recipient's device.
+//! keeps the generator's memory flat after the ramp. Users and groups are
+//! named by their global index, so with several processes (workers, shards)
+//! the merge reads every process's ledger and completes the audit across them
+//! ([`crate::parts`]).
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -34,8 +34,8 @@ pub struct Entry {
     /// [`crate::engine::command::chan_key`] of its channel.
     pub channel: u64,
     pub id: u64,
-    /// The sending device (index into the population's devices).
-    pub device: u32,
+    /// The sending user (global index into the population's users).
+    pub sender: u32,
     pub to: To,
 }
 
@@ -44,7 +44,7 @@ impl Entry {
         let mut b = [0u8; RECORD];
         b[..8].copy_from_slice(&self.channel.to_le_bytes());
         b[8..16].copy_from_slice(&self.id.to_le_bytes());
-        b[16..20].copy_from_slice(&self.device.to_le_bytes());
+        b[16..20].copy_from_slice(&self.sender.to_le_bytes());
         let to = match self.to {
             To::User(u) => u,
             To::Group(g) => g | GROUP_BIT,
@@ -60,7 +60,7 @@ impl Entry {
         Entry {
             channel: u64_at(0),
             id: u64_at(8),
-            device: u32_at(16),
+            sender: u32_at(16),
             to: if to & GROUP_BIT != 0 {
                 To::Group(to & !GROUP_BIT)
             } else {
@@ -160,13 +160,13 @@ mod tests {
         let a = Entry {
             channel: u64::MAX - 3,
             id: 7,
-            device: 12,
+            sender: 12,
             to: To::Group(5),
         };
         let b = Entry {
             channel: 1,
             id: 1 << 40,
-            device: 0,
+            sender: 0,
             to: To::User(9),
         };
         l.append(&a);

@@ -8,6 +8,9 @@
 //! - [`recorder`]: worker-local latency histograms, counters and errors.
 //! - [`inbox`]: what one device knows (cursor, received seqs, unacked sends).
 //! - [`ledger`]: acked messages, streamed to a file for the audit.
+//! - [`handoff`]: what a part of a split run leaves for the merge (pending
+//!   pairs, fan-out arrivals).
+//! - [`nodes`]: where devices connect: one server, or a cluster's nodes by discovery.
 //! - [`source`]: loopback source addresses; descriptor and port exhaustion.
 //! - [`wire`]: the socket a device shares with the clock thread; client frames.
 //! - [`sim`]: the shared state: population, one control slot per device, the
@@ -27,9 +30,11 @@ pub mod clock;
 pub mod command;
 pub mod device;
 pub mod frame;
+pub mod handoff;
 pub mod history;
 pub mod inbox;
 pub mod ledger;
+pub mod nodes;
 pub mod outbound;
 pub mod progress;
 pub mod ranges;
@@ -47,7 +52,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::outcome::Outcome;
-use crate::population::Population;
+use crate::population::{Population, Share};
 use crate::scenario::{Phase, Scenario};
 use history::{Endpoint, Reader};
 use progress::{Progress, ServerMemory};
@@ -58,41 +63,63 @@ use source::Sources;
 
 /// How one process takes part in a run.
 pub struct Part {
-    /// Which users this process drives, by user index (every user in a single
-    /// process; `|u| u % N == I` for worker I of N). The schedule is drawn
-    /// globally whatever the split ([`schedule`]).
-    pub owned: Owned,
-    /// Its run directory: the ledger of acked messages goes there.
+    /// Which users this process drives: every user alone; `u % N == I` for
+    /// part I of N (a worker, a shard). The schedule is drawn globally
+    /// whatever the split ([`schedule`]).
+    pub share: Share,
+    /// Its run directory: the ledger of acked messages goes there (and, for
+    /// a part of a split run, what the merge needs: [`handoff`]).
     pub dir: PathBuf,
-    /// The other processes' run directories, whose ledgers the audit reads
-    /// once they are complete (workers of one run); empty alone.
-    pub peers: Vec<PathBuf>,
+    /// When the first phase starts, Unix µs: the same in every process of a
+    /// split run, so their schedules and intervals line up.
+    pub start_us: u64,
 }
 
-/// How long a worker waits for the other workers' ledgers before auditing.
-const PEER_WAIT: Duration = Duration::from_secs(120);
+impl Part {
+    /// The whole run in this process, starting now.
+    pub fn whole(dir: PathBuf) -> Part {
+        Part {
+            share: Share::WHOLE,
+            dir,
+            start_us: recorder::Clock::new().now_us(),
+        }
+    }
+}
+
+/// What a run reaches besides the population: where the server's memory is
+/// read, where history is read, where devices connect.
+pub struct Setup {
+    pub memory: ServerMemory,
+    pub endpoint: Endpoint,
+    pub nodes: nodes::Nodes,
+}
 
 /// Runs the phases, drains, stops the devices and audits: everything one
 /// process measures. `memory`: where the server's memory is read;
 /// `endpoint`: where history is read from. `show`: print live progress.
-#[allow(clippy::too_many_arguments)] // one call site per mode; a struct would only rename them
 pub async fn simulate(
     scenario: &Scenario,
     pop: Population,
     part: Part,
     phases: &[Phase],
-    (memory, endpoint): (ServerMemory, Endpoint),
+    setup: Setup,
     show: bool,
     stop: &CancellationToken,
 ) -> Outcome {
+    let Setup {
+        memory,
+        endpoint,
+        nodes,
+    } = setup;
     let g = &scenario.generator;
     let concurrency = g.provision_concurrency;
     let mut outcome = Outcome::new(&scenario.name, g.max_lag.as_secs_f64() * 1000.0);
     let clock = Clock::new();
+    let start = clock.instant_of(part.start_us);
     let devices = pop.devices.len();
     let sim = Sim::new(
         pop,
-        Recorder::new(clock, g.interval),
+        Recorder::new(clock, g.interval).starting_at(start),
         SimConfig {
             behavior: scenario.behavior.clone(),
             connect_timeout: g.connect_timeout,
@@ -101,14 +128,23 @@ pub async fn simulate(
         },
         &part.dir,
     );
+    let share = part.share;
     let sim = sim.with_sources(|target| {
-        Sources::choose(
+        let chosen = Sources::choose(
             target,
             &g.source_addresses,
             devices,
             g.connections_per_source,
-        )
+        );
+        if g.source_addresses.is_empty() && !share.is_whole() {
+            // Parts on one machine: each its own loopback addresses.
+            let stride = chosen.addrs.len() as u32 + 1;
+            chosen.shifted(share.index * stride)
+        } else {
+            chosen
+        }
     });
+    let sim = sim.with_nodes(nodes);
     let progress = Arc::new(Progress {
         phase: AtomicUsize::new(0),
         names: phases.iter().map(|p| p.name.clone()).collect(),
@@ -124,9 +160,8 @@ pub async fn simulate(
     ));
 
     let cpu_before = progress::self_cpu_seconds();
-    outcome.started_at_ms = clock.now_us() / 1000;
-    let started = Instant::now();
-    let owned: Arc<Owned> = Arc::new(part.owned);
+    outcome.started_at_ms = part.start_us / 1000;
+    let owned: Arc<Owned> = Arc::new(Box::new(move |u| share.owns(u)));
     let scheduler = Scheduler::new(sim.clone(), {
         let owned = owned.clone();
         Box::new(move |u| owned(u))
@@ -135,12 +170,16 @@ pub async fn simulate(
     // The schedule runs on the clock thread; the runtime keeps the devices.
     let phase_list = phases.to_vec();
     let (progress2, stop2) = (progress.clone(), stop.clone());
+    let starts: Vec<Instant> = crate::cluster::faults::phase_starts(phases, part.start_us)
+        .into_iter()
+        .map(|us| clock.instant_of(us))
+        .collect();
     let done = clock::spawn(stop.clone(), g.clock_resolution, move |mode, timer| {
         let mut scheduler = scheduler;
         let mut out = Vec::new();
         for (i, phase) in phase_list.iter().enumerate() {
             progress2.phase.store(i, Relaxed);
-            out.push(scheduler.run_phase(phase, &stop2, timer));
+            out.push(scheduler.run_phase(phase, starts[i], &stop2, timer));
             if stop2.is_cancelled() {
                 break;
             }
@@ -157,7 +196,7 @@ pub async fn simulate(
         }
         Err(_) => tracing::error!("the clock thread ended without its phases"),
     }
-    outcome.duration_s = started.elapsed().as_secs_f64();
+    outcome.duration_s = start.elapsed().as_secs_f64();
     // Drain: no new sends; in-flight acks and deliveries arrive.
     tokio::select! {
         _ = stop.cancelled() => {}
@@ -185,29 +224,33 @@ pub async fn simulate(
     );
 
     // Fan-out: scheduled send -> the last member device that got it live.
-    sim.flush_fanout(None);
+    // A part of a split run saw its own members only: it hands its latest
+    // arrivals to the merge, which takes the latest across parts.
+    let split = !part.share.is_whole();
+    if split {
+        if let Err(e) = write_fanout(&sim, &part.dir.join(handoff::FANOUT)) {
+            outcome
+                .audit
+                .incomplete(format!("cannot write the fan-out arrivals: {e}"));
+        }
+    } else {
+        sim.flush_fanout(None);
+    }
     if show {
         eprintln!("auditing: reading the inbox of every member");
     }
     let audit_started = Instant::now();
     let own = sim.ledger.finish().map(|p| p.to_path_buf());
-    let peers = wait_for_peers(&part.peers).await;
     let inputs = audit::Inputs {
         own,
-        peers: peers.iter().map(|d| d.join(ledger::FILE)).collect(),
+        pending: split.then(|| part.dir.join(handoff::PENDING)),
         connected_at_end,
         unstopped,
     };
-    outcome.audit = audit::audit(&sim, concurrency, |u| owned(u), inputs).await;
-    for p in peers.len()..part.peers.len() {
-        outcome.audit.incomplete(format!(
-            "the ledger of {} did not appear within {PEER_WAIT:?}",
-            part.peers[p].display()
-        ));
-    }
-    // The ledger served its purpose; it is as large as the run is long. (The
-    // other workers may still be reading a worker's: their parent removes it.)
-    if part.peers.is_empty() {
+    let found = audit::audit(&sim, concurrency, |u| owned(u), inputs).await;
+    outcome.audit.merge(&found);
+    // The ledger served its purpose alone; a part keeps it for the merge.
+    if !split {
         let _ = std::fs::remove_file(part.dir.join(ledger::FILE));
     }
     tracing::info!(
@@ -219,19 +262,16 @@ pub async fn simulate(
     outcome
 }
 
-/// Waits (bounded) until every peer has marked its ledger complete; returns
-/// those that did, in order, stopping at the first that did not.
-async fn wait_for_peers(peers: &[PathBuf]) -> Vec<PathBuf> {
-    let deadline = tokio::time::Instant::now() + PEER_WAIT;
-    let mut ready = Vec::new();
-    for p in peers {
-        while !p.join(ledger::DONE).exists() {
-            if tokio::time::Instant::now() >= deadline {
-                return ready;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        ready.push(p.clone());
+/// Writes the latest live arrival of each group message seen here.
+fn write_fanout(sim: &Sim, path: &std::path::Path) -> std::io::Result<()> {
+    let mut out = handoff::Records::create(path)?;
+    for ((channel, id), (sched_us, last_us)) in lock(&sim.fanout).drain() {
+        out.arrival(&handoff::Arrival {
+            channel,
+            id,
+            sched_us,
+            last_us,
+        })?;
     }
-    ready
+    out.finish()
 }

@@ -68,13 +68,22 @@ pub fn write_client(slot: &Slot, tcp: &TcpStream, frame: &ClientFrame) -> bool {
 pub fn write_send(sim: &Sim, ctl: &mut Ctl, tcp: &TcpStream, job: SendJob, actual_us: u64) -> bool {
     let req = ctl.out.req();
     let to = match job.to {
-        To::User(u) => Dest::User(sim.pop.users[u as usize].id),
+        To::User(u) => Dest::User(sim.pop.user_id(u)),
         To::Group(g) => Dest::Channel(&sim.pop.groups[g as usize].channel),
     };
     let ok = BUFS.with(|b| {
         let (json, frame) = &mut *b.borrow_mut();
         json.clear();
-        send_json(json, req, to, (job.sched_us, actual_us, job.n), job.len);
+        // In a cluster the send names its node (same- vs cross-node latency).
+        let node = ctl.link.node.filter(|_| sim.nodes.discover);
+        send_json(
+            json,
+            req,
+            to,
+            (job.sched_us, actual_us, job.n),
+            node,
+            job.len,
+        );
         frame.clear();
         let mask = (actual_us as u32 ^ req as u32).to_le_bytes();
         encode_text(frame, json, mask);

@@ -22,6 +22,8 @@ use crate::outcome::MemorySample;
 pub enum ServerMemory {
     /// The embedded child: `/proc/PID/status`.
     Pid(u32),
+    /// The embedded cluster's nodes running now: the sum of theirs.
+    Nodes(Arc<Mutex<crate::cluster::sampler::Live>>),
     /// A running target: scrape `chatscale_process_resident_memory_bytes`.
     Metrics(reqwest::Client, String),
 }
@@ -31,6 +33,14 @@ impl ServerMemory {
         match self {
             ServerMemory::Pid(pid) => {
                 reference_server::metrics::resident_memory_of(&pid.to_string())
+            }
+            ServerMemory::Nodes(live) => {
+                let pids: Vec<u32> = lock(live).pids.iter().flatten().copied().collect();
+                let rss: Vec<u64> = pids
+                    .iter()
+                    .filter_map(|p| reference_server::metrics::resident_memory_of(&p.to_string()))
+                    .collect();
+                (!rss.is_empty()).then(|| rss.iter().sum())
             }
             ServerMemory::Metrics(client, base) => {
                 scrape(client, base, "chatscale_process_resident_memory_bytes")

@@ -49,6 +49,18 @@ impl Clock {
     pub fn now_us(&self) -> u64 {
         self.unix_us(Instant::now())
     }
+
+    /// The instant of a Unix time in µs (one shared by several processes).
+    pub fn instant_of(&self, unix_us: u64) -> Instant {
+        let now = Instant::now();
+        let now_us = self.unix_us(now);
+        if unix_us >= now_us {
+            now + Duration::from_micros(unix_us - now_us)
+        } else {
+            now.checked_sub(Duration::from_micros(now_us - unix_us))
+                .unwrap_or(self.base)
+        }
+    }
 }
 
 impl Default for Clock {
@@ -160,9 +172,21 @@ impl Recorder {
         }
     }
 
+    /// Intervals counted from `start` (the run's first phase, the same
+    /// instant in every process of a split run, so their intervals line up).
+    pub fn starting_at(mut self, start: Instant) -> Self {
+        self.start = start;
+        self
+    }
+
     /// Milliseconds since the measured phases started.
     pub fn elapsed_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
+    }
+
+    /// Milliseconds from the start of the measured phases to `at`.
+    pub fn elapsed_ms_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.start).as_millis() as u64
     }
 
     /// Records a latency in microseconds (clamped to the histogram's range).

@@ -18,7 +18,11 @@
 //! for worker I of N). N processes together issue exactly the sends, drops and
 //! reads one process would; only the choice among a user's own devices (a
 //! connected one first) is local. Arrivals drawn while nobody is online are
-//! not scheduled (counted as `sends_before_online`).
+//! not scheduled (counted as `sends_before_online`). For the draws to match,
+//! every process must see the same online users at each arrival: the ramp is
+//! evaluated at each arrival's *scheduled* time (never at the moment the
+//! clock thread happened to wake), and every phase starts at its planned
+//! instant, one absolute time shared by all processes of the run.
 //!
 //! The number of online users follows a linear ramp from the previous phase's
 //! `online` to this one's. Users come online in an order drawn from the seed
@@ -257,7 +261,7 @@ impl Scheduler {
             sim.pop.groups[g as usize].channel.clone()
         } else if !user.friends.is_empty() {
             let f = user.friends[index as usize % user.friends.len()];
-            ChannelId::direct(user.id, sim.pop.users[f as usize].id).to_string()
+            ChannelId::direct(user.id, sim.pop.user_id(f)).to_string()
         } else {
             sim.rec.error("history_no_channel");
             return;
@@ -272,22 +276,37 @@ impl Scheduler {
         });
     }
 
-    /// Runs one phase to its end (or until `cancel`) on the calling thread,
-    /// sleeping on `timer` between arrivals; returns what it did.
+    /// Moves the online count to the ramp's value at `at`.
+    fn ramp(&mut self, at: Instant, start: Instant, phase: &Phase, from: f64) {
+        let t = (at.saturating_duration_since(start).as_secs_f64() / phase.duration.as_secs_f64())
+            .min(1.0);
+        let target = (from + (phase.online as f64 - from) * t).round() as usize;
+        while self.online.len() < target && !self.offline.is_empty() {
+            self.bring_online();
+        }
+        while self.online.len() > target {
+            self.take_offline();
+        }
+    }
+
+    /// Runs one phase, planned to start at `start`, to its end (or until
+    /// `cancel`) on the calling thread, sleeping on `timer` between arrivals;
+    /// returns what it did. A phase that begins late (a slow start, a long
+    /// previous phase) still draws its arrivals from `start`: the late ones go
+    /// out at once, and their send delay shows it.
     pub fn run_phase(
         &mut self,
         phase: &Phase,
+        start: Instant,
         cancel: &CancellationToken,
         timer: &mut Timer,
     ) -> PhaseOutcome {
         let sim = self.sim.clone();
         let rec = &sim.rec;
         let sent_before = rec.counters.messages_scheduled.load(Relaxed);
-        let start_ms = rec.elapsed_ms();
-        let start = Instant::now();
+        let start_ms = rec.elapsed_ms_at(start);
         let end = start + phase.duration;
         let from = self.online.len() as f64;
-        let to = phase.online as f64;
         let mut next_send = (phase.message_rate > 0.0)
             .then(|| start + exp_gap(&mut self.arrivals, phase.message_rate));
         let mut next_drop = (phase.disconnect_rate > 0.0)
@@ -295,34 +314,45 @@ impl Scheduler {
         let mut next_read = (phase.history_rate > 0.0)
             .then(|| start + exp_gap(&mut self.reads, phase.history_rate));
         let mut wake = start;
+        if Instant::now() < start {
+            timer.sleep_until(start, cancel);
+        }
         loop {
             let now = Instant::now();
             rec.record_lag(now.saturating_duration_since(wake));
-            let t = (now.saturating_duration_since(start).as_secs_f64()
-                / phase.duration.as_secs_f64())
-            .min(1.0);
-            let target = (from + (to - from) * t).round() as usize;
-            while self.online.len() < target && !self.offline.is_empty() {
-                self.bring_online();
-            }
-            while self.online.len() > target {
-                self.take_offline();
-            }
-            // Every arrival due by now goes out now, however late we are.
-            while let Some(at) = next_send.filter(|&at| at <= Instant::now() && at < end) {
-                self.issue_send(at);
-                next_send = Some(at + exp_gap(&mut self.arrivals, phase.message_rate));
-                timer.worked();
-            }
-            while let Some(at) = next_drop.filter(|&at| at <= now && at < end) {
-                self.issue_drop();
-                next_drop = Some(at + exp_gap(&mut self.drops, phase.disconnect_rate));
-            }
-            while let Some(at) = next_read.filter(|&at| at <= now && at < end) {
-                self.issue_read(at);
-                next_read = Some(at + exp_gap(&mut self.reads, phase.history_rate));
+            // Every arrival due by now goes out now, however late we are, in
+            // time order, each after the ramp moved to its scheduled time.
+            loop {
+                let now = Instant::now();
+                let due = |t: Option<Instant>| t.filter(|&at| at <= now && at < end);
+                let next = [
+                    due(next_send).map(|t| (t, 0)),
+                    due(next_drop).map(|t| (t, 1)),
+                    due(next_read).map(|t| (t, 2)),
+                ]
+                .into_iter()
+                .flatten()
+                .min();
+                let Some((at, kind)) = next else { break };
+                self.ramp(at, start, phase, from);
+                match kind {
+                    0 => {
+                        self.issue_send(at);
+                        next_send = Some(at + exp_gap(&mut self.arrivals, phase.message_rate));
+                        timer.worked();
+                    }
+                    1 => {
+                        self.issue_drop();
+                        next_drop = Some(at + exp_gap(&mut self.drops, phase.disconnect_rate));
+                    }
+                    _ => {
+                        self.issue_read(at);
+                        next_read = Some(at + exp_gap(&mut self.reads, phase.history_rate));
+                    }
+                }
             }
             let now = Instant::now();
+            self.ramp(now.min(end), start, phase, from);
             if now >= end || cancel.is_cancelled() {
                 break;
             }
@@ -336,7 +366,7 @@ impl Scheduler {
         }
         PhaseOutcome {
             name: phase.name.clone(),
-            duration_s: start.elapsed().as_secs_f64(),
+            duration_s: start.elapsed().min(phase.duration).as_secs_f64(),
             online: phase.online,
             message_rate: phase.message_rate,
             messages_sent: rec.counters.messages_scheduled.load(Relaxed) - sent_before,

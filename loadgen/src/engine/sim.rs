@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::engine::command::Cmd;
 use crate::engine::inbox::{DeviceState, Outbox};
 use crate::engine::ledger::Ledger;
+use crate::engine::nodes::Nodes;
 use crate::engine::recorder::{Metric, Recorder};
 use crate::engine::source::Sources;
 use crate::outcome::{Audit, AuditExample};
@@ -51,6 +52,23 @@ pub struct Ctl {
     pub running: bool,
     /// The device's protocol state while no task runs.
     pub parked: Option<Box<DeviceState>>,
+    /// Its node in a cluster, and what it lost ([`crate::engine::nodes`]).
+    pub link: Link,
+    /// A token from logging in again (the provisioned one was refused).
+    pub token: Option<Box<str>>,
+}
+
+/// Which node a device is on, and the node it lost (in a cluster).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Link {
+    /// The node of the current (or last) connection: stamped in its sends.
+    pub node: Option<u16>,
+    /// The node of the last lost or failed connection: passed over at the
+    /// next discovery answer.
+    pub avoid: Option<u16>,
+    /// The node the device lost its connection to, and when (Unix µs): its
+    /// failover is timed at its next `hello`.
+    pub lost: Option<(u16, u64)>,
 }
 
 /// The scheduler's handle on one device.
@@ -103,6 +121,8 @@ pub struct Sim {
     pub ending: AtomicBool,
     /// Sends refused because a device's queue was full.
     pub refused: AtomicU64,
+    /// The nodes devices connect to (a cluster: chosen by discovery).
+    pub nodes: Nodes,
 }
 
 /// What a [`Sim`] is made of besides the population and the recorder.
@@ -135,7 +155,16 @@ impl Sim {
             tasks: TaskTracker::new(),
             ending: AtomicBool::new(false),
             refused: AtomicU64::new(0),
+            nodes: Nodes::default(),
         })
+    }
+
+    /// Sets the nodes (before any device runs).
+    pub fn with_nodes(mut self: Arc<Self>, nodes: Nodes) -> Arc<Self> {
+        if let Some(me) = Arc::get_mut(&mut self) {
+            me.nodes = nodes;
+        }
+        self
     }
 
     /// Chooses the source addresses from the resolved target address (before

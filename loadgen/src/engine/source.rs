@@ -58,6 +58,21 @@ impl Sources {
         }
     }
 
+    /// These addresses moved `by` places along 127.0.0.0/8 (IPv4 only): the
+    /// processes of a split run on one machine each take their own
+    /// addresses, so their connections do not share one address's ports.
+    pub fn shifted(self, by: u32) -> Sources {
+        let addrs = self
+            .addrs
+            .into_iter()
+            .map(|a| match a {
+                IpAddr::V4(v4) => IpAddr::V4(Ipv4Addr::from(u32::from(v4) + by)),
+                other => other,
+            })
+            .collect();
+        Sources { addrs }
+    }
+
     /// The source address of device `d`.
     pub fn for_device(&self, d: u32) -> Option<IpAddr> {
         (!self.addrs.is_empty()).then(|| self.addrs[d as usize % self.addrs.len()])
@@ -125,6 +140,9 @@ mod tests {
         let many = Sources::choose(lo, &[], 300 * 10, 10);
         assert_eq!(many.addrs[299], "127.0.1.45".parse::<IpAddr>().unwrap());
         assert_eq!(Sources::choose(lo, &[], 5, 20_000).addrs.len(), 1);
+        // Worker 2 of a split run: its own addresses, past the others'.
+        let shifted = Sources::choose(lo, &[], 5, 20_000).shifted(4);
+        assert_eq!(shifted.addrs, vec!["127.0.0.6".parse::<IpAddr>().unwrap()]);
     }
 
     #[test]

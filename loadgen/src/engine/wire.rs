@@ -101,12 +101,14 @@ pub enum Dest<'a> {
 
 /// Writes a `send` frame's JSON into `out`: `text` is `len` characters of a
 /// fixed ASCII pattern (nothing to escape); `channel` must need no escaping
-/// either (loadgen's group channels are `g:N`).
+/// either (loadgen's group channels are `g:N`). `node`: the sending device's
+/// node in a cluster, the `client_msg_id`'s fourth part.
 pub fn send_json(
     out: &mut Vec<u8>,
     req: i64,
     to: Dest<'_>,
     client_msg_id: (u64, u64, u64),
+    node: Option<u16>,
     len: u32,
 ) {
     const PATTERN: &[u8] = b"the quick brown fox jumps over the lazy dog 0123456789 ";
@@ -116,10 +118,11 @@ pub fn send_json(
         Dest::User(u) => write!(out, "{{\"user\":{u}}}"),
         Dest::Channel(c) => write!(out, "{{\"channel\":\"{c}\"}}"),
     };
-    let _ = write!(
-        out,
-        ",\"client_msg_id\":\"{sched}-{actual}-{n}\",\"text\":\""
-    );
+    let _ = write!(out, ",\"client_msg_id\":\"{sched}-{actual}-{n}");
+    if let Some(k) = node {
+        let _ = write!(out, "-{k}");
+    }
+    out.extend_from_slice(b"\",\"text\":\"");
     let mut left = len as usize;
     while left > 0 {
         let take = left.min(PATTERN.len());
@@ -181,7 +184,7 @@ mod tests {
                 Dest::User(u) => Recipient::user(*u),
                 Dest::Channel(c) => Recipient::channel(c.to_string()),
             };
-            send_json(&mut json, 9, to, (100, 105, 3), len);
+            send_json(&mut json, 9, to, (100, 105, 3), None, len);
             let mut frame = Vec::new();
             encode_text(&mut frame, &json, [1, 2, 3, 4]);
             assert_eq!(frame[0], 0x81);

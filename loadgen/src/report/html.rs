@@ -191,6 +191,7 @@ pub fn render(r: &Report, outcome: &Outcome) -> String {
         escape(&r.metrics.server_memory_note)
     );
 
+    s.push_str(&super::nodes::html(r));
     s.push_str("<h2>Latency distribution</h2>");
     let series = LATENCY_METRICS
         .iter()

@@ -156,6 +156,8 @@ pub fn render(r: &Report) -> String {
         m.server_memory_note
     );
 
+    s.push_str(&super::nodes::markdown(r));
+
     let g = &r.generator;
     let _ = writeln!(s, "\n## Generator health\n");
     let _ = writeln!(

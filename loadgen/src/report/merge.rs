@@ -63,7 +63,13 @@ pub fn read_hlog(path: &Path) -> Result<Vec<Interval>, LoadgenError> {
 
 /// Latency logs a run directory may lack: metrics added after the first
 /// report version (`history_latency`).
-const OPTIONAL_LOGS: &[&str] = &["history_latency", "recovery_latency"];
+const OPTIONAL_LOGS: &[&str] = &[
+    "history_latency",
+    "recovery_latency",
+    "failover_latency",
+    "delivery_latency_same_node",
+    "delivery_latency_cross_node",
+];
 
 /// Rebuilds the outcome a run directory was written from. Every latency
 /// metric's `.hlog` must be there, except those added since the first
@@ -113,6 +119,7 @@ pub fn read_outcome(dir: &Path) -> Result<(Report, Outcome), LoadgenError> {
     o.errors = report.errors.clone();
     o.audit = report.audit.clone();
     o.peak_connections = report.metrics.peak_connections;
+    o.nodes.clone_from(&report.nodes);
     o.memory = report
         .memory
         .iter()

@@ -18,6 +18,7 @@ pub mod json;
 pub mod markdown;
 pub mod measures;
 pub mod merge;
+mod nodes;
 mod svg;
 
 use std::collections::BTreeMap;
@@ -70,6 +71,9 @@ pub struct Report {
     pub phases: Vec<PhaseOutcome>,
     /// Connections and memory over the run (all workers combined).
     pub memory: Vec<MemoryPoint>,
+    /// Each server node's connections over the run (sampled from its `/metrics`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<crate::outcome::NodeSeries>,
 }
 
 /// When, how and with what the run was made.
@@ -283,6 +287,7 @@ pub fn build(
         generator,
         phases: phase_figures(outcome),
         memory: timeline,
+        nodes: outcome.nodes.clone(),
     })
 }
 

@@ -42,6 +42,7 @@ pub(super) struct RawTarget {
     pub(super) url: Option<String>,
     pub(super) storage: String,
     pub(super) servers: i64,
+    pub(super) cluster: Option<String>,
 }
 
 impl Default for RawTarget {
@@ -50,6 +51,7 @@ impl Default for RawTarget {
             url: None,
             storage: "memory".into(),
             servers: 1,
+            cluster: None,
         }
     }
 }
@@ -165,6 +167,9 @@ pub(super) struct RawPhase {
     pub(super) disconnect_rate: String,
     #[serde(default = "zero_rate")]
     pub(super) history_rate: String,
+    pub(super) kill_node: Option<i64>,
+    pub(super) stop_node: Option<i64>,
+    pub(super) start_node: Option<i64>,
 }
 
 fn zero_rate() -> String {
