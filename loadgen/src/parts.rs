@@ -219,9 +219,8 @@ pub fn complete(
             }
         }
     }
-    if !whole {
-        audit.cross_part_pending = true;
-    }
+    // Whatever the parts said alone, this set decides what is left to count.
+    audit.cross_part_pending = !whole;
     outcome.audit = audit;
     fanout(leaves, &infos, outcome)
 }
@@ -277,12 +276,7 @@ fn fanout(
 /// Removes what only the merge needed from part directories.
 pub fn clean(leaves: &[PathBuf]) {
     for dir in leaves {
-        for f in [
-            ledger::FILE,
-            ledger::DONE,
-            handoff::PENDING,
-            handoff::FANOUT,
-        ] {
+        for f in [ledger::FILE, handoff::PENDING, handoff::FANOUT] {
             let _ = std::fs::remove_file(dir.join(f));
         }
     }

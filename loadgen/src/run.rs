@@ -259,7 +259,7 @@ async fn drive(ctx: Ctx<'_>) -> Result<u8, LoadgenError> {
             &base,
             &ctx.out,
             plan,
-            memory,
+            (memory, background.connections.clone()),
             |start| background.start(start),
             ctx.stop,
         )
@@ -339,6 +339,8 @@ struct Background {
     nodes: SampledNodes,
     done: CancellationToken,
     tasks: std::sync::Mutex<Option<BackgroundTasks>>,
+    /// The server's connections (all nodes) at the latest sample.
+    connections: Arc<std::sync::atomic::AtomicU64>,
 }
 
 type BackgroundTasks = (
@@ -358,6 +360,7 @@ impl Background {
             nodes,
             done: CancellationToken::new(),
             tasks: std::sync::Mutex::new(None),
+            connections: Arc::default(),
         }
     }
 
@@ -373,6 +376,7 @@ impl Background {
             client,
             self.nodes.clone(),
             started,
+            self.connections.clone(),
             self.done.clone(),
         ));
         let plan = FaultPlan::of(&self.phases, start_us);

@@ -220,14 +220,14 @@ pub struct Plan<'a> {
 
 /// Parent side: write the slices, start the workers, sample, merge. Calls
 /// `on_start` with the run's start once it is fixed (the faults and the
-/// node sampler run on it); returns the merged outcome (the caller judges
-/// it) and the start.
+/// node sampler run on it; the sampler keeps `connections` current);
+/// returns the merged outcome (the caller judges it) and the start.
 pub async fn run_parent(
     opts: &RunOpts,
     base: &str,
     out: &Path,
     plan: Plan<'_>,
-    memory: ServerMemory,
+    (memory, connections): (ServerMemory, std::sync::Arc<std::sync::atomic::AtomicU64>),
     on_start: impl FnOnce(u64),
     stop: &CancellationToken,
 ) -> Result<(Outcome, u64), LoadgenError> {
@@ -338,9 +338,8 @@ pub async fn run_parent(
                 }
             }
         }
-        let connections = crate::engine::progress::scrape(&client, base, "chatscale_connections")
-            .await
-            .unwrap_or(0.0) as u64;
+        // Every node's, as the node sampler saw them last.
+        let connections = connections.load(std::sync::atomic::Ordering::Relaxed);
         let loadgen_rss = pids
             .iter()
             .filter_map(|p| reference_server::metrics::resident_memory_of(&p.to_string()))

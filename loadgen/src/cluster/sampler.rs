@@ -13,6 +13,7 @@
 //! target.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -94,11 +95,13 @@ async fn node_list(client: &reqwest::Client, nodes: &Nodes) -> Vec<String> {
     }
 }
 
-/// Samples every node each second from `started` until `done`.
+/// Samples every node each second from `started` until `done`; `now` gets
+/// the latest total (for the memory samples of a workers' parent).
 pub async fn run(
     client: reqwest::Client,
     nodes: Nodes,
     started: Instant,
+    now: Arc<AtomicU64>,
     done: CancellationToken,
 ) -> Sampled {
     let mut series: BTreeMap<String, NodeSeries> = BTreeMap::new();
@@ -164,6 +167,7 @@ pub async fn run(
         }
         if let Some(t) = total {
             peak = Some(peak.unwrap_or(0).max(t));
+            now.store(t, Relaxed);
         }
     }
     Sampled {

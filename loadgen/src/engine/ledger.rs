@@ -18,8 +18,6 @@ use crate::engine::command::To;
 
 /// File name of a process's ledger inside its run directory.
 pub const FILE: &str = "ledger.bin";
-/// Written beside the ledger once it is complete.
-pub const DONE: &str = "ledger.done";
 
 const GROUP_BIT: u32 = 1 << 31;
 
@@ -84,7 +82,6 @@ impl Ledger {
     /// Creates (truncates) `dir/ledger.bin`.
     pub fn create(dir: &Path) -> Ledger {
         let path = dir.join(FILE);
-        let _ = std::fs::remove_file(dir.join(DONE));
         let opened = std::fs::create_dir_all(dir).and_then(|_| File::create(&path));
         let (out, failed) = match opened {
             Ok(f) => (Some(BufWriter::with_capacity(64 * 1024, f)), None),
@@ -111,8 +108,7 @@ impl Ledger {
         }
     }
 
-    /// Flushes and closes the file and marks it complete; the reason it is
-    /// unusable otherwise.
+    /// Flushes and closes the file; the reason it is unusable otherwise.
     pub fn finish(&self) -> Result<&Path, String> {
         if let Some(mut w) = lock(&self.out).take() {
             if let Err(e) = w.flush() {
@@ -122,8 +118,6 @@ impl Ledger {
         if let Some(why) = lock(&self.failed).clone() {
             return Err(why);
         }
-        let done = self.path.with_file_name(DONE);
-        std::fs::write(&done, b"").map_err(|e| format!("cannot write {}: {e}", done.display()))?;
         Ok(&self.path)
     }
 
@@ -172,7 +166,6 @@ mod tests {
         l.append(&a);
         l.append(&b);
         let path = l.finish().unwrap().to_path_buf();
-        assert!(dir.path().join(DONE).exists());
         assert_eq!(read(&path).unwrap(), vec![a, b]);
     }
 }

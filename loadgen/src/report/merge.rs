@@ -9,6 +9,9 @@
 //! directory, [`merge`] merges them with [`Outcome::merge`] (histograms add
 //! exactly) and judges the result again with the first report's thresholds and
 //! projection, so a merged report is built by the same code as any other.
+//! Directories that are parts of one split run (`--shard`, each with its
+//! `part.json`, or a shard's workers under it) also get the audit across the
+//! parts and the fan-out completed from their files ([`crate::parts`]).
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -169,7 +172,20 @@ pub fn merge(
     let (first, mut merged) = read_outcome(first_dir)?;
     for dir in rest {
         let (_, o) = read_outcome(dir)?;
+        for (mine, theirs) in merged.phases.iter_mut().zip(&o.phases) {
+            mine.messages_sent += theirs.messages_sent;
+        }
+        if merged.provisioning.users == 0 {
+            merged.provisioning.clone_from(&o.provisioning);
+        }
         merged.merge(&o);
+    }
+    // Parts of one split run (shards, workers): the audit across them and
+    // the fan-out come from their part files, exactly.
+    let leaves: Vec<PathBuf> = dirs.iter().flat_map(|d| crate::parts::leaves(d)).collect();
+    if let Some(first_leaf) = leaves.first() {
+        let shape = crate::parts::PartInfo::read(first_leaf)?.plan();
+        crate::parts::complete(&leaves, &shape, &mut merged)?;
     }
     let info = RunInfo {
         scenario: first.scenario.clone(),

@@ -10,13 +10,13 @@ use super::Report;
 use crate::outcome::NodeSeries;
 use crate::projection::thousands;
 
-/// The count at the last sample a node answered.
+/// The count at the last sample (`down` when the node did not answer).
 fn last(n: &NodeSeries) -> String {
-    n.connections
-        .iter()
-        .rev()
-        .find_map(|&(_, c)| c)
-        .map_or("-".into(), |c| thousands(c as f64))
+    match n.connections.last() {
+        Some(&(_, Some(c))) => thousands(c as f64),
+        Some(&(_, None)) => "down".into(),
+        None => "-".into(),
+    }
 }
 
 /// A node's counts at about `points` evenly spaced samples (`-`: down).
