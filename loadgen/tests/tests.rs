@@ -12,6 +12,9 @@ mod engine_scenarios;
 mod engine_support;
 /// TLS: a run against an https:// server whose CA comes from --ca-file.
 mod engine_tls;
+/// Fleet scale: embedded clusters, node faults and failover, workers auto,
+/// exact fan-out with workers, shards merged, Ctrl-C of a multi-process run.
+mod fleet;
 /// The --baseline gate: pass, regressions, noise floor, bad baseline.
 mod report_baseline;
 /// `loadgen compare`: ratios to the first report, unreadable files.
