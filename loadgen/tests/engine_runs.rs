@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use crate::engine_support::{opts, run, scenario, target, Fault, SMALL};
+use crate::engine_support::{
+    assert_embedded_server_stopped, opts, run, scenario, target, Fault, SMALL,
+};
 
 fn steady(rate: &str, secs: u32, disconnects: &str) -> String {
     format!("{SMALL}\n[[phase]]\nname = \"ramp\"\nduration = \"300ms\"\nonline = 8\n\n[[phase]]\nname = \"steady\"\nduration = \"{secs}s\"\nonline = 8\nmessage_rate = \"{rate}\"\ndisconnect_rate = \"{disconnects}\"\n")
@@ -329,15 +331,7 @@ fn ctrl_c_stops_the_run_and_still_writes_the_report() {
         "the phases ended early"
     );
     assert!(num(&r, &["metrics", "messages_acked"]) > 0.0);
-    let addr = r["target"]["url"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("http://")
-        .to_string();
-    assert!(
-        std::net::TcpStream::connect(addr).is_err(),
-        "the embedded server is stopped"
-    );
+    assert_embedded_server_stopped(&r);
 }
 
 /// A generator that cannot keep its schedule (here: a lag bound no timer can

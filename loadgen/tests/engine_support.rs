@@ -318,3 +318,16 @@ pub async fn run(opts: RunOpts) -> (u8, Value) {
     let report = std::fs::read_to_string(out.join("report.json")).unwrap();
     (code, serde_json::from_str(&report).unwrap())
 }
+
+/// After a run with the embedded server: nothing listens on its address any more.
+pub fn assert_embedded_server_stopped(report: &Value) {
+    let addr = report["target"]["url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "the embedded server is stopped"
+    );
+}

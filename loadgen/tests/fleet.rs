@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::engine_support::{opts, run, scenario, target, Fault};
+use crate::engine_support::{assert_embedded_server_stopped, opts, run, scenario, target, Fault};
 
 /// Users with 1-2 devices, friends and groups; short heartbeats and reconnects.
 const POP: &str = "[population]\nusers = 30\ndevices = { 1 = 0.5, 2 = 0.5 }\nfriends = 4\ngroups = 4\ngroup_size = { min = 3, max = 8 }\n\n[behavior]\nheartbeat_interval = \"1s\"\noffline_after = \"3s\"\ngroup_share = 0.4\ntext_length = { mean = 20, max = 200 }\nreconnect_delay = { min = \"100ms\", max = \"400ms\" }\n";
@@ -451,13 +451,5 @@ fn ctrl_c_stops_every_worker_and_marks_the_run_incomplete() {
             .join(format!("workers/worker-{i}/report.json"))
             .is_file());
     }
-    let addr = r["target"]["url"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("http://")
-        .to_string();
-    assert!(
-        std::net::TcpStream::connect(addr).is_err(),
-        "the embedded server is stopped"
-    );
+    assert_embedded_server_stopped(&r);
 }

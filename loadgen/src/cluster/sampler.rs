@@ -130,15 +130,9 @@ pub async fn run(
         let reads = futures_util::future::join_all(urls.iter().map(|u| {
             let client = client.clone();
             async move {
-                let text = client
-                    .get(format!("{u}/metrics"))
-                    .timeout(Duration::from_millis(900))
-                    .send()
-                    .await
-                    .ok()?
-                    .text()
-                    .await
-                    .ok()?;
+                let text =
+                    crate::engine::progress::metrics_text(&client, u, Duration::from_millis(900))
+                        .await?;
                 connections_of(&text)
             }
         }))

@@ -54,20 +54,29 @@ impl ServerMemory {
 /// The first series of a metric in a server's `/metrics` (Prometheus text
 /// format), labelled (`name{node="n1"} 5`, as servers label every series) or not.
 pub async fn scrape(client: &reqwest::Client, base: &str, name: &str) -> Option<f64> {
-    let text = client
-        .get(format!("{base}/metrics"))
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let text = metrics_text(client, base, Duration::from_secs(2)).await?;
     let (bare, labelled) = (format!("{name} "), format!("{name}{{"));
     text.lines()
         .find(|l| l.starts_with(&bare) || l.starts_with(&labelled))
         .and_then(|l| l.rsplit_once(' '))
         .and_then(|(_, v)| v.trim().parse().ok())
+}
+
+/// A server's `/metrics` page, or None when it does not answer within `timeout`.
+pub async fn metrics_text(
+    client: &reqwest::Client,
+    base: &str,
+    timeout: Duration,
+) -> Option<String> {
+    client
+        .get(format!("{base}/metrics"))
+        .timeout(timeout)
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
 }
 
 /// Shared with the run: which phase is running (index into `names`).
