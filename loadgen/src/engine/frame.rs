@@ -65,6 +65,11 @@ impl<'a> FrameView<'a> {
         serde_json::from_str(text).ok()
     }
 
+    /// The same from a text frame's bytes (not UTF-8: `None`).
+    pub fn parse_bytes(text: &'a [u8]) -> Option<FrameView<'a>> {
+        serde_json::from_slice(text).ok()
+    }
+
     /// A `message` frame as a message.
     pub fn message(&self) -> MsgView<'_> {
         MsgView {

@@ -13,6 +13,8 @@
 //! - [`nodes`]: where devices connect: one server, or a cluster's nodes by discovery.
 //! - [`source`]: loopback source addresses; descriptor and port exhaustion.
 //! - [`wire`]: the socket a device shares with the clock thread; client frames.
+//! - [`inbound`]: the frame reader (the read side of a device's WebSocket).
+//! - [`handshake`]: the WebSocket opening handshake, client side.
 //! - [`sim`]: the shared state: population, one control slot per device, the
 //!   recorder, the ledger.
 //! - [`outbound`]: a device's frames onto its socket (the clock thread's sends too).
@@ -31,7 +33,9 @@ pub mod command;
 pub mod device;
 pub mod frame;
 pub mod handoff;
+pub mod handshake;
 pub mod history;
+pub mod inbound;
 pub mod inbox;
 pub mod ledger;
 pub mod nodes;
