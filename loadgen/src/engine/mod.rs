@@ -12,12 +12,15 @@
 //!   pairs, fan-out arrivals).
 //! - [`nodes`]: where devices connect: one server, or a cluster's nodes by discovery.
 //! - [`source`]: loopback source addresses; descriptor and port exhaustion.
-//! - [`wire`]: the socket a device shares with the clock thread; client frames.
+//! - [`wire`]: the client frames a device writes, and the non-blocking write.
 //! - [`inbound`]: the frame reader (the read side of a device's WebSocket).
 //! - [`handshake`]: the WebSocket opening handshake, client side.
+//! - [`beat`]: the heartbeat wheel (one shared tick, not a timer per device).
 //! - [`sim`]: the shared state: population, one control slot per device, the
-//!   recorder, the ledger.
-//! - [`outbound`]: a device's frames onto its socket (the clock thread's sends too).
+//!   recorder, the ledger, the heartbeat wheel.
+//! - [`outbound`]: a device's frames onto its socket (the clock thread's sends
+//!   and the heartbeat tick's heartbeats too).
+//! - [`receive`]: what a device does with each server frame.
 //! - [`device`]: one simulated device (a tokio task over one WebSocket at a time).
 //! - [`history`]: history page reads over HTTP, bounded in flight.
 //! - [`clock`]: the generator's own clock thread (precise wake-ups).
@@ -28,6 +31,7 @@
 //! [`simulate`] runs them for one process: the phases, the drain, the audit.
 
 pub mod audit;
+pub mod beat;
 pub mod clock;
 pub mod command;
 pub mod device;
@@ -42,6 +46,7 @@ pub mod nodes;
 pub mod outbound;
 pub mod progress;
 pub mod ranges;
+pub mod receive;
 pub mod recorder;
 pub mod schedule;
 pub mod sim;
@@ -149,6 +154,15 @@ pub async fn simulate(
         }
     });
     let sim = sim.with_nodes(nodes);
+    let device_thread = DeviceThread::start();
+    let sim = match &device_thread {
+        Some(t) => sim.with_runtime(t.handle.clone()),
+        None => sim,
+    };
+    match &sim.runtime {
+        Some(rt) => drop(sim.tasks.spawn_on(beat::run(sim.clone()), rt)),
+        None => drop(sim.tasks.spawn(beat::run(sim.clone()))),
+    }
     let progress = Arc::new(Progress {
         phase: AtomicUsize::new(0),
         names: phases.iter().map(|p| p.name.clone()).collect(),
@@ -217,6 +231,9 @@ pub async fn simulate(
         tracing::warn!("some devices did not stop within 15s");
         sim.rec.error("device_stop_timeout");
     }
+    if let Some(t) = device_thread {
+        t.stop().await;
+    }
     outcome.generator.cpu_seconds = progress::self_cpu_seconds() - cpu_before;
     progress_done.cancel();
     let _ = progress_task.await;
@@ -279,3 +296,54 @@ fn write_fanout(sim: &Sim, path: &std::path::Path) -> std::io::Result<()> {
     }
     out.finish()
 }
+
+/// The thread the device tasks run on: one current-thread runtime. Every
+/// device's reads, acks and deliveries happen there; with the clock thread
+/// writing the sends, a message costs no hand-off between runtime workers
+/// (measured on 2 cores: the multi-threaded runtime's workers waking each
+/// other cost more CPU per message than the work itself).
+struct DeviceThread {
+    handle: tokio::runtime::Handle,
+    done: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl DeviceThread {
+    /// `None` (the devices then run on the current runtime) if it cannot start.
+    fn start() -> Option<DeviceThread> {
+        let started = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .and_then(|rt| {
+                let handle = rt.handle().clone();
+                let (done, wait) = tokio::sync::oneshot::channel::<()>();
+                let thread = std::thread::Builder::new()
+                    .name("loadgen-devices".into())
+                    .spawn(move || {
+                        rt.block_on(async {
+                            let _ = wait.await;
+                        });
+                    })?;
+                Ok(DeviceThread {
+                    handle,
+                    done,
+                    thread,
+                })
+            });
+        match started {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!("the devices run on the main runtime: no device thread ({e})");
+                None
+            }
+        }
+    }
+
+    /// Ends the thread (its runtime drops what is left) and waits for it.
+    async fn stop(self) {
+        let _ = self.done.send(());
+        let _ = tokio::task::spawn_blocking(move || self.thread.join()).await;
+    }
+}
+
+

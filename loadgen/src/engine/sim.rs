@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::engine::beat::Wheel;
 use crate::engine::command::Cmd;
 use crate::engine::inbox::{DeviceState, Outbox};
 use crate::engine::ledger::Ledger;
@@ -44,6 +45,9 @@ pub struct Ctl {
     pub wire: Option<Arc<tokio::net::TcpStream>>,
     /// Bytes a write could not place; the task flushes them first.
     pub backlog: Vec<u8>,
+    /// Counts the device's connections: a heartbeat scheduled for one
+    /// connection is not written on the next ([`crate::engine::beat`]).
+    pub epoch: u32,
     /// Sends in flight and the `req` counter.
     pub out: Outbox,
     /// Set to take the device offline; the task exits at its next look.
@@ -77,6 +81,9 @@ pub struct Slot {
     pub ctl: Mutex<Ctl>,
     pub wake: Notify,
     pub connected: AtomicBool,
+    /// `ctl.backlog` is not empty: the task waits for the socket to be
+    /// writable (read without the lock on every turn of its loop).
+    pub backlogged: AtomicBool,
 }
 
 /// Most commands a device may have queued; past it a send is refused and
@@ -111,6 +118,10 @@ pub struct Sim {
     /// Local addresses the devices' connections come from.
     pub sources: Sources,
     pub ledger: Ledger,
+    /// When each connected device's next heartbeat is due.
+    pub beats: Mutex<Wheel>,
+    /// The runtime the device tasks run on (the current one when unset).
+    pub runtime: Option<tokio::runtime::Handle>,
     pub fanout: Mutex<FanoutMap>,
     /// Live findings (duplicates and reorders seen on the wire), with examples.
     pub findings: Mutex<Audit>,
@@ -149,6 +160,8 @@ impl Sim {
             ws,
             sources: Sources { addrs: cfg.sources },
             ledger: Ledger::create(dir),
+            beats: Mutex::new(Wheel::default()),
+            runtime: None,
             fanout: Mutex::new(HashMap::new()),
             findings: Mutex::new(Audit::default()),
             stop_all: CancellationToken::new(),
@@ -176,6 +189,14 @@ impl Sim {
         let target = self.ws.addr;
         if let Some(me) = Arc::get_mut(&mut self) {
             me.sources = choose(target);
+        }
+        self
+    }
+
+    /// Runs the device tasks on `runtime` (before any device runs).
+    pub fn with_runtime(mut self: Arc<Self>, runtime: tokio::runtime::Handle) -> Arc<Self> {
+        if let Some(me) = Arc::get_mut(&mut self) {
+            me.runtime = Some(runtime);
         }
         self
     }

@@ -1,80 +1,37 @@
-//! The device's socket, shared by its task and the clock thread, and the
-//! client frames written on it.
+//! The client frames written on a device's socket, and the write itself.
 //!
 //! A send must leave when it is scheduled, not when a busy runtime gets round
 //! to the device's task: the clock thread ([`crate::engine::clock`]) writes a
 //! send frame straight to the device's socket (`try_write`, a non-blocking
-//! `write(2)`) under the device's slot lock. The task reads through
-//! tungstenite over the same socket ([`SharedTcp`]) and writes its own frames
-//! (heartbeats, syncs, resends) the same way, so frames never interleave. A
-//! write the socket cannot take whole leaves its remainder in the slot's
-//! backlog, which the task flushes when the socket is writable; anything
-//! queued behind a backlog waits its turn.
+//! `write(2)`) under the device's slot lock. The task reads the same socket
+//! ([`crate::engine::inbound`]) and writes its own frames (syncs, resends,
+//! pongs, its close) the same way, and so does the heartbeat tick
+//! ([`crate::engine::beat`]), so frames never interleave. A write the socket
+//! cannot take whole leaves its remainder in the slot's backlog, which the
+//! task flushes when the socket is writable; anything queued behind a backlog
+//! waits its turn.
 //!
 //! Client frames are masked WebSocket text frames (RFC 6455 5.3). A send's
 //! JSON is written by hand into one buffer: no `String` per field, no serde
 //! pass; a test reads it back with the server's own `ClientFrame`.
 
 use std::io::{self, Write as _};
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// A TCP stream shared by reference count: tungstenite reads (and writes its
-/// handshake and close) through it while the clock thread writes sends.
-#[derive(Clone, Debug)]
-pub struct SharedTcp(pub Arc<TcpStream>);
-
-impl AsyncRead for SharedTcp {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            ready!(self.0.poll_read_ready(cx))?;
-            match self.0.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-    }
-}
-
-impl AsyncWrite for SharedTcp {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                r => return Poll::Ready(r),
-            }
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
+/// Opcodes (with FIN) of the frames a device writes.
+pub const TEXT: u8 = 0x81;
+pub const CLOSE: u8 = 0x88;
+pub const PONG: u8 = 0x8a;
 
 /// Appends `payload` to `out` as one masked text frame.
 pub fn encode_text(out: &mut Vec<u8>, payload: &[u8], mask: [u8; 4]) {
-    out.push(0x81); // FIN, text
+    encode(out, TEXT, payload, mask);
+}
+
+/// Appends `payload` to `out` as one masked frame; `head` is FIN and the opcode.
+pub fn encode(out: &mut Vec<u8>, head: u8, payload: &[u8], mask: [u8; 4]) {
+    out.push(head);
     let len = payload.len();
     if len < 126 {
         out.push(0x80 | len as u8);
