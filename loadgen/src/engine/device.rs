@@ -231,11 +231,12 @@ async fn connection(sim: &Sim, d: u32, st: &mut DeviceState) -> End {
     let t0 = Instant::now();
     let src = sim.sources.for_device(d);
     let first = Box::pin(async {
-        let mut tcp = source::connect(src, known.addr)
-            .await
-            .map_err(|e| match source::exhaustion(&e, src) {
-                Some(why) => ConnectError::Exhausted(why),
-                None => ConnectError::Server(e.to_string()),
+        let mut tcp =
+            source::connect(src, known.addr).await.map_err(|e| {
+                match source::exhaustion(&e, src) {
+                    Some(why) => ConnectError::Exhausted(why),
+                    None => ConnectError::Server(e.to_string()),
+                }
             })?;
         let url = handshake::split_url(&known.ws);
         let rest = handshake::open(&mut tcp, url, &token, rand::random())
@@ -575,4 +576,3 @@ pub(crate) mod footprint {
         );
     }
 }
-

@@ -98,7 +98,11 @@ fn frames_split_across_reads_come_out_the_same() {
             collect(&mut r, piece, &mut out).unwrap();
         }
         assert_eq!(out, expect, "chunk {chunk}");
-        assert_eq!(r.heap_bytes(), 0, "chunk {chunk}: an idle reader holds no buffer");
+        assert_eq!(
+            r.heap_bytes(),
+            0,
+            "chunk {chunk}: an idle reader holds no buffer"
+        );
     }
 }
 
@@ -174,7 +178,10 @@ fn streams_that_break_the_rules_are_refused() {
         (frame(0xc1, b"x"), WsError::Protocol("reserved bits set")),
         (frame(0x83, b"x"), WsError::Protocol("unknown opcode")),
         (frame(0x8b, b""), WsError::Protocol("unknown opcode")),
-        (frame(0x09, b"p"), WsError::Protocol("fragmented control frame")),
+        (
+            frame(0x09, b"p"),
+            WsError::Protocol("fragmented control frame"),
+        ),
         (
             frame(PING, &[0; 126]),
             WsError::Protocol("control frame over 125 bytes"),

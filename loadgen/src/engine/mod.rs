@@ -345,5 +345,3 @@ impl DeviceThread {
         let _ = tokio::task::spawn_blocking(move || self.thread.join()).await;
     }
 }
-
-
