@@ -338,16 +338,6 @@ pub async fn provision(
             pop.ws_url
         ))
     })?;
-    if pop.ws_url.starts_with("wss://") {
-        // The engine's clock thread writes sends straight to each device's TCP
-        // socket, which has no TLS layer to go through yet.
-        return Err(LoadgenError::unrunnable(format!(
-            "login at {base} handed out the chat server {}: the simulated devices \
-             speak ws:// only for now (their sends are written straight to the TCP \
-             socket); provisioning and the audit work over TLS",
-            pop.ws_url
-        )));
-    }
 
     let token_of = |u: u32| {
         pop.devices[pop.users[u as usize].devices[0] as usize]

@@ -63,8 +63,9 @@ pub fn http_builder() -> reqwest::ClientBuilder {
     builder
 }
 
-/// The connector for `wss://`: the public roots and the added CAs.
-fn connector() -> Connector {
+/// The rustls client configuration for `wss://`: the public roots and the
+/// added CAs (the engine's devices and the tungstenite connector alike).
+pub fn client_config() -> Arc<rustls::ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for der in extra() {
@@ -76,7 +77,12 @@ fn connector() -> Connector {
         .expect("ring supports the default protocol versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Connector::Rustls(Arc::new(config))
+    Arc::new(config)
+}
+
+/// The connector for `wss://`.
+fn connector() -> Connector {
+    Connector::Rustls(client_config())
 }
 
 /// Opens a WebSocket to a `ws://` or `wss://` URL (no Nagle delay).

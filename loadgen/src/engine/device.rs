@@ -44,7 +44,8 @@ use crate::engine::inbox::{DeviceState, Pending};
 use crate::engine::outbound::{closing, flush, unplug, write_frame, write_send, MAX_PENDING};
 use crate::engine::receive::{caught_up, on_frame, start_sync, Conn};
 use crate::engine::recorder::{inc, Metric};
-use crate::engine::sim::{lock, Sim, Slot};
+use crate::engine::secure;
+use crate::engine::sim::{lock, Sim};
 use crate::engine::source;
 use crate::engine::wire::{write_now, CLOSE, PONG};
 
@@ -100,6 +101,7 @@ pub async fn run(sim: Arc<Sim>, d: u32, state: Option<Box<DeviceState>>) {
         // Boxed: the connection is a large future; only the one running is
         // allocated, not the largest of them inside every task.
         let end = Box::pin(connection(&sim, d, &mut st)).await;
+        lock(&slot.ctl).tls = None;
         if let End::Lost = end {
             st.lost_at.get_or_insert_with(Instant::now);
             // In a cluster: fail over to another node, and time it.
@@ -239,11 +241,24 @@ async fn connection(sim: &Sim, d: u32, st: &mut DeviceState) -> End {
                 }
             })?;
         let url = handshake::split_url(&known.ws);
-        let rest = handshake::open(&mut tcp, url, &token, rand::random())
-            .await
-            .map_err(ConnectError::Server)?;
+        let (tcp, rest) = match &sim.tls {
+            None => {
+                let rest = handshake::open(&mut tcp, url, &token, rand::random())
+                    .await
+                    .map_err(ConnectError::Server)?;
+                (tcp, rest)
+            }
+            Some(target) => {
+                let (tcp, session, rest) =
+                    secure::connect(target, tcp, url, &token, rand::random())
+                        .await
+                        .map_err(ConnectError::Server)?;
+                lock(&sim.slots[d as usize].ctl).tls = Some(session);
+                (tcp, rest)
+            }
+        };
         let mut reader = FrameReader::with(rest);
-        let hello = read_hello(&tcp, &mut reader)
+        let hello = read_hello(sim, d, &tcp, &mut reader)
             .await
             .map_err(ConnectError::Server)?;
         Ok((Arc::new(tcp), reader, hello))
@@ -303,7 +318,12 @@ async fn connection(sim: &Sim, d: u32, st: &mut DeviceState) -> End {
 
 /// Reads up to the first text frame, which must be `hello`: the server's
 /// inbox head and presence timeout. Frames after it stay in the reader.
-async fn read_hello(tcp: &TcpStream, reader: &mut FrameReader) -> Result<(u64, u64), String> {
+async fn read_hello(
+    sim: &Sim,
+    d: u32,
+    tcp: &TcpStream,
+    reader: &mut FrameReader,
+) -> Result<(u64, u64), String> {
     let mut hello = Err("closed before hello");
     let mut on = |f: Frame<'_>| {
         hello = match f {
@@ -320,7 +340,7 @@ async fn read_hello(tcp: &TcpStream, reader: &mut FrameReader) -> Result<(u64, u
     let mut more = reader.feed(&[], &mut on).map_err(|e| e.to_string())?;
     while more {
         tcp.readable().await.map_err(|e| e.to_string())?;
-        match inbound::pump(tcp, reader, &mut on).map_err(|e| e.to_string())? {
+        match read_once(sim, d, tcp, reader, &mut on).map_err(|e| e.to_string())? {
             Pumped::Eof => return Err("closed before hello".into()),
             Pumped::Stopped => more = false,
             Pumped::Drained | Pumped::More => {}
@@ -396,12 +416,12 @@ async fn session(
         read = Ok(true);
         tokio::select! {
             biased;
-            _ = &mut stop => return close(slot, tcp, reader).await,
+            _ = &mut stop => return close(sim, d, tcp, reader).await,
             _ = &mut wake => {
                 wake.set(slot.wake.notified());
                 match commands(sim, d, tcp) {
                     Next::Continue => {}
-                    Next::Close => return close(slot, tcp, reader).await,
+                    Next::Close => return close(sim, d, tcp, reader).await,
                     Next::End(end) => return end,
                 }
             }
@@ -418,7 +438,7 @@ async fn session(
             }
             r = poll_fn(|cx| tcp.poll_read_ready(cx)) => {
                 let on = &mut |f: Frame<'_>| frame_in(sim, d, st, &mut conn, tcp, f, &mut end);
-                read = match r.and_then(|()| inbound::pump(tcp, reader, on)) {
+                read = match r.and_then(|()| read_once(sim, d, tcp, reader, on)) {
                     Ok(Pumped::Eof) => Err("closed by the server without a close frame".into()),
                     Ok(Pumped::Stopped) => Ok(false),
                     Ok(Pumped::Drained | Pumped::More) => Ok(true),
@@ -462,6 +482,21 @@ fn frame_in(
         *end = Some(lost(sim, "write"));
     }
     ok
+}
+
+/// One read of the socket: plain, or decrypted through the device's TLS
+/// session on a `wss://` run.
+fn read_once(
+    sim: &Sim,
+    d: u32,
+    tcp: &TcpStream,
+    reader: &mut FrameReader,
+    on: &mut dyn FnMut(Frame<'_>) -> bool,
+) -> io::Result<Pumped> {
+    match sim.tls {
+        None => inbound::pump(tcp, reader, on),
+        Some(_) => secure::read(&sim.slots[d as usize], tcp, reader, on),
+    }
 }
 
 /// What the commands ask of the connection.
@@ -515,8 +550,8 @@ fn lost(sim: &Sim, why: &str) -> End {
 
 /// A clean close (the user goes offline or the run ends): the backlog and a
 /// close frame written, then the server's close awaited, for a second at most.
-async fn close(slot: &Slot, tcp: &TcpStream, reader: &mut FrameReader) -> End {
-    let out = closing(slot);
+async fn close(sim: &Sim, d: u32, tcp: &TcpStream, reader: &mut FrameReader) -> End {
+    let out = closing(&sim.slots[d as usize]);
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         let mut done = 0;
         while done < out.len() {
@@ -526,7 +561,7 @@ async fn close(slot: &Slot, tcp: &TcpStream, reader: &mut FrameReader) -> End {
         loop {
             tcp.readable().await?;
             let until_close = &mut |f: Frame<'_>| !matches!(f, Frame::Close(_));
-            if let Pumped::Eof | Pumped::Stopped = inbound::pump(tcp, reader, until_close)? {
+            if let Pumped::Eof | Pumped::Stopped = read_once(sim, d, tcp, reader, until_close)? {
                 return Ok::<(), io::Error>(());
             }
         }

@@ -7,8 +7,7 @@
 
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The longest response head accepted.
 const MAX_HEAD: usize = 8 * 1024;
@@ -34,10 +33,10 @@ pub fn accept_of(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(h.finalize())
 }
 
-/// Opens the WebSocket on `tcp`: `GET {path}?token={token}` to `host`, with
+/// Opens the WebSocket on `tcp` (a socket, or a TLS session over one): `GET {path}?token={token}` to `host`, with
 /// `nonce` as the key. Returns the bytes read past the response head.
-pub async fn open(
-    tcp: &mut TcpStream,
+pub async fn open<S: AsyncRead + AsyncWrite + Unpin>(
+    tcp: &mut S,
     (host, path): (&str, &str),
     token: &str,
     nonce: [u8; 16],
@@ -49,6 +48,7 @@ pub async fn open(
     tcp.write_all(request.as_bytes())
         .await
         .map_err(|e| e.to_string())?;
+    tcp.flush().await.map_err(|e| e.to_string())?;
     let mut head = Vec::with_capacity(512);
     let end = loop {
         if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -149,7 +149,7 @@ mod tests {
             .unwrap();
         let (host, path) = split_url(&login.servers[0]);
         let addr: std::net::SocketAddr = host.parse().unwrap();
-        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let rest = open(&mut tcp, (host, path), &login.token, [7; 16])
             .await
             .unwrap();
@@ -173,7 +173,7 @@ mod tests {
         }
         let first = first.unwrap();
         assert!(first.contains("\"type\":\"hello\""), "{first}");
-        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let e = open(&mut tcp, (host, path), "bad-token", [7; 16])
             .await
             .unwrap_err();

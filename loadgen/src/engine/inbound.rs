@@ -298,20 +298,37 @@ pub fn pump(
     reader: &mut FrameReader,
     on: &mut dyn FnMut(Frame<'_>) -> bool,
 ) -> io::Result<Pumped> {
+    let mut go = true;
+    let pumped = recv_once(tcp, &mut |data| {
+        go = reader
+            .feed(data, on)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        Ok(())
+    })?;
+    Ok(if go { pumped } else { Pumped::Stopped })
+}
+
+/// One `recv` from `tcp` into the thread's scratch buffer, its bytes handed to
+/// `got` (none on end of stream): [`Pumped::Eof`], [`Pumped::Drained`] or
+/// [`Pumped::More`]. The TLS path ([`crate::engine::secure`]) decrypts them.
+pub fn recv_once(
+    tcp: &TcpStream,
+    got: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<Pumped> {
     SCRATCH_BUF.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         let buf = &mut scratch[..];
-        let mut got = 0;
+        let mut n = 0;
         let read = tcp.try_io(Interest::READABLE, || {
-            got = recv(tcp.as_raw_fd(), buf, MsgFlags::empty()).map_err(io::Error::from)?;
-            if got > 0 && got < buf.len() {
+            n = recv(tcp.as_raw_fd(), buf, MsgFlags::empty()).map_err(io::Error::from)?;
+            if n > 0 && n < buf.len() {
                 // Drained: tokio clears the readiness it saw before this read.
                 Err(io::ErrorKind::WouldBlock.into())
             } else {
                 Ok(())
             }
         });
-        if got == 0 {
+        if n == 0 {
             return match read {
                 Ok(()) => Ok(Pumped::Eof),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Pumped::Drained),
@@ -319,12 +336,8 @@ pub fn pump(
                 Err(e) => Err(e),
             };
         }
-        let go = reader
-            .feed(&scratch[..got], on)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        Ok(if !go {
-            Pumped::Stopped
-        } else if got == SCRATCH {
+        got(&scratch[..n])?;
+        Ok(if n == SCRATCH {
             Pumped::More
         } else {
             Pumped::Drained

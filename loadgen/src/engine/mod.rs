@@ -16,6 +16,7 @@
 //! - [`inbound`]: the frame reader (the read side of a device's WebSocket).
 //! - [`handshake`]: the WebSocket opening handshake, client side.
 //! - [`beat`]: the heartbeat wheel (one shared tick, not a timer per device).
+//! - [`secure`]: the same connection over TLS (`wss://`).
 //! - [`sim`]: the shared state: population, one control slot per device, the
 //!   recorder, the ledger, the heartbeat wheel.
 //! - [`outbound`]: a device's frames onto its socket (the clock thread's sends
@@ -49,6 +50,7 @@ pub mod ranges;
 pub mod receive;
 pub mod recorder;
 pub mod schedule;
+pub mod secure;
 pub mod sim;
 pub mod source;
 pub mod wire;

@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use crate::engine::command::{Cmd, SendJob, To};
 use crate::engine::inbox::Pending;
 use crate::engine::recorder::inc;
+use crate::engine::secure;
 use crate::engine::sim::{lock, Ctl, Sim, Slot, MAX_QUEUED};
 use crate::engine::wire::{encode, encode_text, send_json, write_now, Dest, CLOSE};
 
@@ -58,6 +59,18 @@ pub fn write_frame(slot: &Slot, tcp: &TcpStream, head: u8, payload: &[u8]) -> bo
 /// Writes `frame` now, or behind the backlog; what the socket does not take
 /// joins the backlog (the task flushes it when the socket is writable).
 fn place(slot: &Slot, ctl: &mut Ctl, tcp: &TcpStream, frame: &[u8]) -> bool {
+    if let Some(conn) = ctl.tls.as_mut() {
+        // Over TLS the session's own buffer is the backlog.
+        return match secure::write(conn, tcp, frame) {
+            Ok(all) => {
+                if !all {
+                    slot.backlogged.store(true, Relaxed);
+                }
+                true
+            }
+            Err(_) => false,
+        };
+    }
     if !ctl.backlog.is_empty() {
         ctl.backlog.extend_from_slice(frame);
         return true;
@@ -157,7 +170,7 @@ pub fn send(sim: &Sim, d: u32, job: SendJob) -> bool {
             rec.record_send_delay(actual_us, job.sched_us);
             let ok = write_send(sim, slot, &mut ctl, &tcp, job, actual_us);
             inc(&rec.counters.messages_sent);
-            if !ok || !ctl.backlog.is_empty() {
+            if !ok || slot.backlogged.load(Relaxed) {
                 // A broken socket or a backlog: the task takes over.
                 drop(ctl);
                 slot.wake.notify_one();
@@ -189,13 +202,36 @@ pub fn unplug(slot: &Slot) -> Vec<u8> {
 /// bytes still to write are the backlog and then a close frame (code 1000).
 pub fn closing(slot: &Slot) -> Vec<u8> {
     let mut out = unplug(slot);
-    encode(&mut out, CLOSE, &1000u16.to_be_bytes(), MASK);
+    let mut ctl = lock(&slot.ctl);
+    match ctl.tls.as_mut() {
+        Some(conn) => {
+            let mut close = Vec::new();
+            encode(&mut close, CLOSE, &1000u16.to_be_bytes(), MASK);
+            // The session still holds what it could not write: all of it goes
+            // out as ciphertext, the close frame last.
+            if secure::write_only(conn, &close).is_ok() {
+                out = secure::take_ciphertext(conn);
+            }
+        }
+        None => encode(&mut out, CLOSE, &1000u16.to_be_bytes(), MASK),
+    }
     out
 }
 
 /// Writes what the backlog holds as far as the socket takes it.
 pub fn flush(slot: &Slot, tcp: &TcpStream) -> bool {
     let mut ctl = lock(&slot.ctl);
+    if let Some(conn) = ctl.tls.as_mut() {
+        return match secure::push(conn, tcp) {
+            Ok(all) => {
+                if all {
+                    slot.backlogged.store(false, Relaxed);
+                }
+                true
+            }
+            Err(_) => false,
+        };
+    }
     match write_now(tcp, &ctl.backlog) {
         Ok(n) => {
             ctl.backlog.drain(..n);

@@ -45,6 +45,9 @@ pub struct Ctl {
     pub wire: Option<Arc<tokio::net::TcpStream>>,
     /// Bytes a write could not place; the task flushes them first.
     pub backlog: Vec<u8>,
+    /// The connection's TLS session on a `wss://` run: every frame is
+    /// written through it ([`crate::engine::secure`]).
+    pub tls: Option<Box<rustls::ClientConnection>>,
     /// Counts the device's connections: a heartbeat scheduled for one
     /// connection is not written on the next ([`crate::engine::beat`]).
     pub epoch: u32,
@@ -115,6 +118,8 @@ pub struct Sim {
     pub connect_timeout: Duration,
     pub seed: u64,
     pub ws: Endpoint,
+    /// Set on a `wss://` run: the devices connect over TLS.
+    pub tls: Option<crate::engine::secure::TlsTarget>,
     /// Local addresses the devices' connections come from.
     pub sources: Sources,
     pub ledger: Ledger,
@@ -150,6 +155,7 @@ impl Sim {
     pub fn new(pop: Population, rec: Recorder, cfg: SimConfig, dir: &Path) -> Arc<Sim> {
         let slots = (0..pop.devices.len()).map(|_| Slot::default()).collect();
         let ws = resolve(&pop.ws_url);
+        let tls = crate::engine::secure::TlsTarget::for_url(&pop.ws_url);
         Arc::new(Sim {
             pop,
             slots,
@@ -157,6 +163,7 @@ impl Sim {
             behavior: cfg.behavior,
             connect_timeout: cfg.connect_timeout,
             seed: cfg.seed,
+            tls,
             ws,
             sources: Sources { addrs: cfg.sources },
             ledger: Ledger::create(dir),
