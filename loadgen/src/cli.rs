@@ -16,6 +16,21 @@ use clap::{Parser, Subcommand};
 pub struct Opts {
     #[command(subcommand)]
     pub command: Command,
+    /// Show loadgen's own log lines (-v: info, -vv: debug); by default only
+    /// warnings and errors. `RUST_LOG` overrides both.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl Opts {
+    /// The log filter `-v` asks for.
+    pub fn log_filter(&self) -> &'static str {
+        match self.verbose {
+            0 => "warn",
+            1 => "info",
+            _ => "debug",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

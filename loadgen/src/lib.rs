@@ -4,6 +4,7 @@
 //! Map of the modules:
 //! - [`cli`]: the command line (`Opts`).
 //! - [`error`]: `LoadgenError` and the exit statuses.
+//! - [`codes`]: the error codes a run counts (the server's and loadgen's own).
 //! - [`units`]: durations, rates and sizes as scenario files write them.
 //! - [`catalog`]: every counter and latency metric, declared once.
 //! - [`scenario`]: scenario files, parsed and validated before anything starts.
@@ -25,6 +26,7 @@
 pub mod catalog;
 pub mod cli;
 pub mod cluster;
+pub mod codes;
 pub mod compare;
 pub mod embedded;
 pub mod engine;

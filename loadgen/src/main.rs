@@ -1,5 +1,6 @@
 //! `loadgen`: parse the command line, set up logging, dispatch, map the outcome
-//! to an exit status (0 passed, 1 threshold failed, 2 invalid, 3 not runnable).
+//! to an exit status (0 passed, 1 a threshold failed, 2 invalid, 3 not runnable,
+//! generator-limited or incomplete).
 
 use std::process::ExitCode;
 
@@ -8,7 +9,12 @@ use loadgen::cli::{Command, Opts};
 
 fn main() -> ExitCode {
     let opts = Opts::parse();
-    reference_server::init_tracing();
+    match opts.command {
+        // The embedded server logs like the reference server (its parent
+        // filters what it relays).
+        Command::Serve(_) => reference_server::init_tracing(),
+        _ => reference_server::init_tracing_with(opts.log_filter()),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -34,14 +40,11 @@ fn main() -> ExitCode {
                         .map_or(0, |d| d.as_secs());
                     std::path::PathBuf::from(format!("reports/runs/merged-{stamp}"))
                 });
+                // Exits like `run`: by the merged report's verdict.
                 loadgen::report::merge::merge(&dirs, &out, baseline.as_deref()).map(|report| {
                     println!("{}", loadgen::report::summary(&report));
                     println!("report: {}", out.display());
-                    if report.passed {
-                        loadgen::error::exit::PASSED
-                    } else {
-                        loadgen::error::exit::FAILED
-                    }
+                    report.verdict.exit_code()
                 })
             }
             Command::Serve(server_opts) => {
@@ -68,7 +71,9 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let code = e.exit_code();
-            eprintln!("error: {:#}", anyhow::Error::from(e));
+            // Each error's message carries its cause once: the alternate
+            // form (`{:#}`) would print an I/O error's source a second time.
+            eprintln!("error: {}", anyhow::Error::from(e));
             ExitCode::from(code)
         }
     }

@@ -225,7 +225,7 @@ impl GeneratorHealth {
 }
 
 /// One phase as run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PhaseOutcome {
     pub name: String,
     pub duration_s: f64,
@@ -251,6 +251,12 @@ pub struct PhaseOutcome {
     pub history_reads: u64,
     #[serde(default)]
     pub history_p99_ms: f64,
+    /// Deliveries during the phase, and their p99 (ms; `null` with none):
+    /// what the projection's latency objective is judged on.
+    #[serde(default)]
+    pub deliveries: u64,
+    #[serde(default)]
+    pub delivery_p99_ms: Option<f64>,
 }
 
 /// The server a run drove.
@@ -290,6 +296,44 @@ pub struct Outcome {
     pub generator: GeneratorHealth,
     pub phases: Vec<PhaseOutcome>,
     pub target: TargetInfo,
+    /// Ctrl-C ended the phases early: the run is `incomplete`.
+    pub interrupted: bool,
+    /// What the server reported about itself at `/metrics`.
+    pub server: ServerStats,
+}
+
+/// What the server says about itself at `/metrics`, read when the measured
+/// phases start and end: the projection's CPU and connection terms. Every
+/// field is `None` when the server does not expose it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerStats {
+    /// CPU seconds the server process used over the measured phases
+    /// (`process_cpu_seconds_total`, end minus start).
+    pub cpu_seconds: Option<f64>,
+    /// The server's own connection limit (`chatscale_max_connections`).
+    pub max_connections: Option<u64>,
+    /// CPUs the server may run on (`chatscale_machine_cpus`).
+    pub cpus: Option<u64>,
+    /// Physical memory of the server's machine (`chatscale_machine_memory_bytes`).
+    pub machine_memory_bytes: Option<u64>,
+}
+
+impl ServerStats {
+    /// Several workers (or shards) read the same server over the same phases:
+    /// the widest reading stands for all.
+    pub fn merge(&mut self, o: &ServerStats) {
+        fn max<T: PartialOrd + Copy>(a: Option<T>, b: Option<T>) -> Option<T> {
+            match (a, b) {
+                (Some(x), Some(y)) => Some(if y > x { y } else { x }),
+                (x, None) => x,
+                (None, y) => y,
+            }
+        }
+        self.cpu_seconds = max(self.cpu_seconds, o.cpu_seconds);
+        self.max_connections = max(self.max_connections, o.max_connections);
+        self.cpus = max(self.cpus, o.cpus);
+        self.machine_memory_bytes = max(self.machine_memory_bytes, o.machine_memory_bytes);
+    }
 }
 
 impl Outcome {
@@ -313,6 +357,8 @@ impl Outcome {
             generator: GeneratorHealth::new(lag_bound_ms),
             phases: Vec::new(),
             target: TargetInfo::default(),
+            interrupted: false,
+            server: ServerStats::default(),
         }
     }
 
@@ -355,6 +401,8 @@ impl Outcome {
         }
         self.memory.extend(o.memory.iter().cloned());
         self.generator.merge(&o.generator);
+        self.interrupted |= o.interrupted;
+        self.server.merge(&o.server);
         self.duration_s = self.duration_s.max(o.duration_s);
         self.started_at_ms = match (self.started_at_ms, o.started_at_ms) {
             (0, b) => b,

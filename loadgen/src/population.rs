@@ -326,8 +326,8 @@ pub async fn provision(
             "login at {base} handed out no chat server"
         )));
     }
-    // Discovery may hand out another host than the target: load still goes to
-    // loopback only.
+    // Discovery may hand out another host than the target; it must at least
+    // be a WebSocket URL (`ws://`, or `wss://` when the server speaks TLS).
     let as_http = pop
         .ws_url
         .replacen("wss://", "https://", 1)

@@ -32,8 +32,9 @@ use crate::error::{exit, LoadgenError};
 use crate::outcome::{Outcome, TargetInfo};
 use crate::parts::PartInfo;
 use crate::population::Share;
-use crate::report::{self, RunInfo};
-use crate::scenario::{check_target_url, Scenario};
+use crate::report::baseline::Baseline;
+use crate::report::{self, RunInfo, Verdict};
+use crate::scenario::{check_storage, check_target_url, Scenario};
 use crate::{engine, fit, population};
 
 /// `loadgen run`: returns the exit status (0 passed, 1 a threshold failed,
@@ -56,9 +57,11 @@ pub async fn run(opts: RunOpts) -> Result<u8, LoadgenError> {
             .map(|u| u.trim_end_matches('/').to_string()),
     };
     if let Some(storage) = &opts.storage {
-        if storage.trim().is_empty() {
-            return Err(LoadgenError::invalid("--storage", "must name a backend"));
-        }
+        check_storage(storage).map_err(|r| LoadgenError::invalid("--storage", r))?;
+    }
+    if let Some(path) = &opts.baseline {
+        // Before anything starts: a typo in the path must not cost a run.
+        Baseline::load(path)?;
     }
     let stop = CancellationToken::new();
     tokio::spawn(watch_ctrl_c(stop.clone()));
@@ -454,30 +457,15 @@ pub(crate) fn finish(
     let dir = out_dir(opts, scenario);
     report::write_all(&report, outcome, &dir)?;
     if !show {
+        // A worker: the parent judges the merged outcome.
         return Ok(exit::PASSED);
     }
     println!("{}", report::summary(&report));
     println!("report: {}", dir.display());
-    if let Some(why) = outcome.generator.limited_reason() {
-        eprintln!("{why}");
-        return Ok(exit::UNRUNNABLE);
+    if report.verdict != Verdict::Passed && report.verdict != Verdict::Failed {
+        eprintln!("{}: {}", report.verdict.as_str(), report.verdict_reason);
     }
-    if outcome.audit.incomplete {
-        eprintln!(
-            "the audit is incomplete ({}): the run cannot pass",
-            outcome
-                .audit
-                .incomplete_reason
-                .as_deref()
-                .unwrap_or("no reason given")
-        );
-        return Ok(exit::UNRUNNABLE);
-    }
-    Ok(if report.passed {
-        exit::PASSED
-    } else {
-        exit::FAILED
-    })
+    Ok(report.verdict.exit_code())
 }
 
 /// Where the run writes: `--out`, or a new directory under `reports/runs/`
@@ -498,21 +486,6 @@ pub(crate) fn default_out_dir(name: &str) -> PathBuf {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    PathBuf::from("reports/runs").join(format!(
-        "{name}-{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    ))
+    let (y, m, d, hh, mm, ss) = crate::units::utc(secs);
+    PathBuf::from("reports/runs").join(format!("{name}-{y:04}{m:02}{d:02}-{hh:02}{mm:02}{ss:02}"))
 }

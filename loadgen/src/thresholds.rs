@@ -244,6 +244,12 @@ fn parse_metric(key: &str) -> Result<Metric, String> {
         if code.is_empty() {
             return Err("\"errors.\" names no error code (e.g. errors.rate_limited)".into());
         }
+        if !crate::codes::is_known(code) {
+            return Err(format!(
+                "unknown error code {code:?}: a run counts only {}",
+                crate::codes::known_list()
+            ));
+        }
         return Ok(Metric::Count(key.to_string()));
     }
     if count_names().any(|n| n == key) {

@@ -1,9 +1,16 @@
 //! Human units in scenario files and thresholds: durations (`"250ms"`, `"5s"`,
 //! `"2m"`, `"1h"`), rates (`"2000/s"`, `"60/m"`) and sizes (`"8KiB"`, `"512B"`,
-//! `"1MB"`). Each parser says what it expected, so a scenario error can name the
-//! field and the reason.
+//! `"1MB"`); and UTC dates for the names and stamps loadgen writes. Each
+//! parser says what it expected, so a scenario error can name the field and
+//! the reason.
 
 use std::time::Duration;
+
+/// The longest duration any field takes: a day. Longer is a typo (and past
+/// what `Duration` arithmetic and the 1-hour histograms are built for).
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// The highest rate any field takes: more than one generator issues.
+pub const MAX_RATE_PER_S: f64 = 1_000_000.0;
 
 /// Parses `"250ms"`, `"5s"`, `"1.5s"`, `"2m"`, `"1h"`, `"100us"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -24,9 +31,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ))
         }
     };
-    // A finite number can still be too large for a Duration (the fuzzer's
-    // "99999999999999999999999h"): an error, never a panic.
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{s:?} is not a valid duration"))
+    if seconds.is_nan() || seconds < 0.0 {
+        return Err(format!("{s:?} is not a valid duration"));
+    }
+    if seconds > MAX_DURATION.as_secs_f64() {
+        return Err(format!(
+            "{s:?} is too long: a duration is at most 24h (86400s)"
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 /// Splits `"1.5ms"` into `(1.5, "ms")`: a non-negative decimal number, then
@@ -48,8 +61,10 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
     let n: f64 = num
         .trim()
         .parse()
-        .map_err(|_| format!("{s:?} is not a rate: {num:?} is not a number"))?;
-    if !n.is_finite() || n < 0.0 {
+        .ok()
+        .filter(|n: &f64| !n.is_nan())
+        .ok_or_else(|| format!("{s:?} is not a rate: {num:?} is not a number"))?;
+    if n < 0.0 {
         return Err(format!("{s:?}: a rate cannot be negative"));
     }
     let per_sec = match per.trim() {
@@ -62,6 +77,11 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
     // a gap no Duration holds. Zero means none at all.
     if per_sec != 0.0 && per_sec < MIN_RATE {
         return Err(format!("{s:?}: a rate is 0 or at least one a day"));
+    }
+    if per_sec > MAX_RATE_PER_S {
+        return Err(format!(
+            "{s:?} is too high: a rate is at most 1,000,000/s (more than one generator issues)"
+        ));
     }
     Ok(per_sec)
 }
@@ -88,7 +108,28 @@ pub fn parse_size(s: &str) -> Result<f64, String> {
             ))
         }
     };
-    Ok(value * factor)
+    let bytes = value * factor;
+    if !bytes.is_finite() {
+        return Err(format!("{s:?} is too large a size"));
+    }
+    Ok(bytes)
+}
+
+/// (year, month, day, hour, minute, second) in UTC of Unix seconds: a run
+/// directory's name and a JUnit timestamp (Howard Hinnant's civil-date
+/// algorithm; no time zone database needed).
+pub fn utc(secs: u64) -> (i64, i64, i64, u64, u64, u64) {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 #[cfg(test)]
@@ -116,5 +157,17 @@ mod tests {
         assert_eq!(parse_size("8KiB").unwrap(), 8192.0);
         assert_eq!(parse_size("512").unwrap(), 512.0);
         assert!(parse_size("8 furlongs").is_err());
+        // Out of range: an error that states the limit, never a panic.
+        let huge = parse_duration("99999999999999999999h").unwrap_err();
+        assert!(huge.contains("at most 24h"), "{huge}");
+        assert!(parse_duration("24h").is_ok());
+        assert!(parse_rate("NaN/s").unwrap_err().contains("not a number"));
+        assert!(parse_rate("1e400/s")
+            .unwrap_err()
+            .contains("at most 1,000,000/s"));
+        assert!(parse_rate("inf/s").unwrap_err().contains("at most"));
+        assert!(parse_size(&"9".repeat(400)).is_err());
+        assert_eq!(utc(0), (1970, 1, 1, 0, 0, 0));
+        assert_eq!(utc(1_764_310_287), (2025, 11, 28, 6, 11, 27));
     }
 }

@@ -1,6 +1,6 @@
 //! Merging run directories: an outcome read back from a directory equals the
 //! one written, two shards add up exactly, and the merged report is judged by
-//! the first report's thresholds.
+//! the first report's thresholds, and `loadgen merge` exits by the merged verdict.
 
 use loadgen::error::LoadgenError;
 use loadgen::report::{self, merge};
@@ -105,4 +105,59 @@ fn a_directory_from_before_history_reads_still_reads_back() {
         read.histograms["delivery_latency"],
         outcome.histograms["delivery_latency"]
     );
+}
+
+/// `loadgen merge` exits like `run`: by the merged report's verdict. A shard
+/// that was cut short makes the whole merge incomplete (exit 3); a threshold
+/// the merged figures fail is exit 1; otherwise 0.
+#[test]
+fn merge_exits_by_the_merged_verdict() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let outcome = synthetic_outcome();
+    let report = build_report(&outcome, &[("lost", "== 0")]);
+    report::write_all(&report, &outcome, dirs[0].path()).unwrap();
+    report::write_all(&report, &outcome, dirs[1].path()).unwrap();
+    let mut cut = synthetic_outcome();
+    cut.interrupted = true;
+    report::write_all(
+        &build_report(&cut, &[("lost", "== 0")]),
+        &cut,
+        dirs[2].path(),
+    )
+    .unwrap();
+    let strict = tempfile::tempdir().unwrap();
+    let failing = build_report(&outcome, &[("delivery_latency.p99", "< 1ms")]);
+    report::write_all(&failing, &outcome, strict.path()).unwrap();
+
+    let out = tempfile::tempdir().unwrap();
+    let merge_exit = |inputs: &[&std::path::Path]| {
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .arg("merge")
+            .args(inputs)
+            .arg("--out")
+            .arg(out.path())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        let merged: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap())
+                .unwrap();
+        (
+            status.code(),
+            merged["verdict"].as_str().unwrap().to_string(),
+        )
+    };
+    assert_eq!(
+        merge_exit(&[dirs[0].path(), dirs[1].path()]),
+        (Some(0), "passed".to_string())
+    );
+    assert_eq!(
+        merge_exit(&[dirs[0].path(), dirs[2].path()]),
+        (Some(3), "incomplete".to_string())
+    );
+    assert_eq!(
+        merge_exit(&[strict.path(), dirs[1].path()]),
+        (Some(1), "failed".to_string())
+    );
+    assert!(out.path().join("report.junit.xml").is_file());
 }

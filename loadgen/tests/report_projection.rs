@@ -1,12 +1,27 @@
-//! The projection's arithmetic: each candidate limit, the tightest one wins,
-//! unmeasured limits say so instead of inventing a number, and the config
-//! validates its fields.
+//! The projection's arithmetic: each candidate limit (the server's own
+//! connection limit, memory, the highest phase within the latency objective,
+//! CPU per message), the tightest one wins, unmeasured limits say so instead of
+//! inventing a number, a run with no ceiling says plainly it is not a
+//! capacity run, and the config validates its fields.
 
 use loadgen::error::LoadgenError;
-use loadgen::projection::{project, Measured, ProjectionConfig};
+use loadgen::outcome::ServerStats;
+use loadgen::projection::{project, Limit, Measured, PhaseCapacity, Projection, ProjectionConfig};
+
+use crate::report_support::{build_report, synthetic_outcome};
 
 const GIB: u64 = 1024 * 1024 * 1024;
 
+fn phase(name: &str, offered: f64, p99: f64) -> PhaseCapacity {
+    PhaseCapacity {
+        name: name.into(),
+        offered,
+        acked_per_s: offered,
+        delivery_p99_ms: Some(p99),
+    }
+}
+
+/// A stepped run: 1,000 and 2,000 msg/s within 50 ms, 4,000 msg/s past it.
 fn measured() -> Measured {
     Measured {
         peak_connections: 20_000,
@@ -14,71 +29,125 @@ fn measured() -> Measured {
         server_memory_per_connection: Some(10_000.0),
         server_base_memory: Some(50_000_000.0),
         server_memory_r2: Some(0.98),
-        throughput: 2_000.0,
-        delivery_p99_ms: Some(12.5),
-        machine_memory_bytes: Some(24 * GIB),
-        sockets_per_process: 19_900,
+        phases: vec![
+            phase("ramp", 0.0, 1.0),
+            phase("step1", 1_000.0, 5.0),
+            phase("step2", 2_000.0, 12.5),
+            phase("step3", 4_000.0, 180.0),
+        ],
+        slo_ms: 50.0,
+        slo_source: "the default".into(),
+        messages_acked: 100_000,
+        server: ServerStats {
+            cpu_seconds: Some(20.0),
+            max_connections: Some(19_744),
+            cpus: Some(2),
+            machine_memory_bytes: Some(24 * GIB),
+        },
+        local_memory_bytes: None,
+        local_cpus: 2,
         generator_limited: false,
     }
 }
 
-fn limit<'a>(p: &'a loadgen::projection::Projection, name: &str) -> &'a loadgen::projection::Limit {
+fn limit<'a>(p: &'a Projection, name: &str) -> &'a Limit {
     p.limits.iter().find(|l| l.name == name).unwrap()
 }
 
 #[test]
-fn the_default_target_is_limited_by_connections() {
+fn each_limit_rests_on_what_the_run_measured() {
     let p = project(&ProjectionConfig::default(), &measured());
     // 50M x 0.02 = 1M users; x 1.3 devices = 1.3M connections.
     assert_eq!(p.target.concurrent_users, 1_000_000);
     assert_eq!(p.target.concurrent_connections, 1_300_000);
     // 50M x 40 / 86,400 x 2 = 46,296.3 messages/s.
     assert_eq!(p.target.peak_messages_per_s, 46_296.3);
-    // ceil(1.3M / 19,900) = 66.
+    // The server's own limit: ceil(1.3M / 19,744) = 66.
+    assert_eq!(limit(&p, "connections").per_server, Some(19_744.0));
     assert_eq!(limit(&p, "connections").servers, Some(66));
     // (24 GiB x 0.8 - 50 MB) / 10,000 B = 2,056,584 connections per server -> 1 server.
     assert_eq!(limit(&p, "memory").per_server, Some(2_056_584.0));
     assert_eq!(limit(&p, "memory").servers, Some(1));
-    // ceil(46,296.3 / 2,000) = 24.
-    assert_eq!(limit(&p, "messages").servers, Some(24));
-    assert!(limit(&p, "messages").lower_bound && !limit(&p, "memory").lower_bound);
+    // The highest phase within 50 ms is step2, 2,000/s; step3 missed: a ceiling.
+    let msgs = limit(&p, "messages");
+    assert_eq!(msgs.per_server, Some(2_000.0));
+    assert_eq!(msgs.servers, Some(24));
+    assert!(!msgs.lower_bound, "{msgs:?}");
+    assert!(
+        msgs.basis.contains("step2") && msgs.basis.contains("step3"),
+        "{msgs:?}"
+    );
+    // CPU: 20 s / 100,000 messages = 0.2 ms each; 46,296.3 x 0.0002 / 2 cores = 4.6 -> 5.
+    assert_eq!(limit(&p, "cpu").servers, Some(5));
+    assert_eq!(limit(&p, "cpu").per_server, Some(10_000.0));
     assert_eq!(
         (p.servers_needed, p.limited_by.as_str()),
         (66, "connections")
     );
+    assert!(p.capacity_run && !p.upper_bound);
     assert!(
-        limit(&p, "connections")
-            .arithmetic
-            .contains("1,300,000 connections"),
-        "{:?}",
-        limit(&p, "connections")
+        p.headline.starts_with("66 servers needed"),
+        "{}",
+        p.headline
+    );
+    assert_eq!(p.target.cores_per_server, Some(2.0));
+}
+
+#[test]
+fn a_run_with_no_ceiling_is_not_a_capacity_run() {
+    let mut m = measured();
+    // A smoke run: 100 and 300 msg/s, both far within the objective.
+    m.phases = vec![phase("ramp", 100.0, 3.0), phase("steady", 300.0, 6.0)];
+    m.server.max_connections = Some(1_000_000);
+    let p = project(&ProjectionConfig::default(), &m);
+    let msgs = limit(&p, "messages");
+    assert_eq!(msgs.per_server, Some(300.0));
+    assert!(msgs.lower_bound);
+    // ceil(46,296.3 / 300) = 155.
+    assert_eq!((p.servers_needed, p.limited_by.as_str()), (155, "messages"));
+    assert!(p.upper_bound && !p.capacity_run);
+    assert!(
+        p.headline
+            .starts_with("Not a capacity run: every phase met the 50 ms objective"),
+        "{}",
+        p.headline
+    );
+    assert!(p.headline.contains("at most 155 servers"), "{}", p.headline);
+
+    // The objective decides which phases count.
+    let mut m = measured();
+    m.slo_ms = 200.0;
+    let p = project(&ProjectionConfig::default(), &m);
+    assert_eq!(limit(&p, "messages").per_server, Some(4_000.0));
+    assert!(limit(&p, "messages").lower_bound);
+
+    // A generator that could not keep its schedule never makes a capacity run.
+    let mut m = measured();
+    m.generator_limited = true;
+    let p = project(&ProjectionConfig::default(), &m);
+    assert!(
+        !p.capacity_run && p.headline.contains("generator"),
+        "{}",
+        p.headline
     );
 }
 
 #[test]
-fn memory_and_messages_limit_when_they_are_tighter() {
-    let mut m = measured();
-    m.server_memory_per_connection = Some(2_000_000.0);
-    let p = project(&ProjectionConfig::default(), &m);
-    // (25,769,803,776 x 0.8 - 50,000,000) / 2,000,000 = 10,282 per server; 1.3M / 10,282 = 127.
-    assert_eq!(limit(&p, "memory").per_server, Some(10_282.0));
-    assert_eq!((p.servers_needed, p.limited_by.as_str()), (127, "memory"));
-    assert!(limit(&p, "memory").basis.contains("r2 0.98"));
-    m.server_memory_r2 = Some(0.2);
-    let p = project(&ProjectionConfig::default(), &m);
-    assert!(
-        limit(&p, "memory").basis.contains("weak fit"),
-        "{:?}",
-        limit(&p, "memory")
-    );
-
-    let mut m = measured();
-    m.throughput = 100.0;
-    let p = project(&ProjectionConfig::default(), &m);
-    assert_eq!(
-        (p.servers_needed, p.limited_by.as_str(), p.upper_bound),
-        (463, "messages", true)
-    );
+fn the_configured_factors_change_the_arithmetic() {
+    let config = ProjectionConfig {
+        peak_to_average: 4.0,
+        usable_memory_share: 0.5,
+        cores_per_server: Some(8.0),
+        ..Default::default()
+    };
+    let p = project(&config, &measured());
+    assert_eq!(p.target.peak_messages_per_s, 92_592.59);
+    assert_eq!(p.target.usable_memory_share, 0.5);
+    // (24 GiB x 0.5 - 50 MB) / 10,000 B = 1,283,490.
+    assert_eq!(limit(&p, "memory").per_server, Some(1_283_490.0));
+    // 92,592.59 x 0.0002 / 8 = 2.3 -> 3.
+    assert_eq!(limit(&p, "cpu").servers, Some(3));
+    assert!(limit(&p, "cpu").arithmetic.contains("8 cores"));
 }
 
 #[test]
@@ -87,13 +156,15 @@ fn a_run_too_small_to_measure_says_so() {
     m.peak_connections = 50;
     m.server_memory_per_connection = None;
     m.server_base_memory = None;
-    m.throughput = 0.0;
-    m.delivery_p99_ms = None;
+    m.phases = vec![phase("idle", 0.0, 1.0)];
+    m.messages_acked = 0;
+    m.server.cpu_seconds = None;
     let p = project(&ProjectionConfig::default(), &m);
     assert_eq!(limit(&p, "memory").servers, None);
     assert_eq!(limit(&p, "memory").basis, "not measured");
     assert_eq!(limit(&p, "messages").servers, None);
     assert!(limit(&p, "messages").arithmetic.contains("no messages"));
+    assert_eq!(limit(&p, "cpu").servers, None);
     assert_eq!(
         (p.servers_needed, p.limited_by.as_str()),
         (66, "connections")
@@ -106,11 +177,52 @@ fn a_run_too_small_to_measure_says_so() {
         p.notes
     );
 
+    // No phase met the objective: the messages limit says so, with the lowest.
+    let mut m = measured();
+    m.slo_ms = 1.0;
+    let p = project(&ProjectionConfig::default(), &m);
+    assert_eq!(limit(&p, "messages").servers, None);
+    assert!(
+        limit(&p, "messages")
+            .arithmetic
+            .contains("no phase met the 1 ms"),
+        "{:?}",
+        limit(&p, "messages")
+    );
+
+    // A server that does not state its limit: not measured, not loadgen's own.
+    let mut m = measured();
+    m.server.max_connections = None;
+    let p = project(&ProjectionConfig::default(), &m);
+    assert_eq!(limit(&p, "connections").servers, None);
+    assert!(limit(&p, "connections")
+        .arithmetic
+        .contains("chatscale_max_connections"));
+
     let mut m = measured();
     m.server_memory_per_connection = Some(-300.0);
     let p = project(&ProjectionConfig::default(), &m);
     assert_eq!(limit(&p, "memory").servers, None);
     assert!(limit(&p, "memory").arithmetic.contains("not positive"));
+}
+
+/// The objective defaults to the delivery p99 threshold, else 50 ms; the
+/// report's phases carry the delivery p99 the projection judges.
+#[test]
+fn the_objective_comes_from_the_scenario() {
+    let r = build_report(&synthetic_outcome(), &[("delivery_latency.p99", "< 30ms")]);
+    assert_eq!(r.projection.target.slo_ms, 30.0);
+    assert_eq!(
+        r.projection.target.slo_source,
+        "the delivery_latency.p99 threshold"
+    );
+    let r = build_report(&synthetic_outcome(), &[]);
+    assert_eq!(r.projection.target.slo_ms, 50.0);
+    assert!(r.phases[0].delivery_p99_ms.is_some());
+    assert_eq!(r.phases[0].deliveries, 9);
+    let config: ProjectionConfig = toml::from_str("slo = \"20ms\"").unwrap();
+    let table = loadgen::thresholds::Thresholds::default();
+    assert_eq!(config.slo_ms(&table).0, 20.0);
 }
 
 #[test]
@@ -145,6 +257,34 @@ fn the_config_validates_each_field() {
             },
             "projection.messages_per_user_per_day",
         ),
+        (
+            ProjectionConfig {
+                slo: Some("soon".into()),
+                ..Default::default()
+            },
+            "projection.slo",
+        ),
+        (
+            ProjectionConfig {
+                cores_per_server: Some(0.0),
+                ..Default::default()
+            },
+            "projection.cores_per_server",
+        ),
+        (
+            ProjectionConfig {
+                peak_to_average: 0.5,
+                ..Default::default()
+            },
+            "projection.peak_to_average",
+        ),
+        (
+            ProjectionConfig {
+                usable_memory_share: f64::NAN,
+                ..Default::default()
+            },
+            "projection.usable_memory_share",
+        ),
     ];
     for (config, field) in bad {
         match config.validate() {
@@ -154,6 +294,10 @@ fn the_config_validates_each_field() {
     }
     let parsed: ProjectionConfig = toml::from_str("dau = 1_000_000").unwrap();
     assert_eq!((parsed.dau, parsed.peak_online_share), (1_000_000, 0.02));
+    assert_eq!(
+        (parsed.peak_to_average, parsed.usable_memory_share),
+        (2.0, 0.8)
+    );
     assert!(
         toml::from_str::<ProjectionConfig>("daus = 1").is_err(),
         "unknown keys are errors"

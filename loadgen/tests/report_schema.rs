@@ -32,6 +32,12 @@ fn a_built_report_matches_the_schema() {
     // The contract fields of scenarios.md, where a gate reads them.
     assert_eq!(json["scenario"], "synthetic");
     assert_eq!(json["passed"], true);
+    assert_eq!(json["verdict"], "passed");
+    assert_eq!(json["audit"]["incomplete"], false);
+    assert_eq!(json["run"]["interrupted"], false);
+    assert!(json["server"]["cpu_seconds"].is_null());
+    assert_eq!(json["phases"][0]["deliveries"], 9);
+    assert_eq!(json["projection"]["capacity_run"], false);
     assert_eq!(json["metrics"]["delivery_latency"]["count"], 9);
     assert!(json["metrics"]["ack_latency"]["p99_ms"].as_f64().unwrap() > 0.0);
     assert_eq!(json["metrics"]["history_latency"]["count"], 10);
@@ -87,6 +93,13 @@ fn a_report_missing_a_required_field_fails_validation() {
     assert!(
         !v.is_valid(&json),
         "a report without passed must not validate"
+    );
+
+    let mut json = serde_json::to_value(&report).unwrap();
+    json["verdict"] = Value::from("mostly_passed");
+    assert!(
+        !v.is_valid(&json),
+        "a verdict outside the four must not validate"
     );
 
     let mut json = serde_json::to_value(&report).unwrap();

@@ -145,10 +145,7 @@ pub fn synthetic_outcome() -> Outcome {
         messages_sent: 300,
         history_rate: 10.0,
         start_ms: 0,
-        acked: 0,
-        ack_p99_ms: 0.0,
-        history_reads: 0,
-        history_p99_ms: 0.0,
+        ..Default::default()
     });
     o.target = TargetInfo {
         url: "http://127.0.0.1:9".into(),

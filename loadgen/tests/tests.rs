@@ -1,5 +1,9 @@
 //! loadgen's one integration-test binary. Each module is one area:
 
+/// Checks before anything starts: every bad input exits 2, said once, no panic.
+mod cli_checks;
+/// README.md and docs/*.md: relative links resolve, quoted commands parse.
+mod docs_check;
 /// The per-device audit, send delay, source addresses, through a faulty proxy.
 mod engine_audit;
 /// History reads (`history_rate`): pages read over HTTP, history_latency recorded.
@@ -17,6 +21,8 @@ mod engine_tls;
 mod fleet;
 /// The --baseline gate: pass, regressions, noise floor, bad baseline.
 mod report_baseline;
+/// report.html in headless Chromium: no console error, no empty chart.
+mod report_browser;
 /// `loadgen compare`: ratios to the first report, unreadable files.
 mod report_compare;
 /// `write_all`: hlog round trip through hdrhistogram, self-contained HTML, Markdown.
@@ -31,3 +37,5 @@ mod report_schema;
 mod report_support;
 /// `[thresholds]` parsing (every error path) and evaluation.
 mod report_thresholds;
+/// The verdict and its exit status; report.junit.xml read back as CI reads it.
+mod report_verdict;

@@ -420,6 +420,7 @@ async fn metrics(State(app): AppState) -> Response {
         &app.config.node_id,
         app.hub.devices_online(),
         app.presence.online_users(),
+        app.max_connections,
         app.store.kind(),
         &app.store.durability(),
     );

@@ -46,10 +46,19 @@ pub mod web;
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {
+    init_tracing_with("info");
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` or else `default` (an `EnvFilter`
+/// directive). Colour only on a terminal: a log piped to a file or a CI log
+/// must not carry raw escape codes.
+pub fn init_tracing_with(default: &str) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

@@ -53,12 +53,13 @@ impl Metrics {
 
     /// Renders every metric, each series labelled with this node's id (`node`).
     /// `devices_online` and `users_online` come from the hub and presence, which
-    /// own those numbers.
+    /// own those numbers; `max_connections` is the node's connection limit.
     pub fn render(
         &self,
         node: &str,
         devices_online: usize,
         users_online: usize,
+        max_connections: usize,
         storage: &str,
         durability: &str,
     ) -> String {
@@ -203,6 +204,31 @@ impl Metrics {
             "Resident memory of the server process.",
             resident_memory_bytes().unwrap_or(0),
         );
+        metric(
+            "chatscale_max_connections",
+            "gauge",
+            "Connections this node accepts before answering upgrades 503 overloaded.",
+            max_connections as u64,
+        );
+        metric(
+            "chatscale_machine_cpus",
+            "gauge",
+            "CPUs this process may run on.",
+            std::thread::available_parallelism().map_or(0, |n| n.get() as u64),
+        );
+        metric(
+            "chatscale_machine_memory_bytes",
+            "gauge",
+            "Physical memory of the machine (MemTotal).",
+            machine_memory_bytes().unwrap_or(0),
+        );
+        // The Prometheus client libraries' standard name, so dashboards and
+        // loadgen's projection (CPU per message) read it without a mapping.
+        let _ = writeln!(
+            out,
+            "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total{{node=\"{node}\"}} {:.2}",
+            cpu_seconds().unwrap_or(0.0)
+        );
         let _ = writeln!(out, "# HELP chatscale_storage_accept_seconds Time spent in the storage accept operation.\n# TYPE chatscale_storage_accept_seconds summary");
         let _ = writeln!(
             out,
@@ -242,6 +268,25 @@ pub fn label(v: &str) -> String {
 /// Resident set size of this process, from `/proc/self/status` (Linux).
 pub fn resident_memory_bytes() -> Option<u64> {
     resident_memory_of("self")
+}
+
+/// User plus system CPU time of this process, in seconds, from `/proc/self/stat`
+/// (Linux). Its fields 14 and 15 count clock ticks of `USER_HZ`, which Linux
+/// fixes at 100 for every architecture it exposes to user space.
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; the fields after ')' do not.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    Some((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// Physical memory of this machine, from `/proc/meminfo` (Linux).
+pub fn machine_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Resident set size of a process by pid (or "self"), in bytes.

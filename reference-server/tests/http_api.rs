@@ -402,4 +402,9 @@ async fn presence_query_health_and_metrics() {
     assert_eq!(s.metric("chatscale_connections").await, 1.0);
     assert_eq!(s.metric("chatscale_storage_info{storage=\"memory\",durability=\"none: an acked message lives in process memory only\"}").await, 1.0);
     assert!(s.metric("chatscale_process_resident_memory_bytes").await > 0.0);
+    // What loadgen's projection reads: the node's limit, its machine, its CPU.
+    assert!(s.metric("chatscale_max_connections").await >= 1.0);
+    assert!(s.metric("chatscale_machine_cpus").await >= 1.0);
+    assert!(s.metric("chatscale_machine_memory_bytes").await > 0.0);
+    assert!(s.metric("process_cpu_seconds_total").await >= 0.0);
 }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::recorder::{Metric, Recorder};
 use crate::engine::sim::{lock, Sim};
-use crate::outcome::MemorySample;
+use crate::outcome::{MemorySample, ServerStats};
 
 /// Where the server's memory is read from.
 #[derive(Debug, Clone)]
@@ -54,7 +54,11 @@ impl ServerMemory {
 /// The first series of a metric in a server's `/metrics` (Prometheus text
 /// format), labelled (`name{node="n1"} 5`, as servers label every series) or not.
 pub async fn scrape(client: &reqwest::Client, base: &str, name: &str) -> Option<f64> {
-    let text = metrics_text(client, base, Duration::from_secs(2)).await?;
+    metric_value(&metrics_text(client, base, Duration::from_secs(2)).await?, name)
+}
+
+/// The first series of a metric in a `/metrics` page, labelled or not.
+fn metric_value(text: &str, name: &str) -> Option<f64> {
     let (bare, labelled) = (format!("{name} "), format!("{name}{{"));
     text.lines()
         .find(|l| l.starts_with(&bare) || l.starts_with(&labelled))
@@ -77,6 +81,25 @@ pub async fn metrics_text(
         .text()
         .await
         .ok()
+}
+
+/// What the server says about itself, at one moment; `cpu_seconds` is the
+/// process's total so far (the caller subtracts two readings).
+pub async fn read_server(client: &reqwest::Client, base: &str) -> ServerStats {
+    let Some(text) = metrics_text(client, base, Duration::from_secs(2)).await else {
+        return ServerStats::default();
+    };
+    let count = |name: &str| {
+        metric_value(&text, name)
+            .filter(|v| *v > 0.0)
+            .map(|v| v as u64)
+    };
+    ServerStats {
+        cpu_seconds: metric_value(&text, "process_cpu_seconds_total"),
+        max_connections: count("chatscale_max_connections"),
+        cpus: count("chatscale_machine_cpus"),
+        machine_memory_bytes: count("chatscale_machine_memory_bytes"),
+    }
 }
 
 /// Shared with the run: which phase is running (index into `names`).

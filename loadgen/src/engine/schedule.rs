@@ -372,10 +372,8 @@ impl Scheduler {
             messages_sent: rec.counters.messages_scheduled.load(Relaxed) - sent_before,
             history_rate: phase.history_rate,
             start_ms,
-            acked: 0,
-            ack_p99_ms: 0.0,
-            history_reads: 0,
-            history_p99_ms: 0.0,
+            // The per-phase figures are the report's to fill.
+            ..PhaseOutcome::default()
         }
     }
 }

@@ -1,19 +1,21 @@
 //! `report.md`: the report for a pull request or a wiki page. The verdict and
 //! the threshold table come first (what a reviewer checks), then latencies,
-//! throughput, the audit, provisioning, memory, generator health and the
-//! projection with its arithmetic.
+//! every counter, the audit, provisioning, memory, generator health, the
+//! server's own figures, the phases and the projection with its arithmetic.
+//! Counters, audit and health rows are read through serde (`fields`), so a
+//! field added to them shows here without a change.
 
 use std::fmt::Write as _;
 
-use super::Report;
+use super::{fields, Report};
 use crate::outcome::LATENCY_METRICS;
 use crate::projection::thousands;
 
 /// Renders the Markdown report.
 pub fn render(r: &Report) -> String {
     let mut s = String::new();
-    let verdict = if r.passed { "PASSED" } else { "FAILED" };
-    let _ = writeln!(s, "# {}: {verdict}\n", r.scenario);
+    let _ = writeln!(s, "# {}: {}\n", r.scenario, r.verdict.headline());
+    let _ = writeln!(s, "**{}**\n", r.verdict_reason);
     if !r.description.is_empty() {
         let _ = writeln!(s, "{}\n", r.description);
     }
@@ -70,20 +72,25 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(s, "\n## Latency (ms)\n");
     let _ = writeln!(s, "| metric | count | mean | p50 | p90 | p99 | p99.9 | max |\n|---|---:|---:|---:|---:|---:|---:|---:|");
     for (name, _) in LATENCY_METRICS {
-        if let Some(l) = r.metrics.latency.get(*name) {
-            let _ = writeln!(
-                s,
-                "| {name} | {} | {} | {} | {} | {} | {} | {} |",
-                l.count, l.mean_ms, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
-            );
+        match r.metrics.latency.get(*name) {
+            Some(l) if l.count == 0 => {
+                let _ = writeln!(s, "| {name} | 0 | n/a | n/a | n/a | n/a | n/a | n/a |");
+            }
+            Some(l) => {
+                let _ = writeln!(
+                    s,
+                    "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+                    l.count, l.mean_ms, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+                );
+            }
+            None => {}
         }
     }
 
     let m = &r.metrics;
-    let c = &r.counters;
     let _ = writeln!(s, "\n## Throughput\n");
     let _ = writeln!(s, "| | |\n|---|---:|");
-    for (_, k, v) in c.rows() {
+    for (_, k, v) in r.counters.rows() {
         let _ = writeln!(s, "| {k} | {} |", thousands(v as f64));
     }
     let _ = writeln!(s, "| throughput (acked msg/s) | {} |", m.throughput);
@@ -104,8 +111,8 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(s, "\n## Audit\n");
     let _ = writeln!(
         s,
-        "{} acked messages checked against {} expected deliveries: **{} lost, {} duplicated, {} reordered**.",
-        a.messages_checked, a.deliveries_expected, a.lost, a.duplicated, a.reordered
+        "{} acked messages checked against {} expected deliveries.",
+        a.messages_checked, a.deliveries_expected
     );
     if a.incomplete {
         let _ = writeln!(
@@ -200,23 +207,22 @@ pub fn render(r: &Report) -> String {
         thousands(g.peak_rss_bytes as f64)
     );
 
+    let _ = writeln!(s, "\n## Server (from its /metrics)\n");
+    let _ = writeln!(s, "| | |\n|---|---:|");
+    for (k, v) in fields::rows(&r.server) {
+        let _ = writeln!(s, "| {} | {v} |", k.replace('_', " "));
+    }
+
     if !r.phases.is_empty() {
         let _ = writeln!(s, "\n## Phases\n");
-        let _ = writeln!(s, "| phase | duration (s) | online | message rate (/s) | messages sent | acked/s | ack p99 (ms) | history rate (/s) | history p99 (ms) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            s,
+            "| {} |\n|---|{}",
+            fields::PHASE_COLUMNS.join(" | "),
+            "---:|".repeat(fields::PHASE_COLUMNS.len() - 1)
+        );
         for ph in &r.phases {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                ph.name,
-                (ph.duration_s * 10.0).round() / 10.0,
-                ph.online,
-                ph.message_rate,
-                ph.messages_sent,
-                (ph.acked as f64 / ph.duration_s.max(1e-3)).round(),
-                ph.ack_p99_ms,
-                ph.history_rate,
-                ph.history_p99_ms
-            );
+            let _ = writeln!(s, "| {} |", fields::phase_cells(ph).join(" | "));
         }
     }
 
@@ -225,25 +231,26 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(s, "\n## Projection\n");
     let _ = writeln!(
         s,
-        "Target: {} DAU, {} online at peak ({} users, {} connections), {} messages/user/day ({} messages/s at peak).\n",
+        "Target: {} DAU, {} online at peak ({} users, {} connections), {} messages/user/day ({} messages/s at peak, {} x the daily average). \
+         Latency objective: delivery p99 {} ms ({}); {} cores per server; {} of a server's memory usable.\n",
         thousands(t.dau as f64),
         t.peak_online_share,
         thousands(t.concurrent_users as f64),
         thousands(t.concurrent_connections as f64),
         t.messages_per_user_per_day,
-        thousands(t.peak_messages_per_s)
+        thousands(t.peak_messages_per_s),
+        t.peak_to_average,
+        t.slo_ms,
+        t.slo_source,
+        t.cores_per_server.map_or("n/a".to_string(), |c| c.to_string()),
+        t.usable_memory_share
     );
-    let _ = writeln!(
-        s,
-        "**{} servers needed{}, limited by {}.**\n",
-        pr.servers_needed,
-        if pr.upper_bound {
-            " (an upper bound)"
-        } else {
-            ""
-        },
-        pr.limited_by
-    );
+    // Bold only for a capacity run: otherwise the headline is the caveat.
+    if pr.capacity_run {
+        let _ = writeln!(s, "**{}**\n", pr.headline);
+    } else {
+        let _ = writeln!(s, "> {}\n", pr.headline);
+    }
     let _ = writeln!(
         s,
         "| limit | per server | servers | basis | arithmetic |\n|---|---:|---:|---|---|"

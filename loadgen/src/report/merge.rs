@@ -136,6 +136,8 @@ pub fn read_outcome(dir: &Path) -> Result<(Report, Outcome), LoadgenError> {
     o.provisioning = report.provisioning.clone();
     o.phases = report.phases.clone();
     o.target = report.target.clone();
+    o.interrupted = report.run.interrupted;
+    o.server = report.server.clone();
     Ok((report, o))
 }
 
@@ -169,6 +171,9 @@ pub fn merge(
             "name at least one run directory",
         ));
     };
+    if let Some(path) = baseline {
+        super::baseline::Baseline::load(path)?;
+    }
     let (first, mut merged) = read_outcome(first_dir)?;
     for dir in rest {
         let (_, o) = read_outcome(dir)?;
@@ -205,6 +210,13 @@ pub fn merge(
         dau: target.dau,
         peak_online_share: target.peak_online_share,
         messages_per_user_per_day: target.messages_per_user_per_day,
+        // An objective set in [projection]; one taken from the thresholds (or
+        // the default) is found again from the re-parsed thresholds.
+        slo: (target.slo_source == "[projection] slo" && target.slo_ms > 0.0)
+            .then(|| format!("{}ms", target.slo_ms)),
+        cores_per_server: target.cores_per_server,
+        peak_to_average: target.peak_to_average,
+        usable_memory_share: target.usable_memory_share,
     };
     let report = super::build(
         &info,

@@ -12,14 +12,19 @@
 //! rebuilds outcomes from run directories and merges shards into one report.
 
 pub mod baseline;
+mod fields;
 pub mod hlog;
 pub mod html;
 pub mod json;
+pub mod junit;
 pub mod markdown;
 pub mod measures;
 pub mod merge;
 mod nodes;
 mod svg;
+pub mod verdict;
+
+pub use verdict::Verdict;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -28,9 +33,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::LoadgenError;
 use crate::outcome::{
-    Audit, AuditCounts, Counters, Outcome, PhaseOutcome, Provisioning, TargetInfo, LATENCY_METRICS,
+    Audit, AuditCounts, Counters, Outcome, PhaseOutcome, Provisioning, ServerStats, TargetInfo,
+    LATENCY_METRICS,
 };
-use crate::projection::{self, Measured, Projection, ProjectionConfig};
+use crate::projection::{self, Measured, PhaseCapacity, Projection, ProjectionConfig};
 use crate::thresholds::{ThresholdRow, Thresholds};
 use measures::{LatencySummary, MemoryPoint};
 
@@ -55,8 +61,16 @@ pub struct Report {
     pub schema_version: u32,
     pub scenario: String,
     pub description: String,
-    /// Every threshold row (and baseline row) passed.
+    /// True only when `verdict` is `passed`.
     pub passed: bool,
+    /// `passed`, `failed` (a threshold or the baseline gate),
+    /// `generator_limited` or `incomplete` (the audit or the run could not
+    /// finish); the exit status follows it (0, 1, 3, 3).
+    #[serde(default)]
+    pub verdict: Verdict,
+    /// Why, in a sentence.
+    #[serde(default)]
+    pub verdict_reason: String,
     pub run: RunSection,
     pub target: TargetInfo,
     pub metrics: Metrics,
@@ -68,6 +82,10 @@ pub struct Report {
     pub counters: Counters,
     pub provisioning: Provisioning,
     pub generator: GeneratorReport,
+    /// What the server said about itself at `/metrics` (CPU over the measured
+    /// phases, its connection limit, its machine); nulls when it says nothing.
+    #[serde(default)]
+    pub server: ServerStats,
     pub phases: Vec<PhaseOutcome>,
     /// Connections and memory over the run (all workers combined).
     pub memory: Vec<MemoryPoint>,
@@ -89,6 +107,9 @@ pub struct RunSection {
     pub loadgen_version: String,
     /// The baseline report the gate compared against, if any.
     pub baseline: Option<String>,
+    /// Ctrl-C cut the phases or the drain short (the verdict is `incomplete`).
+    #[serde(default)]
+    pub interrupted: bool,
 }
 
 /// The headline figures. Latency metrics (every name of [`LATENCY_METRICS`])
@@ -237,10 +258,10 @@ pub fn build(
     if let Some(path) = baseline {
         rows.extend(baseline::gate(path, &metrics)?);
     }
-    // An incomplete audit checked too little to pass, whatever the rows say.
-    let passed = rows.iter().all(|r| r.passed) && !outcome.audit.incomplete;
+    let (verdict, verdict_reason) = Verdict::judge(&rows, outcome);
 
-    let delivery = &metrics.latency["delivery_latency"];
+    let phases = phase_figures(outcome);
+    let (slo_ms, slo_source) = projection.slo_ms(thresholds);
     let measured = Measured {
         peak_connections: outcome.peak_connections,
         devices_per_user: if outcome.provisioning.users > 0 {
@@ -251,10 +272,30 @@ pub fn build(
         server_memory_per_connection: server_fit.map(|f| f.slope),
         server_base_memory: server_fit.map(|f| f.intercept),
         server_memory_r2: server_fit.map(|f| f.r2),
-        throughput: metrics.throughput,
-        delivery_p99_ms: (delivery.count > 0).then_some(delivery.p99_ms),
-        machine_memory_bytes: projection::machine_memory_bytes(),
-        sockets_per_process: projection::sockets_per_process(),
+        phases: phases
+            .iter()
+            .map(|p| PhaseCapacity {
+                name: p.name.clone(),
+                offered: p.message_rate,
+                acked_per_s: p.acked as f64 / p.duration_s.max(1e-3),
+                delivery_p99_ms: p.delivery_p99_ms,
+            })
+            .collect(),
+        slo_ms,
+        slo_source,
+        messages_acked: outcome.counters.messages_acked,
+        server: outcome.server.clone(),
+        // An embedded server runs on this machine; a remote one says at /metrics.
+        local_memory_bytes: if outcome.target.embedded {
+            projection::machine_memory_bytes()
+        } else {
+            None
+        },
+        local_cpus: if outcome.target.embedded {
+            projection::machine_cpus()
+        } else {
+            0
+        },
         generator_limited: generator.limited,
     };
 
@@ -266,7 +307,9 @@ pub fn build(
             info.scenario.clone()
         },
         description: info.description.clone(),
-        passed,
+        passed: verdict == Verdict::Passed,
+        verdict,
+        verdict_reason,
         run: RunSection {
             seed: info.seed,
             scenario_path: info.scenario_path.clone(),
@@ -275,6 +318,7 @@ pub fn build(
             duration_s: measures::round3(outcome.duration_s),
             loadgen_version: env!("CARGO_PKG_VERSION").to_string(),
             baseline: baseline.map(|p| p.display().to_string()),
+            interrupted: outcome.interrupted,
         },
         target: outcome.target.clone(),
         metrics,
@@ -285,7 +329,8 @@ pub fn build(
         counters: outcome.counters.clone(),
         provisioning: outcome.provisioning.clone(),
         generator,
-        phases: phase_figures(outcome),
+        server: outcome.server.clone(),
+        phases,
         memory: timeline,
         nodes: outcome.nodes.clone(),
     })
@@ -307,7 +352,7 @@ fn value_or_zero(h: &hdrhistogram::Histogram<u64>, q: f64) -> u64 {
     }
 }
 
-/// The phases with their acks and history reads, from the per-interval
+/// The phases with their acks, deliveries and history reads, from the per-interval
 /// histograms whose middle falls within each phase (so to the precision of
 /// `generator.interval`): the figures of one step of a stepped-rate scenario.
 fn phase_figures(outcome: &Outcome) -> Vec<PhaseOutcome> {
@@ -333,12 +378,15 @@ fn phase_figures(outcome: &Outcome) -> Vec<PhaseOutcome> {
         };
         (p.acked, p.ack_p99_ms) = of("ack_latency");
         (p.history_reads, p.history_p99_ms) = of("history_latency");
+        let (deliveries, delivery_p99) = of("delivery_latency");
+        p.deliveries = deliveries;
+        p.delivery_p99_ms = (deliveries > 0).then_some(delivery_p99);
     }
     phases
 }
 
-/// Writes `report.json`, `report.md`, `report.html` and one `.hlog` per latency
-/// metric into `dir` (created if needed).
+/// Writes `report.json`, `report.md`, `report.html`, `report.junit.xml` and one
+/// `.hlog` per latency metric into `dir` (created if needed).
 pub fn write_all(report: &Report, outcome: &Outcome, dir: &Path) -> Result<(), LoadgenError> {
     std::fs::create_dir_all(dir).map_err(|source| LoadgenError::Io {
         path: dir.to_path_buf(),
@@ -349,6 +397,10 @@ pub fn write_all(report: &Report, outcome: &Outcome, dir: &Path) -> Result<(), L
     write_file(
         &dir.join("report.html"),
         html::render(report, outcome).as_bytes(),
+    )?;
+    write_file(
+        &dir.join("report.junit.xml"),
+        junit::render(report).as_bytes(),
     )?;
     hlog::write_all(outcome, dir)
 }
@@ -374,27 +426,12 @@ pub fn summary(report: &Report) -> String {
             )
         }
     };
-    let failed: Vec<&str> = report
-        .thresholds
-        .iter()
-        .filter(|r| !r.passed)
-        .map(|r| r.expr.as_str())
-        .collect();
-    let mut out = if report.passed {
-        format!(
-            "PASSED: {} ({} thresholds held)\n",
-            report.scenario,
-            report.thresholds.len()
-        )
-    } else {
-        format!(
-            "FAILED: {} ({} of {} thresholds failed: {})\n",
-            report.scenario,
-            failed.len(),
-            report.thresholds.len(),
-            failed.join("; ")
-        )
-    };
+    let mut out = format!(
+        "{}: {} ({})\n",
+        report.verdict.headline(),
+        report.scenario,
+        report.verdict_reason
+    );
     out += &format!("  delivery: {}\n", line("delivery_latency"));
     out += &format!("  ack:      {}\n", line("ack_latency"));
     out += &format!(

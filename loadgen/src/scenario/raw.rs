@@ -6,6 +6,86 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+/// Keys whose value is a duration string (`"5s"`), wherever they appear.
+const DURATION_KEYS: &[&str] = &[
+    "duration",
+    "heartbeat_interval",
+    "offline_after",
+    "max_lag",
+    "interval",
+    "drain",
+    "connect_timeout",
+    "slo",
+];
+/// Keys whose value is a rate string (`"100/s"`).
+const RATE_KEYS: &[&str] = &["message_rate", "disconnect_rate", "history_rate"];
+
+/// Turns serde's error at `path` into the key path and reason a person reads:
+/// the unknown key named once (`population.userz`), and a wrong type with the
+/// form the field takes (`duration = 6` -> write `duration = "6s"`).
+pub(super) fn explain(path: String, message: String) -> (String, String) {
+    let mut path = if path == "." { String::new() } else { path };
+    // serde_path_to_error names an unknown key at the key itself, serde's
+    // message names it again: keep one.
+    if let Some(key) = message
+        .strip_prefix("unknown field `")
+        .and_then(|r| r.split('`').next())
+    {
+        let last = path.rsplit('.').next().unwrap_or("");
+        if last != key {
+            path = if path.is_empty() {
+                key.to_string()
+            } else {
+                format!("{path}.{key}")
+            };
+        }
+    }
+    let hint = type_hint(&path, &message);
+    if path.is_empty() {
+        path = "scenario file".into();
+    }
+    match hint {
+        Some(hint) => (path, format!("{message}: {hint}")),
+        None => (path, message),
+    }
+}
+
+/// What to write instead, for an `invalid type` error.
+fn type_hint(path: &str, message: &str) -> Option<String> {
+    let rest = message.strip_prefix("invalid type: ")?;
+    // "integer `6`, expected a string": the value as written, if serde quotes it.
+    let written = rest.split('`').nth(1).unwrap_or("N");
+    let key = path.rsplit('.').next().unwrap_or(path);
+    let parent = path.rsplit_once('.').map_or("", |(p, _)| p);
+    if rest.ends_with("expected a string") {
+        if DURATION_KEYS.contains(&key) || parent.ends_with("reconnect_delay") {
+            return Some(format!(
+                "a duration is a string with a unit: write {key} = \"{written}s\" (or \"{written}ms\")"
+            ));
+        }
+        if RATE_KEYS.contains(&key) {
+            return Some(format!(
+                "a rate is a string: write {key} = \"{written}/s\" (or \"{written}/m\")"
+            ));
+        }
+        if parent == "thresholds" {
+            return Some(format!(
+                "a threshold is a comparison in a string: write \"{key}\" = \"== {written}\" (or \"< 50ms\", ...)"
+            ));
+        }
+        return Some(format!("write it in quotes: {key} = \"{written}\""));
+    }
+    if rest.ends_with("expected i64") || rest.ends_with("expected u64") {
+        return Some(format!(
+            "{key} is a whole number, like {key} = 100 (no quotes)"
+        ));
+    }
+    if rest.ends_with("expected f64") {
+        return Some(format!("{key} is a number, like {key} = 0.5 (no quotes)"));
+    }
+    None
+}
+
 use crate::projection::ProjectionConfig;
 
 #[derive(Debug, Deserialize)]
