@@ -244,6 +244,11 @@ fn parse_metric(key: &str) -> Result<Metric, String> {
         if code.is_empty() {
             return Err("\"errors.\" names no error code (e.g. errors.rate_limited)".into());
         }
+        if let Some(now) = crate::codes::retired(code) {
+            return Err(format!(
+                "error code {code:?} is no longer counted; what it counted is now {now}"
+            ));
+        }
         if !crate::codes::is_known(code) {
             return Err(format!(
                 "unknown error code {code:?}: a run counts only {}",

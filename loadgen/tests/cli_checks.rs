@@ -175,7 +175,7 @@ fn an_unknown_error_code_in_a_threshold_lists_the_known_ones() {
             "thresholds.\"errors.TYPO\"",
             "unknown error code \"TYPO\"",
             "rate_limited",
-            "no_sender_online",
+            "no_recipient",
             "closed_NNNN",
         ],
     );
@@ -305,4 +305,14 @@ fn piped_logs_carry_no_colour_and_info_only_with_v() {
             out.stderr
         );
     }
+}
+
+/// A code earlier versions counted says where its count went.
+#[test]
+fn a_retired_error_code_points_to_its_replacement() {
+    rejected(
+        &format!("{VALID}[thresholds]\n\"errors.send_queue_full\" = \"== 0\"\n"),
+        &[],
+        &["no longer counted", "refused"],
+    );
 }

@@ -53,7 +53,7 @@ fn each_verdict_has_its_exit_status() {
         (r.verdict, r.passed, r.verdict.exit_code()),
         (Verdict::Incomplete, false, 3)
     );
-    assert!(r.verdict_reason.contains("inbox"), "{}", r.verdict_reason);
+    assert!(r.verdict_reason.contains("audit"), "{}", r.verdict_reason);
     // Incomplete outranks a failed threshold too.
     let r = verdict_of(&partial, &[("delivery_latency.p99", "< 1ms")]);
     assert_eq!(r.verdict, Verdict::Incomplete);

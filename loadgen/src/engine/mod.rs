@@ -62,7 +62,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::outcome::Outcome;
+use crate::outcome::{Outcome, ServerStats};
 use crate::population::{Population, Share};
 use crate::scenario::{Phase, Scenario};
 use history::{Endpoint, Reader};
@@ -180,6 +180,10 @@ pub async fn simulate(
     ));
 
     let cpu_before = progress::self_cpu_seconds();
+    // What the server says about itself, before and after: its CPU over the
+    // measured phases, its connection limit, its machine (the projection).
+    let (server_client, server_base) = (endpoint.client.clone(), endpoint.base.clone());
+    let server_before = progress::read_server(&server_client, &server_base).await;
     outcome.started_at_ms = part.start_us / 1000;
     let owned: Arc<Owned> = Arc::new(Box::new(move |u| share.owns(u)));
     let scheduler = Scheduler::new(sim.clone(), {
@@ -222,6 +226,9 @@ pub async fn simulate(
         _ = stop.cancelled() => {}
         _ = tokio::time::sleep(g.drain) => {}
     }
+    // Ctrl-C during the phases or the drain: what was measured is written,
+    // but it is not the run the scenario describes.
+    outcome.interrupted = stop.is_cancelled();
     sim.ending.store(true, Relaxed);
     let connected_at_end: Vec<bool> = (0..devices as u32).map(|d| sim.is_connected(d)).collect();
     sim.stop_all.cancel();
@@ -237,6 +244,14 @@ pub async fn simulate(
         t.stop().await;
     }
     outcome.generator.cpu_seconds = progress::self_cpu_seconds() - cpu_before;
+    let server_after = progress::read_server(&server_client, &server_base).await;
+    outcome.server = ServerStats {
+        cpu_seconds: server_after
+            .cpu_seconds
+            .zip(server_before.cpu_seconds)
+            .map(|(after, before)| (after - before).max(0.0)),
+        ..server_after
+    };
     progress_done.cancel();
     let _ = progress_task.await;
     outcome.memory = std::mem::take(&mut *lock(&progress.samples));

@@ -441,8 +441,13 @@ fn counts(s: &mut String, r: &Report) {
         ),
         ("deliveries/s".to_string(), m.delivery_rate.to_string()),
     ];
-    rows.extend(fields::rows(&r.counters));
-    table(s, &rows);
+    rows.extend(
+        r.counters
+            .rows()
+            .into_iter()
+            .map(|(_, label, v)| (label.to_string(), thousands(v as f64))),
+    );
+    table_raw(s, &rows);
     s.push_str("<h3>Errors by code</h3>");
     if r.errors.is_empty() {
         s.push_str("<p>None.</p>");
@@ -458,9 +463,19 @@ fn counts(s: &mut String, r: &Report) {
     let a = &r.audit;
     s.push_str("<h2>Audit</h2>");
     if a.incomplete {
-        s.push_str("<p class=\"warn\">The audit could not read every member's inbox: its counts cover only part of the messages.</p>");
+        let _ = write!(
+            s,
+            "<p class=\"warn\">Incomplete: {}. The run cannot pass.</p>",
+            escape(a.incomplete_reason.as_deref().unwrap_or("no reason given"))
+        );
     }
-    table(s, &fields::rows(a));
+    let rows: Vec<(String, String)> = a
+        .counts
+        .rows()
+        .into_iter()
+        .map(|(_, label, v)| (label.to_string(), thousands(v as f64)))
+        .collect();
+    table_raw(s, &rows);
     if !a.examples.is_empty() {
         s.push_str(
             "<table><tr><th>kind</th><th>channel</th><th>id</th><th>user</th><th>device</th></tr>",

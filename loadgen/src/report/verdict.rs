@@ -41,13 +41,22 @@ impl Verdict {
         if outcome.audit.incomplete {
             return (
                 Verdict::Incomplete,
-                "the audit could not read every member's inbox: its counts cover only part of the messages".into(),
+                format!(
+                    "the audit could not check everything ({}): its counts cover only part of the messages",
+                    outcome
+                        .audit
+                        .incomplete_reason
+                        .as_deref()
+                        .unwrap_or("no reason given")
+                ),
             );
         }
         if outcome.generator.limited() {
             return (
                 Verdict::GeneratorLimited,
-                "the generator could not keep its schedule (see generator): the figures describe the generator, not the server".into(),
+                outcome.generator.limited_reason().unwrap_or_else(|| {
+                    "the generator could not keep its schedule: the figures describe the generator, not the server".into()
+                }),
             );
         }
         let failed: Vec<&str> = rows
