@@ -75,7 +75,12 @@ impl Verdict {
                 ),
             );
         }
-        (Verdict::Passed, format!("{} thresholds held", rows.len()))
+        let reason = match rows.len() {
+            0 => "no thresholds: nothing was gated".to_string(),
+            1 => "the threshold held".to_string(),
+            n => format!("{n} thresholds held"),
+        };
+        (Verdict::Passed, reason)
     }
 
     /// The exit status of `loadgen run` and `loadgen merge`.
