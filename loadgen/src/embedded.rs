@@ -132,10 +132,11 @@ impl EmbeddedServer {
         let pid = child.id().unwrap_or(0);
         let stdin = child.stdin.take();
         let (durability_tx, mut durability_rx) = tokio::sync::watch::channel(None);
-        if let Some(stderr) = child.stderr.take() {
-            let tag = cfg.cluster.as_ref().map(|(_, node)| format!("[{node}] "));
-            tokio::spawn(relay_stderr(stderr, quiet, tag, durability_tx));
-        }
+        let (listening_tx, listening_rx) = tokio::sync::watch::channel(false);
+        let tag = cfg.cluster.as_ref().map(|(_, node)| format!("[{node}] "));
+        let relay = child.stderr.take().map(|stderr| {
+            tokio::spawn(relay_stderr(stderr, quiet, tag, durability_tx, listening_rx))
+        });
         let stdout = child
             .stdout
             .take()
@@ -153,13 +154,27 @@ impl EmbeddedServer {
         let url = match url {
             Ok(Some(url)) => url,
             Ok(None) => {
+                // Said once: the server's own reason (held back by the relay)
+                // when it gave one, else how it exited.
                 let status = child.wait().await.ok();
-                return Err(LoadgenError::unrunnable(format!(
-                    "the embedded server exited before listening ({status:?}); storage {:?}{}",
-                    reference_server::store::redact(&cfg.storage),
-                    cfg.listen
-                        .map_or(String::new(), |a| format!(", listening on {a}"))
-                )));
+                let reason = match relay {
+                    Some(relay) => tokio::time::timeout(Duration::from_secs(2), relay)
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .flatten(),
+                    None => None,
+                };
+                return Err(LoadgenError::unrunnable(match reason {
+                    Some(reason) => reason,
+                    None => format!(
+                        "the embedded server exited before listening ({}); storage {:?}{}",
+                        status.map_or("exit status unknown".to_string(), |s| s.to_string()),
+                        reference_server::store::redact(&cfg.storage),
+                        cfg.listen
+                            .map_or(String::new(), |a| format!(", listening on {a}"))
+                    ),
+                }));
             }
             Err(_) => {
                 return Err(LoadgenError::unrunnable(
@@ -167,6 +182,7 @@ impl EmbeddedServer {
                 ))
             }
         };
+        let _ = listening_tx.send(true);
         // Keep reading stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         // The server logs its durability just before it prints its address.
@@ -221,16 +237,31 @@ impl EmbeddedServer {
 /// Forwards the child's log lines to our stderr, picking out the `starting`
 /// line's `durability=` field (and, unless the user set `RUST_LOG`, keeping the
 /// server's info lines to itself).
+///
+/// Before the child is listening, its `error: ...` line (a storage it cannot
+/// open, a bad flag) is held back and returned rather than printed, so that
+/// loadgen reports the failure once, with the server's own reason.
 async fn relay_stderr(
     stderr: tokio::process::ChildStderr,
     quiet: bool,
     tag: Option<String>,
     durability: tokio::sync::watch::Sender<Option<String>>,
-) {
+    listening: tokio::sync::watch::Receiver<bool>,
+) -> Option<String> {
     let tag = tag.unwrap_or_default();
     let mut lines = BufReader::new(stderr).lines();
+    let mut held = None;
     while let Ok(Some(line)) = lines.next_line().await {
         let plain = strip_ansi(&line);
+        if !*listening.borrow() && held.is_none() {
+            if let Some(reason) = plain.strip_prefix("error: ") {
+                // `serve` words its failure "cannot run: embedded server:
+                // ...", as loadgen prints its own errors.
+                let reason = reason.strip_prefix("cannot run: ").unwrap_or(reason);
+                held = Some(format!("{tag}{reason}"));
+                continue;
+            }
+        }
         if let Some(rest) = plain.split_once(" durability=").map(|(_, r)| r) {
             let value = rest
                 .split(" node=")
@@ -245,6 +276,7 @@ async fn relay_stderr(
         }
         eprintln!("{tag}{line}");
     }
+    held
 }
 
 /// `line` without ANSI colour sequences (`ESC [ ... m`).

@@ -198,7 +198,7 @@ impl Scenario {
 }
 
 /// An I/O error's reason without Rust's `(os error 2)` suffix.
-fn io_reason(e: &std::io::Error) -> String {
+pub(crate) fn io_reason(e: &std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::NotFound => "no such file".into(),
         std::io::ErrorKind::PermissionDenied => "permission denied".into(),
@@ -633,28 +633,27 @@ pub fn check_target_url(url: &str) -> Result<(), String> {
 
 /// The storage backends the embedded server can open, by the form of their
 /// URL (whether they are reachable is found when the server starts).
-pub const STORAGE_FORMS: &str = "memory, embedded:DIR, redis://HOST:PORT or postgres://...";
+pub const STORAGE_FORMS: &str = "memory, embedded:DIR, redis (a private redis-server), \
+     redis://HOST:PORT, redis-cluster://HOST:PORT or postgres://...";
 
-/// Checks a storage URL's form before anything starts: `memory`,
-/// `embedded:DIR`, `redis://HOST[:PORT]`, `postgres://...` (or `postgresql://`).
+/// Checks a storage URL's form before anything starts, by the server's own
+/// rule ([`reference_server::store::is_known_url`]): `memory`, `embedded:DIR`,
+/// `redis://`, `redis-cluster://`, `postgres://` (or `postgresql://`), each
+/// with something after the scheme; or loadgen's own `redis`
+/// ([`crate::cluster::PRIVATE_REDIS`]).
 pub fn check_storage(storage: &str) -> Result<(), String> {
     let s = storage.trim();
-    let ok = match s {
-        "memory" | "memory:" => true,
-        _ if s.starts_with("embedded:") => !s["embedded:".len()..].is_empty(),
-        _ if s.starts_with("redis://") => s.len() > "redis://".len(),
-        _ if s.starts_with("postgres://") => s.len() > "postgres://".len(),
-        _ if s.starts_with("postgresql://") => s.len() > "postgresql://".len(),
-        _ => false,
-    };
-    if ok {
-        Ok(())
-    } else if s.is_empty() {
+    let has_rest = s.split_once("://").is_none_or(|(_, rest)| !rest.is_empty());
+    if s.is_empty() {
         Err(format!("must name a backend: {STORAGE_FORMS}"))
     } else if s == "embedded:" || s == "embedded" {
         Err(format!(
             "{s:?} needs a directory, as in embedded:./chatscale-data"
         ))
+    } else if s == crate::cluster::PRIVATE_REDIS
+        || (reference_server::store::is_known_url(s) && has_rest)
+    {
+        Ok(())
     } else {
         Err(format!(
             "{s:?} is not a storage backend: use {STORAGE_FORMS}"

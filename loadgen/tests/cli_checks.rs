@@ -316,3 +316,36 @@ fn a_retired_error_code_points_to_its_replacement() {
         &["no longer counted", "refused"],
     );
 }
+
+#[test]
+fn an_unreachable_storage_is_exit_3_said_once_in_plain_words() {
+    // Port 1 on loopback: nothing listens, the connection is refused at once.
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "ok.toml", VALID);
+    let out_dir = dir.path().join("out");
+    let out = loadgen(&[
+        "run",
+        path.to_str().unwrap(),
+        "--storage",
+        "redis://127.0.0.1:1",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, Some(3), "{}", out.stderr);
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(lines.len(), 1, "one message, said once:\n{}", out.stderr);
+    assert!(
+        lines[0].contains("connection refused to redis://127.0.0.1:1"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        !lines[0].contains("ExitStatus") && !lines[0].contains("Os {"),
+        "no Rust debug output: {}",
+        lines[0]
+    );
+}

@@ -38,8 +38,16 @@ pub fn resolve(path: &Path) -> PathBuf {
 /// Reads a report.json as JSON; `flag` names the argument in errors.
 pub fn read_report(path: &Path, flag: &str) -> Result<Value, LoadgenError> {
     let file = resolve(path);
-    let text = std::fs::read_to_string(&file)
-        .map_err(|e| LoadgenError::invalid(flag, format!("cannot read {}: {e}", file.display())))?;
+    let text = std::fs::read_to_string(&file).map_err(|e| {
+        LoadgenError::invalid(
+            flag,
+            format!(
+                "cannot read {}: {}",
+                file.display(),
+                crate::scenario::io_reason(&e)
+            ),
+        )
+    })?;
     let value: Value = serde_json::from_str(&text)
         .map_err(|e| LoadgenError::invalid(flag, format!("{} is not JSON: {e}", file.display())))?;
     if !value.get("metrics").is_some_and(Value::is_object) {
