@@ -36,6 +36,14 @@ pub const LOADGEN_CODES: &[(&str, &str)] = &[
         "device_stop_timeout",
         "devices did not stop within 15 s at the end",
     ),
+    (
+        "discovery",
+        "a device found no server to connect to (discovery failed or listed none)",
+    ),
+    (
+        "login_again",
+        "discovery refused a device's token and logging in again failed",
+    ),
 ];
 
 /// Codes earlier versions recorded, and where what they counted is now: a

@@ -135,7 +135,13 @@ impl EmbeddedServer {
         let (listening_tx, listening_rx) = tokio::sync::watch::channel(false);
         let tag = cfg.cluster.as_ref().map(|(_, node)| format!("[{node}] "));
         let relay = child.stderr.take().map(|stderr| {
-            tokio::spawn(relay_stderr(stderr, quiet, tag, durability_tx, listening_rx))
+            tokio::spawn(relay_stderr(
+                stderr,
+                quiet,
+                tag,
+                durability_tx,
+                listening_rx,
+            ))
         });
         let stdout = child
             .stdout

@@ -225,15 +225,26 @@ fn plain(args: &[String]) -> Vec<String> {
 }
 
 /// A placeholder (`N`, `URL`, `I/N`: capitals, digits, `_`, `/`) stands for a
-/// valid value when a whole command line is parsed: each part reads `1`.
+/// valid value when a whole command line is parsed: a lone one reads `1`, a
+/// fraction `I/N` reads `0/1` (the first of one); of alternatives (`N|auto`)
+/// the first is taken.
 fn placeholder_value(a: &str) -> String {
+    let a = a.split('|').next().unwrap_or(a);
     let caps = |p: &str| {
         p.starts_with(|c: char| c.is_ascii_uppercase())
             && p.chars()
                 .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
     };
     if !a.is_empty() && a.split('/').all(caps) {
-        a.split('/').map(|_| "1").collect::<Vec<_>>().join("/")
+        let parts = a.split('/').count();
+        if parts == 1 {
+            "1".into()
+        } else {
+            std::iter::once("0")
+                .chain(std::iter::repeat_n("1", parts - 1))
+                .collect::<Vec<_>>()
+                .join("/")
+        }
     } else {
         a.to_string()
     }

@@ -303,6 +303,14 @@ impl EmbeddedCluster {
             match EmbeddedServer::start(&cfg).await {
                 Ok(server) => return Ok((listen, server)),
                 Err(e) => {
+                    // Another port helps only when the port was the problem
+                    // (taken between choosing and binding) or the node gave no
+                    // reason; a storage it cannot open is said once, at once.
+                    let why = e.to_string();
+                    if !why.contains("cannot listen on") && !why.contains("exited before listening")
+                    {
+                        return Err(e);
+                    }
                     tracing::warn!(node = %self.nodes[k].id, %listen, cause = %e, "node did not start; trying another port");
                     last = Some(e);
                 }

@@ -54,7 +54,10 @@ impl ServerMemory {
 /// The first series of a metric in a server's `/metrics` (Prometheus text
 /// format), labelled (`name{node="n1"} 5`, as servers label every series) or not.
 pub async fn scrape(client: &reqwest::Client, base: &str, name: &str) -> Option<f64> {
-    metric_value(&metrics_text(client, base, Duration::from_secs(2)).await?, name)
+    metric_value(
+        &metrics_text(client, base, Duration::from_secs(2)).await?,
+        name,
+    )
 }
 
 /// The first series of a metric in a `/metrics` page, labelled or not.

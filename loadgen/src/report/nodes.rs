@@ -1,11 +1,11 @@
 //! The server's nodes in the report: each node, its peak and final connection
 //! count, and its connections over the run (`report.md` as a table with a
-//! coarse timeline, `report.html` as a table and one small inline chart).
+//! coarse timeline, `report.html` as a table and one chart).
 //! Self-contained, so the rest of the report's layout can change around it.
 
 use std::fmt::Write as _;
 
-use super::svg::escape;
+use super::svg::{escape, line_chart, Chart, Series};
 use super::Report;
 use crate::outcome::NodeSeries;
 use crate::projection::thousands;
@@ -62,10 +62,6 @@ pub fn markdown(r: &Report) -> String {
     s
 }
 
-const COLORS: &[&str] = &[
-    "#0969da", "#cf222e", "#1a7f37", "#8250df", "#bc4c00", "#57606a",
-];
-
 /// The nodes' section of report.html: a table and one chart of every node's
 /// connections over time (empty when no node was sampled).
 pub fn html(r: &Report) -> String {
@@ -86,66 +82,37 @@ pub fn html(r: &Report) -> String {
         );
     }
     s.push_str("</table>");
-    let (w, h, pad) = (640.0, 180.0, 36.0);
-    let t_max = r
+    // Through the report's own line chart: the page's width, a legend, and a
+    // break in a node's line while it did not answer (down).
+    let series = r
         .nodes
         .iter()
-        .flat_map(|n| n.connections.iter().map(|&(t, _)| t))
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64;
-    let c_max = r
-        .nodes
+        .map(|n| Series {
+            name: n.node.clone(),
+            points: n
+                .connections
+                .iter()
+                .map(|&(t, c)| (t as f64 / 1000.0, c.map_or(f64::NAN, |c| c as f64)))
+                .collect(),
+        })
+        .collect::<Vec<_>>();
+    if series
         .iter()
-        .map(|n| n.peak_connections)
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64;
-    let _ = write!(
-        s,
-        "<svg class=\"chart\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\"><title>connections per node</title>\
-<rect class=\"frame\" x=\"{pad}\" y=\"8\" width=\"{}\" height=\"{}\"/>\
-<text class=\"tick\" x=\"2\" y=\"16\">{}</text><text class=\"tick\" x=\"2\" y=\"{}\">0</text>\
-<text class=\"tick\" x=\"{}\" y=\"{}\">{:.0} s</text>",
-        w - pad - 8.0,
-        h - 30.0,
-        thousands(c_max),
-        h - 22.0,
-        w - 60.0,
-        h - 6.0,
-        t_max / 1000.0
-    );
-    for (i, n) in r.nodes.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        // A node that did not answer breaks its line (a gap while it was down).
-        let mut runs: Vec<Vec<String>> = vec![Vec::new()];
-        for &(t, c) in &n.connections {
-            match c {
-                Some(c) => {
-                    let x = pad + (w - pad - 8.0) * t as f64 / t_max;
-                    let y = 8.0 + (h - 30.0) * (1.0 - c as f64 / c_max);
-                    runs.last_mut()
-                        .expect("one run")
-                        .push(format!("{x:.1},{y:.1}"));
-                }
-                None => runs.push(Vec::new()),
-            }
-        }
-        for run in runs.iter().filter(|r| !r.is_empty()) {
-            let _ = write!(
-                s,
-                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>",
-                run.join(" ")
-            );
-        }
-        let _ = write!(
-            s,
-            "<text class=\"legend\" x=\"{}\" y=\"{}\" fill=\"{color}\">{}</text>",
-            pad + 8.0 + 70.0 * i as f64,
-            h - 6.0,
-            escape(&n.node)
+        .all(|sr| sr.points.iter().all(|p| !p.1.is_finite()))
+    {
+        s.push_str(
+            "<p class=\"na\">n/a: no node answered a sample, so there is no line to draw</p>",
         );
+        return s;
     }
-    s.push_str("</svg>");
+    s.push_str(&line_chart(&Chart {
+        title: "connections per node".into(),
+        x_label: "seconds since start".into(),
+        y_label: "connections".into(),
+        series,
+        x_ticks: None,
+        y_log: false,
+        size: (1200.0, 300.0),
+    }));
     s
 }
