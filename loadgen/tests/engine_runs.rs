@@ -358,3 +358,21 @@ async fn a_generator_limited_run_exits_3() {
     assert_eq!(r["generator"]["limited"], true);
     t.server.stop().await.unwrap();
 }
+
+/// Sends drawn from the first instant, while devices are still connecting: no
+/// error code for them (smoke once showed `1 errors`, `no_sender_online`);
+/// a send waits for a connected sender, and one drawn while nobody was
+/// online is counted apart (`sends_before_online`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_from_the_first_instant_are_not_errors() {
+    let t = target(Fault::None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!("{SMALL}\n[[phase]]\nname = \"at-once\"\nduration = \"1s\"\nonline = 8\nmessage_rate = \"200/s\"\n");
+    let path = scenario(dir.path(), "at-once", Some(&t.url), &body);
+    let (code, r) = run(opts(path, dir.path().join("out"))).await;
+    assert!(code == 0 || code == 3, "{code}: {r}");
+    assert_eq!(r["errors"], serde_json::json!({}), "{}", r["errors"]);
+    assert!(num(&r, &["metrics", "messages_acked"]) > 0.0);
+    assert!(num(&r, &["counters", "sends_before_online"]) >= 0.0);
+    t.server.stop().await.unwrap();
+}

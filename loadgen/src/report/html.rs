@@ -131,6 +131,9 @@ pub fn render(r: &Report, outcome: &Outcome) -> String {
             "The generator kept its schedule."
         }
     );
+    // `lag` can exceed `bound` in a run that kept its schedule: say which one
+    // is judged, so the table does not read as a contradiction.
+    s.push_str("<p class=\"note\">Judged by <code>send_delay</code> p99 (each send's lateness against its schedule) against <code>bound</code> (<code>max_lag</code>); <code>lag</code> is the heartbeat timers' lateness, shown for context (judged only in a run without sends).</p>");
     table(&mut s, &fields::rows(g));
 
     s.push_str("<h2>Server (from its /metrics)</h2>");
