@@ -233,8 +233,10 @@ async fn a_scenario_that_cannot_fit_is_refused_with_the_arithmetic() {
 #[test]
 fn workers_auto_starts_enough_processes_for_the_peak() {
     let dir = tempfile::tempdir().unwrap();
+    // The peak is held 3 s: the server's connections are sampled once a
+    // second, and a busy machine may delay a sample.
     // 300 devices; at 600 descriptors a process holds 600 - (256 + 16 + 64 + 64) = 200.
-    let body = "[population]\nusers = 300\nfriends = 3\n\n[behavior]\nheartbeat_interval = \"1s\"\noffline_after = \"3s\"\n\n[[phase]]\nduration = \"2s\"\nonline = 300\n\n[[phase]]\nduration = \"1s\"\nmessage_rate = \"50/s\"\n\n[thresholds]\n\"lost\" = \"== 0\"\n";
+    let body = "[population]\nusers = 300\nfriends = 3\n\n[behavior]\nheartbeat_interval = \"1s\"\noffline_after = \"3s\"\n\n[[phase]]\nduration = \"2s\"\nonline = 300\n\n[[phase]]\nduration = \"3s\"\nmessage_rate = \"50/s\"\n\n[thresholds]\n\"lost\" = \"== 0\"\n";
     let path = scenario(dir.path(), "auto", None, body);
     let out = dir.path().join("out");
     let o = Command::new("sh")

@@ -25,6 +25,10 @@ pub struct SendJob {
     pub len: u32,
     /// Unique per run: keeps `client_msg_id` unique per sender.
     pub n: u64,
+    /// In a cluster, the node of its first write (the `client_msg_id`'s
+    /// fourth part): kept for a resend from another node after a failover, so
+    /// the resend carries the same `client_msg_id`, the server's idempotency key.
+    pub node: Option<u16>,
 }
 
 #[derive(Debug)]

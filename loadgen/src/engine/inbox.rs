@@ -239,6 +239,7 @@ mod tests {
                     to: crate::engine::command::To::User(1),
                     len: 1,
                     n: req as u64,
+                    node: None,
                 },
                 actual_us: 0,
             });

@@ -122,7 +122,7 @@ pub fn write_send(
     slot: &Slot,
     ctl: &mut Ctl,
     tcp: &TcpStream,
-    job: SendJob,
+    mut job: SendJob,
     actual_us: u64,
 ) -> bool {
     let req = ctl.out.req();
@@ -133,14 +133,18 @@ pub fn write_send(
     let ok = BUFS.with(|b| {
         let (json, frame) = &mut *b.borrow_mut();
         json.clear();
-        // In a cluster the send names its node (same- vs cross-node latency).
-        let node = ctl.link.node.filter(|_| sim.nodes.discover);
+        // In a cluster the send names its node (same- vs cross-node latency):
+        // the node of its first write, so that a resend after a failover keeps
+        // its client_msg_id (else the server would store it twice).
+        if job.node.is_none() {
+            job.node = ctl.link.node.filter(|_| sim.nodes.discover);
+        }
         send_json(
             json,
             req,
             to,
             (job.sched_us, actual_us, job.n),
-            node,
+            job.node,
             job.len,
         );
         frame.clear();

@@ -205,6 +205,7 @@ impl Scheduler {
             to,
             len,
             n: self.next_n,
+            node: None,
         };
         if !outbound::send(&sim, d, job) {
             sim.refused.fetch_add(1, Relaxed);
