@@ -17,7 +17,7 @@ use reference_server::chat::splice_seq;
 use reference_server::hub::Hub;
 use reference_server::metrics::Metrics;
 use reference_server::outbox::Outbox;
-use reference_server::protocol::{ClientFrame, MessageRef};
+use reference_server::protocol::{decode_client_frame, ClientFrame, MessageRef};
 
 fn send_frame(text_chars: usize) -> String {
     serde_json::json!({
@@ -35,9 +35,16 @@ fn codec(c: &mut Criterion) {
     for chars in [80usize, 100_000] {
         let frame = send_frame(chars);
         group.throughput(Throughput::Bytes(frame.len() as u64));
+        // The tagged enum's own deserializer (what the server used before) and
+        // the one-pass parse it uses now (`protocol::decode_client_frame`).
         group.bench_with_input(BenchmarkId::new("parse_send", chars), &frame, |b, f| {
             b.iter(|| serde_json::from_str::<ClientFrame>(black_box(f)).unwrap())
         });
+        group.bench_with_input(
+            BenchmarkId::new("parse_send_one_pass", chars),
+            &frame,
+            |b, f| b.iter(|| decode_client_frame(black_box(f)).unwrap()),
+        );
         let text = "é".repeat(chars);
         group.bench_with_input(
             BenchmarkId::new("serialize_message", chars),

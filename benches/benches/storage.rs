@@ -7,6 +7,12 @@
 //! - `accept_one`: one message into a dm, awaited (one commit, one fsync when durable);
 //! - `accept_64_concurrent`: 64 senders at once, each into its own dm (what group
 //!   commit is for; throughput is in messages);
+//! - `hot_channel_64/lock_across_commit` and `hot_channel_64/ordered_submit`: 64
+//!   senders at once into ONE channel, kept in order as the chat service must:
+//!   the first holds a channel lock across each accept (how `send` worked
+//!   before), the second holds it only to submit and orders the rest by ticket
+//!   (`order::Stripe`, how `send` works now), so the channel's messages can
+//!   share a group commit;
 //! - `history_hot`: the newest page (50) of the channel being written to;
 //! - `history_cold`: a page (50) deep in a 2,000-message channel nobody touches;
 //! - `inbox_sync`: 100 inbox entries after a cursor;
@@ -125,6 +131,44 @@ fn new_message<'a>(channel: &'a str, members: &'a [UserId], cmid: &'a str) -> Ne
     }
 }
 
+/// One sender's message into the hot channel, owned so a task can take it.
+struct HotMessage {
+    channel: String,
+    members: [UserId; 2],
+    cmid: String,
+}
+
+impl HotMessage {
+    fn message(&self) -> NewMessage<'_> {
+        new_message(&self.channel, &self.members, &self.cmid)
+    }
+}
+
+/// Runs `SENDERS` tasks at once, each sending one message into `hot` with `send`.
+async fn hot_senders<F, Fut>(
+    fx: &Fixture,
+    hot: &str,
+    members: [UserId; 2],
+    counter: &AtomicU64,
+    send: F,
+) where
+    F: Fn(Arc<dyn Store>, HotMessage) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut set = JoinSet::new();
+    for _ in 0..SENDERS {
+        let msg = HotMessage {
+            channel: hot.to_string(),
+            members,
+            cmid: format!("hot-{}", counter.fetch_add(1, Ordering::Relaxed)),
+        };
+        set.spawn(send(fx.store.clone(), msg));
+    }
+    while let Some(done) = set.join_next().await {
+        done.expect("accept task");
+    }
+}
+
 /// The durability mode in a few words: what `durability()` says before its colon.
 fn mode(store: &dyn Store) -> String {
     let d = store.durability();
@@ -176,6 +220,37 @@ fn bench_backend(c: &mut Criterion, rt: &Runtime, kind: &str) {
             while let Some(done) = set.join_next().await {
                 done.expect("accept task");
             }
+        })
+    });
+
+    // One hot channel: every sender writes to the same dm, in order.
+    let old_lock = Arc::new(tokio::sync::Mutex::new(()));
+    group.bench_function("hot_channel_64/lock_across_commit", |b| {
+        b.to_async(rt).iter(|| {
+            hot_senders(&fx, &hot, hot_members, &counter, |s, msg| {
+                let lock = old_lock.clone();
+                async move {
+                    let _order = lock.lock().await;
+                    s.accept(msg.message()).await.expect("accept");
+                }
+            })
+        })
+    });
+    let stripe = Arc::new(reference_server::order::Stripe::default());
+    group.bench_function("hot_channel_64/ordered_submit", |b| {
+        b.to_async(rt).iter(|| {
+            hot_senders(&fx, &hot, hot_members, &counter, |s, msg| {
+                let stripe = stripe.clone();
+                async move {
+                    let (committed, ticket) = stripe
+                        .submit(|| s.submit_accept(msg.message()))
+                        .await
+                        .expect("submit");
+                    let accepted = committed.await;
+                    let _turn = ticket.wait().await;
+                    accepted.expect("accept");
+                }
+            })
         })
     });
 

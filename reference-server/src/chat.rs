@@ -1,18 +1,22 @@
 //! The chat service: shared state ([`App`]) and the operations that both the
 //! HTTP API and WebSocket sessions call (authenticate, send, sync, membership).
 //!
-//! Sending holds a per-channel lock (one of a fixed set of striped async
-//! mutexes) from the storage `accept` until every connected recipient's frame is
-//! queued. That is what makes "within a channel every device sees messages in id
-//! order" hold: two sends to one channel cannot be fanned out in the opposite
-//! order of their ids. Different channels rarely share a stripe, so they proceed
-//! in parallel, and a durable backend can group-commit their accepts together.
+//! Sending keeps every channel's messages in id order on every device without
+//! holding anything across a commit. Under a per-channel lock (one of a fixed
+//! set of striped async mutexes) a send submits its accept to the store, which
+//! fixes its id (ids follow submission order, [`Store::submit_accept`]), and
+//! takes the stripe's next ticket; then it lets go of the lock, waits for its
+//! commit, and fans out when every earlier ticket of the stripe has (see
+//! [`crate::order`]). So two sends to one channel are fanned out in the order of
+//! their ids, while a durable backend commits a busy channel's messages
+//! together in one batch instead of one fsync each. Different channels rarely
+//! share a stripe, so they proceed in parallel.
 //!
-//! In a cluster (`crate::cluster`) the same lock is held while the frames for
-//! members on other nodes are published, so one node's sends into a channel leave
-//! it in id order. Sends into one channel from *different* nodes are ordered where
-//! they arrive instead: the hub releases each user's frames in inbox `seq` order,
-//! and every inbox holds a channel's messages in id order (see `hub`).
+//! In a cluster (`crate::cluster`) the turn also covers publishing the frames
+//! for members on other nodes, so one node's sends into a channel leave it in
+//! id order. Sends into one channel from *different* nodes are ordered where
+//! they arrive instead: the hub releases each user's frames in inbox `seq`
+//! order, and every inbox holds a channel's messages in id order (see `hub`).
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
@@ -29,6 +33,7 @@ use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
+use crate::order::Stripe;
 use crate::outbox::CloseReason;
 use crate::presence::Presence;
 use crate::protocol::{
@@ -71,7 +76,7 @@ pub struct App {
     pub cluster: Option<Arc<Cluster>>,
     /// Connections this node accepts before answering upgrades `503 overloaded`.
     pub max_connections: usize,
-    channel_locks: Box<[tokio::sync::Mutex<()>]>,
+    channel_order: Box<[Arc<Stripe>]>,
     hasher: RandomState,
     /// Sends waiting for storage; none waits when all are taken (`overloaded`).
     pending_accepts: tokio::sync::Semaphore,
@@ -128,8 +133,8 @@ impl App {
             max_connections,
             own_servers: servers,
             cluster: None,
-            channel_locks: (0..CHANNEL_STRIPES)
-                .map(|_| tokio::sync::Mutex::new(()))
+            channel_order: (0..CHANNEL_STRIPES)
+                .map(|_| Arc::new(Stripe::default()))
                 .collect(),
             hasher: RandomState::new(),
             pending_accepts: tokio::sync::Semaphore::new(config_pending),
@@ -279,27 +284,28 @@ impl App {
             Metrics::inc(&self.metrics.storage_overloaded);
             return Err(StoreError::Overloaded.into());
         };
-        let stripe = self.hasher.hash_one(&channel) as usize % self.channel_locks.len();
-        let _order = self.channel_locks[stripe].lock().await;
+        let stripe = self.hasher.hash_one(&channel) as usize % self.channel_order.len();
         let started = Instant::now();
-        let accepted = self
-            .store
-            .accept(NewMessage {
-                channel: &channel,
-                members: &members,
-                from: from.user_id,
-                from_device: from.device_id,
-                client_msg_id,
-                text,
-                ts: now_ms(),
+        let (committed, turn) = self.channel_order[stripe]
+            .submit(|| {
+                self.store.submit_accept(NewMessage {
+                    channel: &channel,
+                    members: &members,
+                    from: from.user_id,
+                    from_device: from.device_id,
+                    client_msg_id,
+                    text,
+                    ts: now_ms(),
+                })
             })
             .await
-            .inspect_err(|e| match e {
-                StoreError::Overloaded => Metrics::inc(&self.metrics.storage_overloaded),
-                // It may have committed all the same: see `uncertain`.
-                StoreError::Backend(_) => self.uncertain.note(from.user_id, client_msg_id),
-                _ => {}
-            })?;
+            .inspect_err(|e| self.accept_failed(e, from.user_id, client_msg_id))?;
+        let accepted = committed.await;
+        // Fan out in id order: after every earlier send of this stripe, failed
+        // or not; dropping `turn` lets the next one go.
+        let _turn = turn.wait().await;
+        let accepted =
+            accepted.inspect_err(|e| self.accept_failed(e, from.user_id, client_msg_id))?;
         Metrics::inc_by(
             &self.metrics.storage_accept_micros_sum,
             started.elapsed().as_micros() as u64,
@@ -315,6 +321,16 @@ impl App {
         Metrics::inc(&self.metrics.messages_accepted);
         self.fan_out(&accepted, from, client_msg_id, text).await;
         Ok(accepted)
+    }
+
+    /// Counts a failed accept; notes one that may have committed all the same
+    /// (see `uncertain`), so that its resend still fans out.
+    fn accept_failed(&self, e: &StoreError, user: UserId, client_msg_id: &str) {
+        match e {
+            StoreError::Overloaded => Metrics::inc(&self.metrics.storage_overloaded),
+            StoreError::Backend(_) => self.uncertain.note(user, client_msg_id),
+            _ => {}
+        }
     }
 
     /// Fans out a message that was stored by an accept whose caller saw an error

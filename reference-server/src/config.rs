@@ -79,9 +79,11 @@ pub struct Opts {
     #[arg(long, default_value_t = 1024 * 1024)]
     pub max_frame_bytes: usize,
 
-    /// Per-connection WebSocket read buffer, in bytes. Small keeps idle
-    /// connections cheap; the buffer grows for large frames and shrinks back.
-    #[arg(long, default_value_t = 512)]
+    /// Per-connection WebSocket read buffer, in bytes, and the most one read
+    /// takes from the socket. Small keeps idle connections cheap: 256 holds a
+    /// typical client frame (a `send` with a short text, a heartbeat); a larger
+    /// frame grows the buffer, which keeps that size.
+    #[arg(long, default_value_t = 256)]
     pub ws_read_buffer_bytes: usize,
 
     /// Sends a connection may make per second, sustained (0 = no limit); past it

@@ -416,18 +416,25 @@ async fn healthz(State(app): AppState) -> Response {
 }
 
 async fn metrics(State(app): AppState) -> Response {
-    let mut body = app.metrics.render(
-        &app.config.node_id,
-        app.hub.devices_online(),
-        app.presence.online_users(),
-        app.max_connections,
-        app.store.kind(),
-        &app.store.durability(),
-    );
+    let mut body = app.metrics.render(&crate::metrics::Scrape {
+        node: &app.config.node_id,
+        devices_online: app.hub.devices_online(),
+        users_online: app.presence.online_users(),
+        max_connections: app.max_connections,
+        storage: app.store.kind(),
+        durability: &app.store.durability(),
+    });
     if let Some(cluster) = &app.cluster {
         cluster.render_metrics(&app.config.node_id, &mut body);
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// Upgrade handler input, re-exported for `session`.

@@ -325,6 +325,25 @@ impl Hub {
         }
     }
 
+    /// Marks every connection to close (server shutdown): each session sees its
+    /// outbox's mark and closes with the reason's code.
+    pub fn close_all(&self, reason: CloseReason) {
+        for shard in self.shards.iter() {
+            for c in shard.read().values().flat_map(|u| &u.conns) {
+                c.outbox.close(reason);
+            }
+        }
+    }
+
+    /// Calls `f` with the outbox of every open connection (the memory sampler).
+    pub fn each_outbox(&self, mut f: impl FnMut(&Outbox)) {
+        for shard in self.shards.iter() {
+            for c in shard.read().values().flat_map(|u| &u.conns) {
+                f(&c.outbox);
+            }
+        }
+    }
+
     /// Distinct connected devices, for `/metrics`.
     pub fn devices_online(&self) -> usize {
         self.shards

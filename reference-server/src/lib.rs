@@ -13,6 +13,7 @@
 //! - [`chat`]: shared state and the service operations (send, sync, membership).
 //! - [`hub`]: connected devices on this node, and fan-out to them.
 //! - [`uncertain`]: accepts that failed but may have committed; fanned out on resend.
+//! - [`order`]: per-channel order of fan-out without a lock across commits.
 //! - [`outbox`]: a connection's bounded outbound queue.
 //! - [`reply`]: sync batches and history pages cut at a byte budget.
 //! - [`presence`]: online/offline by heartbeats, pushed to friends.
@@ -32,6 +33,7 @@ pub mod http;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod order;
 pub mod outbox;
 pub mod presence;
 pub mod protocol;

@@ -7,15 +7,19 @@
 //! nothing is lost, and a client that does not read cannot grow the server's
 //! memory. Logout and shutdown close a connection through the same mark.
 //!
-//! A `VecDeque` behind a mutex plus a `Notify` costs nothing until used (an idle
-//! connection holds an empty deque), unlike a channel that allocates its first
-//! block up front.
+//! A `VecDeque` behind a mutex costs nothing until used (an idle connection
+//! holds an empty deque), unlike a channel that allocates its first block up
+//! front. Its one reader, the connection's task, is woken through an
+//! `AtomicWaker` and a flag rather than a `Notify`: the task's idle wait then
+//! needs no waiter node of its own, which keeps every idle connection smaller.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::task::{Context, Poll};
 
 use axum::extract::ws::Utf8Bytes;
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 
 /// Why a connection is being closed, with the WebSocket close code to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +28,8 @@ pub enum CloseReason {
     SlowConsumer,
     /// The device logged out (1000).
     LoggedOut,
+    /// The server is shutting down (1001).
+    ShuttingDown,
 }
 
 impl CloseReason {
@@ -31,6 +37,7 @@ impl CloseReason {
         match self {
             CloseReason::SlowConsumer => 1008,
             CloseReason::LoggedOut => 1000,
+            CloseReason::ShuttingDown => 1001,
         }
     }
     pub fn text(self) -> &'static str {
@@ -39,6 +46,7 @@ impl CloseReason {
                 "slow consumer: outbound queue full, resync after reconnect"
             }
             CloseReason::LoggedOut => "logged out",
+            CloseReason::ShuttingDown => "server shutting down",
         }
     }
 }
@@ -55,15 +63,33 @@ pub enum Pushed {
 
 pub struct Outbox {
     state: Mutex<State>,
-    ready: Notify,
-    max_frames: usize,
-    max_bytes: usize,
+    /// Set by every push and close, cleared when the task sees it.
+    signalled: AtomicBool,
+    waker: AtomicWaker,
+    max_frames: u32,
+    max_bytes: u32,
+    /// The largest frame read from and written to the connection: the WebSocket
+    /// layer keeps buffers that large (for the memory histogram).
+    largest_in: AtomicU32,
+    largest_out: AtomicU32,
+}
+
+/// What a connection's outbox and WebSocket buffers hold, for the per-connection
+/// memory histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    pub largest_in: usize,
+    pub largest_out: usize,
+    /// Bytes of the frames queued now.
+    pub queued_bytes: usize,
+    /// Frames the queue has room for without growing.
+    pub queue_capacity: usize,
 }
 
 #[derive(Default)]
 struct State {
     frames: VecDeque<Utf8Bytes>,
-    bytes: usize,
+    bytes: u32,
     closing: Option<CloseReason>,
 }
 
@@ -71,9 +97,14 @@ impl Outbox {
     pub fn new(max_frames: usize, max_bytes: usize) -> Self {
         Outbox {
             state: Mutex::new(State::default()),
-            ready: Notify::new(),
-            max_frames,
-            max_bytes,
+            signalled: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+            // Four-byte bounds keep every connection's outbox a little smaller;
+            // the configuration keeps them far below 4 GiB.
+            max_frames: max_frames.min(u32::MAX as usize) as u32,
+            max_bytes: max_bytes.min(u32::MAX as usize) as u32,
+            largest_in: AtomicU32::new(0),
+            largest_out: AtomicU32::new(0),
         }
     }
 
@@ -82,18 +113,21 @@ impl Outbox {
         if st.closing.is_some() {
             return Pushed::Closed;
         }
-        if st.frames.len() >= self.max_frames || st.bytes + frame.len() > self.max_bytes {
+        let len = frame.len().min(u32::MAX as usize) as u32;
+        if st.frames.len() >= self.max_frames as usize
+            || st.bytes.saturating_add(len) > self.max_bytes
+        {
             st.frames = VecDeque::new();
             st.bytes = 0;
             st.closing = Some(CloseReason::SlowConsumer);
             drop(st);
-            self.ready.notify_one();
+            self.wake();
             return Pushed::Overflowed;
         }
-        st.bytes += frame.len();
+        st.bytes += len;
         st.frames.push_back(frame);
         drop(st);
-        self.ready.notify_one();
+        self.wake();
         Pushed::Queued
     }
 
@@ -106,7 +140,7 @@ impl Outbox {
             st.bytes = 0;
         }
         drop(st);
-        self.ready.notify_one();
+        self.wake();
     }
 
     /// Moves up to `max` queued frames into `into`, or returns the close reason.
@@ -119,7 +153,7 @@ impl Outbox {
         for frame in st.frames.drain(..n) {
             into.push(frame);
         }
-        st.bytes -= into.iter().map(|f| f.len()).sum::<usize>();
+        st.bytes -= into.iter().map(|f| f.len() as u32).sum::<u32>();
         if st.frames.is_empty() && st.frames.capacity() > 64 {
             // A burst is over: give its memory back rather than keep it per connection.
             st.frames = VecDeque::new();
@@ -127,22 +161,59 @@ impl Outbox {
         None
     }
 
+    /// Records a frame read from the connection (`in`) or written to it.
+    pub fn note_frame(&self, len: usize, incoming: bool) {
+        let largest = if incoming {
+            &self.largest_in
+        } else {
+            &self.largest_out
+        };
+        let len = len.min(u32::MAX as usize) as u32;
+        // A plain load first: nearly every frame is no larger than the last.
+        if len > largest.load(Ordering::Relaxed) {
+            largest.fetch_max(len, Ordering::Relaxed);
+        }
+    }
+
+    pub fn footprint(&self) -> Footprint {
+        let st = self.state.lock();
+        Footprint {
+            largest_in: self.largest_in.load(Ordering::Relaxed) as usize,
+            largest_out: self.largest_out.load(Ordering::Relaxed) as usize,
+            queued_bytes: st.bytes as usize,
+            queue_capacity: st.frames.capacity(),
+        }
+    }
+
     pub fn has_frames(&self) -> bool {
         !self.state.lock().frames.is_empty()
     }
 
-    /// Wakes the connection's task (to come back for frames left after a batch).
+    /// Wakes the connection's task (also to come back for frames left after a batch).
     pub fn wake(&self) {
-        self.ready.notify_one();
+        self.signalled.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     pub fn closing(&self) -> Option<CloseReason> {
         self.state.lock().closing
     }
 
-    /// Resolves when something was pushed or a close was asked since the last wake.
+    /// Ready when something was pushed or a close was asked since the last time
+    /// it was ready. One task (the connection's) polls it.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        // Register before looking, so a wake between the two is not lost.
+        self.waker.register(cx.waker());
+        if self.signalled.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// [`Outbox::poll_ready`] as a future.
     pub async fn ready(&self) {
-        self.ready.notified().await
+        std::future::poll_fn(|cx| self.poll_ready(cx)).await
     }
 }
 

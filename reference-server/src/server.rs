@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 use crate::chat::App;
 use crate::cluster::{Cluster, ClusterError, Membership, Parts};
 use crate::config::Config;
+use crate::metrics::CONNECTION_SAMPLE_INTERVAL;
+use crate::outbox::CloseReason;
 use crate::store::{self, OpenError};
 
 /// How long shutdown waits for sessions to finish their closing handshakes.
@@ -136,6 +138,14 @@ impl Server {
             shutdown.clone(),
         ));
         tokio::spawn(expire_loop(app.clone(), shutdown.clone()));
+        // Sessions wait on their outboxes only (their idle state stays small),
+        // so shutdown reaches them as a close mark on every outbox.
+        let closing = app.clone();
+        tokio::spawn(async move {
+            closing.shutdown.cancelled().await;
+            closing.hub.close_all(CloseReason::ShuttingDown);
+        });
+        tokio::spawn(sample_connections(app.clone()));
         let task = match tls {
             Some(tls) => {
                 let listener = crate::tls::TlsListener::start(listener, tls, shutdown.clone())?;
@@ -277,6 +287,25 @@ impl axum::serve::Listener for PlainListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         self.0.local_addr()
+    }
+}
+
+/// Observes every connection's accounted memory in the histogram, every
+/// [`CONNECTION_SAMPLE_INTERVAL`], until shutdown: a pass over the hub, off the
+/// hot paths.
+async fn sample_connections(app: Arc<App>) {
+    let mut tick = tokio::time::interval(CONNECTION_SAMPLE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let read_buffer = app.config.ws_read_buffer_bytes;
+    loop {
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        app.hub.each_outbox(|outbox| {
+            let bytes = crate::session::connection_bytes(outbox, read_buffer);
+            app.metrics.connection_memory.observe(bytes as f64);
+        });
     }
 }
 

@@ -1,10 +1,10 @@
-//! One WebSocket connection: one device of one user, one task, one `select!` loop.
+//! One WebSocket connection: one device of one user, one task, one loop.
 //!
-//! The loop waits on three things, in this (biased) order:
-//! 1. shutdown: close with 1001;
-//! 2. the connection's [`Outbox`]: write queued frames, or close with the code
-//!    the outbox was marked with (1008 slow consumer, 1000 logout);
-//! 3. the socket: handle one client frame.
+//! The loop waits on two things, in this order:
+//! 1. the connection's [`Outbox`]: write queued frames, or close with the code
+//!    the outbox was marked with (1008 slow consumer, 1000 logout, 1001
+//!    shutdown: the server marks every outbox when it stops);
+//! 2. the socket: handle one client frame.
 //!
 //! Outbound frames come first so that a busy client cannot starve its own
 //! deliveries. Answers to the client's own frames (acks, sync batches, errors)
@@ -15,18 +15,23 @@
 //! stops reading is closed with 1008 within that time instead of the task waiting
 //! forever.
 //!
+//! An idle connection spends its life in [`next_event`], so that wait is kept
+//! to two borrowed polls with no state of their own: every byte of it is paid
+//! once per connected device (see `docs/performance.md`).
+//!
 //! Every client frame is handled in order, so a burst of sends from one device is
 //! acked and numbered in the order it was sent.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Error as WsError;
 
 use crate::auth::now_ms;
@@ -77,7 +82,7 @@ pub async fn upgrade(State(app): State<Arc<App>>, auth: Auth, ws: Upgrade) -> Re
         let app = session_app.clone();
         session_app
             .sessions
-            .spawn(run(app, socket, auth.owner, auth.token));
+            .spawn(run(app, socket, auth.owner, auth.token.into()));
     })
 }
 
@@ -89,7 +94,8 @@ fn run(
     app: Arc<App>,
     mut socket: WebSocket,
     owner: TokenOwner,
-    token: String,
+    // Kept for logout; a boxed str is a word smaller than a String.
+    token: Box<str>,
 ) -> impl Future<Output = ()> + Send {
     async move {
         let outbox = Arc::new(Outbox::new(
@@ -102,8 +108,39 @@ fn run(
         Metrics::inc(&app.metrics.connections);
         Metrics::inc(&app.metrics.connections_total);
         app.presence.touch(owner.user_id, owner.device_id, now_ms());
+        // Shutdown marks the outboxes registered in the hub; one registered
+        // after that pass sees the token instead.
+        if app.shutdown.is_cancelled() {
+            outbox.close(CloseReason::ShuttingDown);
+        }
 
-        let close = session(&app, &mut socket, &outbox, owner, &token).await;
+        let close = match Box::pin(hello(&app, &mut socket, &outbox, owner)).await {
+            Err(close) => close,
+            // The loop lives in this future itself rather than in a function
+            // it awaits: that would hold a second copy of every reference.
+            Ok(()) => {
+                let mut allowance = SendAllowance::new(app.config.send_burst);
+                loop {
+                    // Everything but the wait is boxed: an idle connection holds
+                    // only the wait's small future, not the space of the busy paths.
+                    let event = next_event(&mut socket, &outbox).await;
+                    let (app, token) = (&*app, &*token);
+                    let step = Box::pin(on_event(
+                        app,
+                        &mut socket,
+                        &outbox,
+                        owner,
+                        token,
+                        &mut allowance,
+                        event,
+                    ))
+                    .await;
+                    if let Step::Close(close) = step {
+                        break close;
+                    }
+                }
+            }
+        };
         if let Some((code, reason)) = close {
             let frame = CloseFrame {
                 code,
@@ -121,46 +158,37 @@ fn run(
     }
 }
 
-/// Runs the loop; returns the close frame to send, if any.
-async fn session(
-    app: &App,
-    socket: &mut WebSocket,
-    outbox: &Outbox,
-    owner: TokenOwner,
-    token: &str,
-) -> Option<(u16, &'static str)> {
-    if let Err(close) = Box::pin(hello(app, socket, owner)).await {
-        return close;
+/// Bytes the server accounts to one connection, for the per-connection memory
+/// histogram: its task (the session future in tokio's task cell, which pads to
+/// 128 bytes), the WebSocket read buffer (`read_buffer`, or the largest frame
+/// read), its write buffer (the largest frame written), and its outbox with the
+/// frames queued in it. Not counted: the socket's kernel buffers, tokio's I/O
+/// registration, the hub and presence entries (see `docs/performance.md`).
+pub fn connection_bytes(outbox: &Outbox, read_buffer: usize) -> usize {
+    // Frame headers: 14 bytes at most in, 10 out (the server does not mask).
+    let f = outbox.footprint();
+    task_bytes()
+        + read_buffer.max(f.largest_in + 14)
+        + f.largest_out
+        + 10
+        + std::mem::size_of::<Outbox>()
+        + 16
+        + f.queued_bytes
+        + f.queue_capacity * std::mem::size_of::<Utf8Bytes>()
+}
+
+/// One session task: the future of [`run`], tracked by the server's
+/// `TaskTracker`, in tokio's task cell (about 104 bytes of its own, padded to a
+/// multiple of 128).
+fn task_bytes() -> usize {
+    fn future_bytes<A, B, C, D, R>(_: &impl Fn(A, B, C, D) -> R) -> usize {
+        std::mem::size_of::<R>()
     }
-    let mut allowance = SendAllowance::new(app.config.send_rate_per_sec, app.config.send_burst);
-    loop {
-        // Everything but the wait is boxed: an idle connection holds only the
-        // wait's small future, not the space of the busy paths.
-        let step = match next_event(app, socket, outbox).await {
-            Event::Shutdown => Step::Close(Some((1001, "server shutting down"))),
-            Event::Outbox => Box::pin(write_queued(app, socket, outbox)).await,
-            Event::Incoming(incoming) => {
-                Box::pin(on_incoming(
-                    app,
-                    socket,
-                    outbox,
-                    owner,
-                    token,
-                    &mut allowance,
-                    incoming,
-                ))
-                .await
-            }
-        };
-        if let Step::Close(close) = step {
-            return close;
-        }
-    }
+    (future_bytes(&run) + 8 + 104).next_multiple_of(128)
 }
 
 /// What woke the session.
 enum Event {
-    Shutdown,
     Outbox,
     Incoming(Option<Result<WsMessage, axum::Error>>),
 }
@@ -172,21 +200,43 @@ enum Step {
     Close(Option<(u16, &'static str)>),
 }
 
-/// The idle wait, where every connection spends most of its life. Shutdown
-/// first, then queued deliveries, then the socket: a busy client cannot starve
-/// its own deliveries.
-async fn next_event(app: &App, socket: &mut WebSocket, outbox: &Outbox) -> Event {
-    tokio::select! {
-        biased;
-        _ = app.shutdown.cancelled() => Event::Shutdown,
-        _ = outbox.ready() => Event::Outbox,
-        incoming = socket.recv() => Event::Incoming(incoming),
+/// The idle wait, where every connection spends most of its life: queued
+/// frames (and close marks) first, then the socket, so a busy client cannot
+/// starve its own deliveries. A plain poll of the two, with no waiter or timer
+/// state to carry.
+async fn next_event(socket: &mut WebSocket, outbox: &Outbox) -> Event {
+    std::future::poll_fn(|cx| {
+        if outbox.poll_ready(cx).is_ready() {
+            return Poll::Ready(Event::Outbox);
+        }
+        socket.poll_next_unpin(cx).map(Event::Incoming)
+    })
+    .await
+}
+
+/// Handles what woke the session: queued frames to write, or a client frame.
+async fn on_event(
+    app: &App,
+    socket: &mut WebSocket,
+    outbox: &Outbox,
+    owner: TokenOwner,
+    token: &str,
+    allowance: &mut SendAllowance,
+    event: Event,
+) -> Step {
+    match event {
+        Event::Outbox => write_queued(app, socket, outbox).await,
+        Event::Incoming(incoming) => {
+            on_incoming(app, socket, outbox, owner, token, allowance, incoming).await
+        }
     }
 }
 
 /// Writes up to a batch of queued frames, raced against the outbox's close mark
-/// and shutdown; a frame that cannot be written within the write timeout (the
-/// client stopped reading) closes the connection with 1008.
+/// (a client that stops reading blocks the write while its outbox overflows;
+/// shutdown marks it too) and a write timeout: a frame that cannot be written
+/// within `--write-timeout-ms` (the client stopped reading) closes the
+/// connection with 1008.
 async fn write_queued(app: &App, socket: &mut WebSocket, outbox: &Outbox) -> Step {
     let mut batch = Vec::new();
     if let Some(reason) = outbox.take(&mut batch, WRITE_BATCH) {
@@ -195,6 +245,7 @@ async fn write_queued(app: &App, socket: &mut WebSocket, outbox: &Outbox) -> Ste
     let limit = app.config.write_timeout;
     let write = async {
         for frame in batch.drain(..) {
+            outbox.note_frame(frame.len(), false);
             match tokio::time::timeout(limit, socket.feed(WsMessage::Text(frame))).await {
                 Ok(r) => r.map_err(|_| WriteFailed::Gone)?,
                 Err(_) => return Err(WriteFailed::TimedOut),
@@ -215,8 +266,8 @@ async fn write_queued(app: &App, socket: &mut WebSocket, outbox: &Outbox) -> Ste
                 return Step::Close(Some((reason.code(), reason.text())));
             }
         },
+        // Shutdown marks the outbox too, so this also ends a write at shutdown.
         reason = closing(outbox) => return Step::Close(Some((reason.code(), reason.text()))),
-        _ = app.shutdown.cancelled() => return Step::Close(Some((1001, "server shutting down"))),
     }
     // More may be queued than one batch: come back without waiting.
     if outbox.has_frames() {
@@ -274,6 +325,9 @@ async fn on_incoming(
         Some(Err(_)) => return Step::Close(None),
         Some(Ok(msg)) => msg,
     };
+    if let WsMessage::Text(t) = &msg {
+        outbox.note_frame(t.len(), true);
+    }
     match msg {
         WsMessage::Text(text) => {
             let (reply, end) = handle(app, owner, token, &text, allowance).await;
@@ -313,6 +367,7 @@ async fn on_incoming(
 async fn hello(
     app: &App,
     socket: &mut WebSocket,
+    outbox: &Outbox,
     owner: TokenOwner,
 ) -> Result<(), Option<(u16, &'static str)>> {
     let head = match app.attach(owner).await {
@@ -329,7 +384,9 @@ async fn hello(
         heartbeat_interval_ms: app.config.heartbeat_interval.as_millis() as u64,
         offline_after_ms: app.config.offline_after.as_millis() as u64,
     };
-    if send_text(socket, hello.to_json()).await {
+    let hello = hello.to_json();
+    outbox.note_frame(hello.len(), false);
+    if send_text(socket, hello).await {
         Ok(())
     } else {
         Err(None)
@@ -418,7 +475,7 @@ async fn handle(
             client_msg_id,
             text,
         } => {
-            if !allowance.take() {
+            if !allowance.take(app.config.send_rate_per_sec, app.config.send_burst) {
                 let e = ApiError::new(
                     ErrorCode::RateLimited,
                     "sending faster than this connection's allowance; slow down",
@@ -455,32 +512,29 @@ async fn handle(
 }
 
 /// A token bucket for `send` frames: `rate` per second sustained, `burst` at once.
-/// Two numbers per connection; refilled lazily when a send arrives.
+/// Refilled lazily when a send arrives; the rate and burst come from the
+/// server's configuration at each take, so a connection holds two numbers.
 struct SendAllowance {
     tokens: f32,
     last: Option<std::time::Instant>,
-    rate: f32,
-    burst: f32,
 }
 
 impl SendAllowance {
-    fn new(rate: u32, burst: u32) -> Self {
+    fn new(burst: u32) -> Self {
         SendAllowance {
             tokens: burst as f32,
             last: None,
-            rate: rate as f32,
-            burst: burst as f32,
         }
     }
 
-    fn take(&mut self) -> bool {
-        if self.rate == 0.0 {
+    fn take(&mut self, rate: u32, burst: u32) -> bool {
+        if rate == 0 {
             return true;
         }
         let now = std::time::Instant::now();
         if let Some(last) = self.last {
-            self.tokens =
-                (self.tokens + now.duration_since(last).as_secs_f32() * self.rate).min(self.burst);
+            self.tokens = (self.tokens + now.duration_since(last).as_secs_f32() * rate as f32)
+                .min(burst as f32);
         }
         self.last = Some(now);
         if self.tokens >= 1.0 {
@@ -489,5 +543,41 @@ impl SendAllowance {
         } else {
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every idle connection holds one task whose future is `run`'s; tokio pads
+    /// a task to a multiple of 128 bytes and adds about 112 of its own, so past
+    /// 536 bytes each connection pays 128 more (docs/performance.md).
+    #[test]
+    fn an_idle_session_fits_a_640_byte_task() {
+        assert_eq!(
+            task_bytes(),
+            640,
+            "the session task grew: box the new state, or update docs/performance.md"
+        );
+    }
+
+    #[test]
+    fn connection_bytes_count_buffers_and_queued_frames() {
+        let outbox = Outbox::new(16, 1 << 20);
+        let idle = connection_bytes(&outbox, 256);
+        assert_eq!(idle, 640 + 256 + 10 + std::mem::size_of::<Outbox>() + 16);
+        outbox.note_frame(120, false);
+        outbox.note_frame(1000, true);
+        assert_eq!(
+            connection_bytes(&outbox, 256),
+            idle + 120 + (1000 + 14 - 256)
+        );
+        assert_eq!(
+            outbox.push("x".repeat(300).into()),
+            crate::outbox::Pushed::Queued
+        );
+        let queued = connection_bytes(&outbox, 256);
+        assert!(queued >= idle + 120 + 758 + 300, "{queued}");
     }
 }

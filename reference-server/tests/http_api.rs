@@ -407,4 +407,41 @@ async fn presence_query_health_and_metrics() {
     assert!(s.metric("chatscale_machine_cpus").await >= 1.0);
     assert!(s.metric("chatscale_machine_memory_bytes").await > 0.0);
     assert!(s.metric("process_cpu_seconds_total").await >= 0.0);
+    assert!(s.metric("chatscale_connection_memory_bytes_count").await >= 0.0);
+}
+
+#[tokio::test]
+async fn metrics_label_every_series_with_the_node_and_keep_their_names() {
+    let s = TestServer::start().await;
+    let text = reqwest::get(format!("{}/metrics", s.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert!(series.len() > 30, "{text}");
+    for line in &series {
+        assert!(line.contains("node=\""), "no node label: {line}");
+    }
+    for (name, kind) in [
+        ("chatscale_connections", "gauge"),
+        ("chatscale_connections_total", "counter"),
+        ("chatscale_errors_total", "counter"),
+        ("chatscale_storage_accept_seconds", "histogram"),
+        ("chatscale_connection_memory_bytes", "histogram"),
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {name} {kind}\n")),
+            "{name} is not a {kind}: {text}"
+        );
+    }
+    for name in [
+        "chatscale_storage_accept_seconds_sum",
+        "chatscale_storage_accept_seconds_count",
+        "chatscale_errors_total{code=\"bad_request\"}",
+        "chatscale_connection_memory_bytes_bucket{le=\"+Inf\"}",
+    ] {
+        s.metric(name).await;
+    }
 }

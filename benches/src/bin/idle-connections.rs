@@ -17,6 +17,10 @@
 //!   pairs of the open connections (64 in flight), and the server's CPU time per
 //!   message (send, ack, delivery) is printed.
 //!
+//! With `--target URL --pid PID` first, no server is started: the connections
+//! go to the server at URL, whose process PID is measured (how
+//! `benches/idle-breakdown.sh` runs the server under a heap profiler).
+//!
 //! Every connection has read its `hello` and then sits idle, as a phone on a chat
 //! app does between messages. The number to watch is `bytes per connection`.
 
@@ -24,7 +28,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatscale_benches::ServerProcess;
+use chatscale_benches::{child::cpu_seconds, ServerProcess};
 use futures_util::StreamExt;
 use reference_server::metrics::resident_memory_of;
 use reference_server::protocol::LoginResponse;
@@ -40,7 +44,16 @@ fn main() -> anyhow::Result<()> {
     if let Some(served) = chatscale_benches::serve_if_asked() {
         return served;
     }
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    let mut target = None;
+    if args.get(1).map(String::as_str) == Some("--target") {
+        anyhow::ensure!(
+            args.len() >= 5 && args[3] == "--pid",
+            "usage: idle-connections --target URL --pid PID [COUNT]"
+        );
+        target = Some((args[2].clone(), args[4].clone()));
+        args.drain(1..5);
+    }
     let total: usize = args
         .get(1)
         .map(|s| s.parse())
@@ -63,6 +76,14 @@ fn main() -> anyhow::Result<()> {
         extra.extend(c.server_flags());
     }
     let rt = tokio::runtime::Runtime::new()?;
+    if let Some((url, pid)) = target {
+        let connector = cert.as_ref().map(TestCert::connector);
+        let http = match &cert {
+            Some(c) => c.http()?,
+            None => reqwest::Client::new(),
+        };
+        return rt.block_on(measure(&url, &pid, total, http, connector, messages));
+    }
     let mut flags = vec!["--storage", "memory"];
     flags.extend(extra.iter().map(String::as_str));
     let mut child = ServerProcess::start(&flags)?;
@@ -71,20 +92,20 @@ fn main() -> anyhow::Result<()> {
         Some(c) => c.http()?,
         None => reqwest::Client::new(),
     };
-    let result = rt.block_on(measure(&mut child, total, http, connector, messages));
+    let (url, pid) = (child.url.clone(), child.pid().to_string());
+    let result = rt.block_on(measure(&url, &pid, total, http, connector, messages));
     child.stop();
     result
 }
 
 async fn measure(
-    server: &mut ServerProcess,
+    url: &str,
+    pid: &str,
     total: usize,
     http: reqwest::Client,
     connector: Option<Connector>,
     messages: usize,
 ) -> anyhow::Result<()> {
-    let pid = server.child.id().to_string();
-    let url = server.url.clone();
     let users = total.div_ceil(DEVICES_PER_USER);
     let mut devices = Vec::with_capacity(total);
     for u in 0..users {
@@ -111,9 +132,9 @@ async fn measure(
     let urls: Vec<String> = devices.iter().map(|(u, _)| u.clone()).collect();
     let mut conns = Vec::with_capacity(total);
     open(&urls[..WARMUP], &connector, &mut conns).await?;
-    let before = settled_rss(&pid).await;
+    let before = settled_rss(pid).await;
     open(&urls[WARMUP..], &connector, &mut conns).await?;
-    let after = settled_rss(&pid).await;
+    let after = settled_rss(pid).await;
     let opened = (total - WARMUP) as f64;
     let per_conn = (after as f64 - before as f64) / opened;
     println!(
@@ -128,7 +149,7 @@ async fn measure(
     println!("bytes per connection: {per_conn:.0}");
     if messages > 0 {
         let users: Vec<u64> = devices.iter().map(|(_, u)| *u).collect();
-        exchange(&pid, &mut conns, &users, messages).await?;
+        exchange(pid, &mut conns, &users, messages).await?;
     }
     drop(conns);
     Ok(())
@@ -184,15 +205,6 @@ async fn exchange(pid: &str, conns: &mut [Conn], users: &[u64], n: usize) -> any
         2 * DEVICES_PER_USER - 1
     );
     Ok(())
-}
-
-/// User plus system CPU time of a process, in seconds (Linux `/proc/PID/stat`).
-fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after_name = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    Ok(ticks / 100.0)
 }
 
 /// A certificate for 127.0.0.1 made for the run, as PEM files in a temp dir.

@@ -251,7 +251,12 @@ impl Store for MemoryStore {
         if members.iter().any(|&m| inner.user(m).is_none()) {
             return Err(StoreError::NotFound);
         }
-        let history = inner.channels.entry(msg.channel.to_string()).or_default();
+        // Look the channel up by `&str` first: a busy channel's key is not
+        // allocated again for every message.
+        if !inner.channels.contains_key(msg.channel) {
+            inner.channels.insert(msg.channel.to_string(), Vec::new());
+        }
+        let history = inner.channels.get_mut(msg.channel).expect("inserted above");
         let id = history.len() as MessageId + 1;
         let stored = Arc::new(Message {
             channel: msg.channel.to_string(),

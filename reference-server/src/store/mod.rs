@@ -10,6 +10,8 @@
 //!
 //! A backend is chosen at start-up from the `--storage` URL by [`open`].
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -105,6 +107,10 @@ pub struct Accepted {
 /// A stored message. Shared (`Arc`) so that inboxes and fan-out need no copies.
 pub type StoredMessage = Arc<Message>;
 
+/// An accept whose place in its channel is fixed but which may not be durable
+/// yet (see [`Store::submit_accept`]): resolves to what [`Store::accept`] returns.
+pub type PendingAccept = Pin<Box<dyn Future<Output = StoreResult<Accepted>> + Send>>;
+
 /// The chat service's storage.
 ///
 /// Every method is atomic on its own. Implementations must be cheap to share
@@ -161,6 +167,18 @@ pub trait Store: Send + Sync + 'static {
     /// inbox with that member's next seq. Returns once the message is as durable
     /// as this backend makes anything.
     async fn accept(&self, msg: NewMessage<'_>) -> StoreResult<Accepted>;
+    /// Starts an [`Store::accept`] and returns once the message's place in its
+    /// channel is fixed: its id comes after those of every accept submitted to
+    /// this store before this call returned. The returned future resolves once
+    /// the message is as durable as `accept` makes it. A caller that submits one
+    /// channel's messages one at a time (the chat service does, under the
+    /// channel's lock) so keeps them in order without waiting for each commit,
+    /// and a busy channel's messages can share one. The default runs the whole
+    /// accept before returning.
+    async fn submit_accept(&self, msg: NewMessage<'_>) -> StoreResult<PendingAccept> {
+        let accepted = self.accept(msg).await;
+        Ok(Box::pin(std::future::ready(accepted)))
+    }
     /// A page of a channel's history, ascending by id: with `after`, the first
     /// `limit` messages with `after < id` (and `id < before`, if given); without
     /// it, the last `limit` messages with `id < before` (or the newest ones).
