@@ -62,7 +62,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::outcome::{Outcome, ServerStats};
+use crate::outcome::Outcome;
 use crate::population::{Population, Share};
 use crate::scenario::{Phase, Scenario};
 use history::{Endpoint, Reader};
@@ -182,8 +182,13 @@ pub async fn simulate(
     let cpu_before = progress::self_cpu_seconds();
     // What the server says about itself, before and after: its CPU over the
     // measured phases, its connection limit, its machine (the projection).
-    let (server_client, server_base) = (endpoint.client.clone(), endpoint.base.clone());
-    let server_before = progress::read_server(&server_client, &server_base).await;
+    // Every node of a cluster (its CPU is the sum of theirs), else the server.
+    let server_client = endpoint.client.clone();
+    let server_bases = match sim.nodes.http_bases() {
+        b if b.is_empty() => vec![endpoint.base.clone()],
+        b => b,
+    };
+    let server_before = progress::read_servers(&server_client, &server_bases).await;
     outcome.started_at_ms = part.start_us / 1000;
     let owned: Arc<Owned> = Arc::new(Box::new(move |u| share.owns(u)));
     let scheduler = Scheduler::new(sim.clone(), {
@@ -244,14 +249,8 @@ pub async fn simulate(
         t.stop().await;
     }
     outcome.generator.cpu_seconds = progress::self_cpu_seconds() - cpu_before;
-    let server_after = progress::read_server(&server_client, &server_base).await;
-    outcome.server = ServerStats {
-        cpu_seconds: server_after
-            .cpu_seconds
-            .zip(server_before.cpu_seconds)
-            .map(|(after, before)| (after - before).max(0.0)),
-        ..server_after
-    };
+    let server_after = progress::read_servers(&server_client, &server_bases).await;
+    outcome.server = progress::cpu_between(&server_before, &server_after);
     progress_done.cancel();
     let _ = progress_task.await;
     outcome.memory = std::mem::take(&mut *lock(&progress.samples));

@@ -147,6 +147,11 @@ impl Nodes {
         self.read().len()
     }
 
+    /// Every known node's `http://HOST:PORT`, in node order.
+    pub fn http_bases(&self) -> Vec<String> {
+        self.read().iter().map(|k| http_of(&k.ws)).collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -105,6 +105,34 @@ pub async fn read_server(client: &reqwest::Client, base: &str) -> ServerStats {
     }
 }
 
+/// [`read_server`] on every node of the run: `bases` lists them (one for a
+/// single server). The limits and the machine come from the first node that
+/// answers; CPU seconds are kept per node, so a cluster's CPU over the phases is
+/// the sum of each node's own difference ([`cpu_between`]).
+pub async fn read_servers(client: &reqwest::Client, bases: &[String]) -> Vec<ServerStats> {
+    futures_util::future::join_all(bases.iter().map(|b| read_server(client, b))).await
+}
+
+/// The server side's CPU seconds between two [`read_servers`] of the same nodes
+/// (summed over the nodes that answered both times), with the first answering
+/// node's limits and machine.
+pub fn cpu_between(before: &[ServerStats], after: &[ServerStats]) -> ServerStats {
+    let cpu: Vec<f64> = before
+        .iter()
+        .zip(after)
+        .filter_map(|(b, a)| Some((a.cpu_seconds? - b.cpu_seconds?).max(0.0)))
+        .collect();
+    let first = after
+        .iter()
+        .find(|s| s.max_connections.is_some() || s.cpus.is_some())
+        .cloned()
+        .unwrap_or_default();
+    ServerStats {
+        cpu_seconds: (!cpu.is_empty()).then(|| cpu.iter().sum()),
+        ..first
+    }
+}
+
 /// Shared with the run: which phase is running (index into `names`).
 pub struct Progress {
     pub phase: AtomicUsize,
@@ -198,5 +226,42 @@ pub async fn run(
     }
     if tty {
         let _ = writeln!(std::io::stderr());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(cpu: Option<f64>, max: Option<u64>) -> ServerStats {
+        ServerStats {
+            cpu_seconds: cpu,
+            max_connections: max,
+            ..ServerStats::default()
+        }
+    }
+
+    #[test]
+    fn a_clusters_cpu_is_the_sum_of_each_nodes_own_difference() {
+        let before = [
+            stats(Some(1.0), Some(100)),
+            stats(Some(5.0), Some(100)),
+            stats(None, None),
+        ];
+        let after = [
+            stats(Some(3.5), Some(100)),
+            stats(Some(6.0), Some(100)),
+            stats(Some(9.0), None),
+        ];
+        let s = cpu_between(&before, &after);
+        // The third node did not answer before: its 9 s are not all this run's.
+        assert_eq!(s.cpu_seconds, Some(3.5));
+        assert_eq!(s.max_connections, Some(100));
+    }
+
+    #[test]
+    fn no_node_answering_gives_no_cpu_figure() {
+        let s = cpu_between(&[stats(None, None)], &[stats(None, None)]);
+        assert_eq!(s, ServerStats::default());
     }
 }
