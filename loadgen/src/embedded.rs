@@ -320,7 +320,12 @@ pub fn watch_parent() {
                 Ok(_) => continue,
             }
         }
-        eprintln!(
+        // Not `eprintln!`: a node's stderr is a pipe to the parent, closed
+        // now, and a failed eprintln! panics this thread before the exit,
+        // leaving the child running forever.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
             "loadgen child {}: the parent process is gone; exiting",
             std::process::id()
         );

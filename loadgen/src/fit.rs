@@ -2,11 +2,14 @@
 //! provisioned, each refusal with its arithmetic (exit 3), and how many
 //! worker processes `--workers auto` starts.
 //!
-//! Three limits, all per machine (a shard counts its own share of the users):
+//! Four limits, all per machine (a shard counts its own share of the users):
 //!
 //! - **Descriptors**: one socket per connected device at the peak, plus
 //!   [`FD_SLACK`], the HTTP pools (provisioning, history, discovery) per
 //!   process. `--workers auto` picks the fewest processes under that limit.
+//! - **Embedded nodes**: each node is a process under the same descriptor
+//!   limit and holds about an even share of the devices ([`NODE_FD_SLACK`]
+//!   more for its own connections).
 //! - **Ports**: one (source address, destination) pair has the kernel's
 //!   ephemeral range of ports (about 28,000 here); the devices' connections
 //!   spread over the source addresses and the server's addresses.
@@ -20,6 +23,9 @@ use crate::scenario::Scenario;
 
 /// Descriptors kept aside per process for the audit, logs and the runtime.
 pub const FD_SLACK: u64 = 256;
+/// Descriptors an embedded node keeps besides its devices' connections
+/// (listener, storage and cluster connections, logs).
+pub const NODE_FD_SLACK: u64 = 256;
 /// Most worker processes on one machine.
 pub const MAX_WORKERS: u32 = 64;
 /// The generator's resident memory per connected device, with a margin
@@ -103,6 +109,22 @@ pub fn check(scenario: &Scenario, m: &Machine) -> Result<(), LoadgenError> {
             overhead(scenario),
             m.descriptor_limit
         )));
+    }
+    if m.embedded {
+        // Each embedded node is a process with the same descriptor limit:
+        // discovery sends a device to the least loaded node, so each holds
+        // about an even share.
+        let nodes = m.destinations.max(1);
+        let per_node = m.devices.div_ceil(nodes);
+        if per_node + NODE_FD_SLACK > m.descriptor_limit {
+            let per = m.descriptor_limit.saturating_sub(NODE_FD_SLACK).max(1);
+            return Err(LoadgenError::unrunnable(format!(
+                "the scenario needs {per_node} connections per embedded node ({} devices at the peak over {nodes} node(s)) plus {NODE_FD_SLACK} for the node's storage, cluster and runtime, but a process may open {}: raise [target] servers to at least {}, or lower the phases' `online`",
+                m.devices,
+                m.descriptor_limit,
+                m.devices.div_ceil(per)
+            )));
+        }
     }
     let g = &scenario.generator;
     let addresses = if g.source_addresses.is_empty() {
@@ -215,5 +237,25 @@ mod tests {
         m.descriptor_limit = 1_000_000;
         let e = check(&s2, &m).unwrap_err().to_string();
         assert!(e.contains("source address") && e.contains("28232"), "{e}");
+    }
+
+    /// 100,000 devices need 6 embedded nodes at 20,000 descriptors each:
+    /// 5 are refused with the count that fits; a running server is not checked.
+    #[test]
+    fn embedded_nodes_must_hold_their_share() {
+        let s = scenario();
+        let mut m = machine(100_000);
+        m.workers = 6;
+        m.destinations = 5;
+        let e = check(&s, &m).unwrap_err().to_string();
+        assert!(
+            e.contains("20000 connections per embedded node") && e.contains("at least 6"),
+            "{e}"
+        );
+        m.destinations = 6;
+        assert!(check(&s, &m).is_ok());
+        m.destinations = 1;
+        m.embedded = false;
+        assert!(check(&s, &m).is_ok());
     }
 }

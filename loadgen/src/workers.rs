@@ -355,7 +355,9 @@ pub async fn run_parent(
                 crate::engine::progress::scrape(&client, base, "chatscale_messages_accepted_total")
                     .await
                     .unwrap_or(0.0);
-            eprintln!("[{:>5.0}s] {n} workers: {connections} connections on the server, {acked:.0} messages accepted", started.elapsed().as_secs_f64());
+            // Connections are every node's; the accepted count is the one
+            // node scraped here (a cluster's other nodes accept theirs).
+            eprintln!("[{:>5.0}s] {n} workers: {connections} connections on the server, {acked:.0} messages accepted at {base}", started.elapsed().as_secs_f64());
             last_print = Instant::now();
         }
     }
@@ -410,4 +412,36 @@ pub fn merge_dirs(dirs: &[PathBuf]) -> Result<Outcome, LoadgenError> {
 
 fn worker_dir(work: &Path, i: u32) -> PathBuf {
     work.join(format!("worker-{i}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shared start: workers waiting before the parent writes the start
+    /// file all read the one absolute time it holds; without one a waiter
+    /// gives up at its bound or on Ctrl-C, never starting on its own.
+    #[tokio::test]
+    async fn every_waiter_gets_the_one_start_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("start.json");
+        let stop = CancellationToken::new();
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                let (path, stop) = (path.clone(), stop.clone());
+                tokio::spawn(async move { wait_start(&path, Duration::from_secs(10), &stop).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        write_start(&path, 1_764_560_000_123_456).unwrap();
+        for w in waiters {
+            assert_eq!(w.await.unwrap(), Some(1_764_560_000_123_456));
+        }
+        assert!(!path.with_extension("tmp").exists(), "written by rename");
+
+        let none = dir.path().join("never.json");
+        assert_eq!(wait_start(&none, Duration::from_millis(50), &stop).await, None);
+        stop.cancel();
+        assert_eq!(wait_start(&none, Duration::from_secs(60), &stop).await, None);
+    }
 }

@@ -19,6 +19,9 @@ mod engine_tls;
 /// Fleet scale: embedded clusters, node faults and failover, workers auto,
 /// exact fan-out with workers, shards merged, Ctrl-C of a multi-process run.
 mod fleet;
+/// Scale at test size: thousands of devices over several source addresses,
+/// too few embedded nodes refused with the arithmetic.
+mod scale;
 /// The --baseline gate: pass, regressions, noise floor, bad baseline.
 mod report_baseline;
 /// report.html in headless Chromium: no console error, no empty chart.

@@ -58,6 +58,8 @@ use crate::population::Population;
 
 /// How long reading one user's inbox may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Tries at reading one user's inbox before it counts as unread.
+const READ_ATTEMPTS: u32 = 3;
 
 /// One message of an inbox, as the audit compares it.
 #[derive(Debug, Clone, Copy)]
@@ -225,9 +227,20 @@ pub async fn audit(
                 .clone();
             let sim = sim.clone();
             async move {
-                let url = inbox_url(&sim, &token).await;
-                let r = tokio::time::timeout(READ_TIMEOUT, read_inbox(&url, &token)).await;
-                (u, r.map_err(|_| "timeout".to_string()).and_then(|r| r))
+                // A read the server cut short (a node busy with a disconnect
+                // storm, its storage slow) is tried again: an unread inbox
+                // leaves the run incomplete.
+                let mut attempt = 0;
+                loop {
+                    let url = inbox_url(&sim, &token).await;
+                    let r = tokio::time::timeout(READ_TIMEOUT, read_inbox(&url, &token)).await;
+                    let r = r.map_err(|_| "timeout".to_string()).and_then(|r| r);
+                    attempt += 1;
+                    if r.is_ok() || attempt >= READ_ATTEMPTS {
+                        break (u, r);
+                    }
+                    tokio::time::sleep(Duration::from_millis(500) * attempt).await;
+                }
             }
         })
         .buffer_unordered(concurrency.max(1));

@@ -225,7 +225,13 @@ async fn target(sim: &Sim, d: u32) -> Option<(Option<u16>, crate::engine::nodes:
 
 async fn connection(sim: &Sim, d: u32, st: &mut DeviceState) -> End {
     let rec = &sim.rec;
-    let Some((node, known, token)) = Box::pin(target(sim, d)).await else {
+    // Discovery may wait on a busy cluster (permits, its timeout): the end
+    // of the run never waits for it.
+    let asked = tokio::select! {
+        _ = sim.stop_all.cancelled() => return End::Stop,
+        t = Box::pin(target(sim, d)) => t,
+    };
+    let Some((node, known, token)) = asked else {
         inc(&rec.counters.connect_errors);
         rec.error("discovery");
         return End::Failed;
