@@ -167,6 +167,8 @@ pub fn complete(
     acked.sort_unstable();
     // Pairs handed over: counted when some part acked their message.
     let mut found: Vec<(u64, u64, u32)> = Vec::new();
+    // Users whose inbox their part could not read: not checked here either.
+    let mut unread: std::collections::HashSet<u32> = Default::default();
     for dir in leaves {
         let pending = match handoff::read_pending(&dir.join(handoff::PENDING)) {
             Ok(p) => p,
@@ -185,6 +187,10 @@ pub fn complete(
             awaiting,
         } in pending
         {
+            if channel == handoff::UNREAD {
+                unread.insert(user);
+                continue;
+            }
             if acked.binary_search(&(channel, id)).is_ok() {
                 audit.delivered_live += u64::from(live);
                 audit.recovered += u64::from(recovered);
@@ -199,7 +205,7 @@ pub fn complete(
     for (entries, info) in ledgers.iter().zip(&infos) {
         for e in entries {
             for u in crate::engine::audit::members(shape, e) {
-                if info.share.owns(u) || !covered(u) {
+                if info.share.owns(u) || !covered(u) || unread.contains(&u) {
                     continue;
                 }
                 let devices = shape.users[u as usize].devices.len() as u64;

@@ -440,8 +440,14 @@ mod tests {
         assert!(!path.with_extension("tmp").exists(), "written by rename");
 
         let none = dir.path().join("never.json");
-        assert_eq!(wait_start(&none, Duration::from_millis(50), &stop).await, None);
+        assert_eq!(
+            wait_start(&none, Duration::from_millis(50), &stop).await,
+            None
+        );
         stop.cancel();
-        assert_eq!(wait_start(&none, Duration::from_secs(60), &stop).await, None);
+        assert_eq!(
+            wait_start(&none, Duration::from_secs(60), &stop).await,
+            None
+        );
     }
 }

@@ -85,7 +85,12 @@ fn thousands_of_devices_spread_over_source_addresses_and_all_connect() {
     assert_eq!(o.status.code(), Some(0), "{err}");
     let r: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
-    assert_eq!(num(&r, &["counters", "connect_errors"]), 0.0, "{}", r["errors"]);
+    assert_eq!(
+        num(&r, &["counters", "connect_errors"]),
+        0.0,
+        "{}",
+        r["errors"]
+    );
     assert!(num(&r, &["counters", "connects"]) >= 3000.0);
     assert_eq!(num(&r, &["metrics", "peak_connections"]), 3000.0);
     assert_eq!(num(&r, &["metrics", "lost"]), 0.0);
@@ -132,10 +137,14 @@ fn too_few_embedded_nodes_are_refused_before_provisioning() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(3), "{err}");
     assert!(
-        err.contains("50000 connections per embedded node") && err.contains("servers to at least 6"),
+        err.contains("50000 connections per embedded node")
+            && err.contains("servers to at least 6"),
         "{err}"
     );
-    assert!(started.elapsed() < Duration::from_secs(20), "refused at once");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "refused at once"
+    );
     assert!(!out.exists(), "nothing was started or written");
 }
 
@@ -171,7 +180,8 @@ fn alive(pid: u32) -> bool {
 fn a_killed_run_takes_its_embedded_server_with_it() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
-    let body = "[population]\nusers = 10\nfriends = 2\n\n[[phase]]\nduration = \"60s\"\nonline = 10\n";
+    let body =
+        "[population]\nusers = 10\nfriends = 2\n\n[[phase]]\nduration = \"60s\"\nonline = 10\n";
     let path = scenario(dir.path(), "orphan", None, body);
     let mut child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
         .args(["run", path.to_str().unwrap(), "--workers", "1", "--out"])

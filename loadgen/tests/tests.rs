@@ -19,9 +19,6 @@ mod engine_tls;
 /// Fleet scale: embedded clusters, node faults and failover, workers auto,
 /// exact fan-out with workers, shards merged, Ctrl-C of a multi-process run.
 mod fleet;
-/// Scale at test size: thousands of devices over several source addresses,
-/// too few embedded nodes refused with the arithmetic.
-mod scale;
 /// The --baseline gate: pass, regressions, noise floor, bad baseline.
 mod report_baseline;
 /// report.html in headless Chromium: no console error, no empty chart.
@@ -42,3 +39,6 @@ mod report_support;
 mod report_thresholds;
 /// The verdict and its exit status; report.junit.xml read back as CI reads it.
 mod report_verdict;
+/// Scale at test size: thousands of devices over several source addresses,
+/// too few embedded nodes refused with the arithmetic, no orphaned server.
+mod scale;

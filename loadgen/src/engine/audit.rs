@@ -253,6 +253,14 @@ pub async fn audit(
                     "the inbox of user {} could not be read: {e}",
                     pop.users[u as usize].id
                 ));
+                // Tell the merge, so other parts' messages to this user are
+                // not counted lost: nobody looked.
+                if let Some(w) = pending.as_mut() {
+                    if let Err(e) = w.pending(&Pending::unread(u)) {
+                        audit.incomplete(format!("cannot write the pending pairs: {e}"));
+                        pending = None;
+                    }
+                }
                 continue;
             }
         };

@@ -43,6 +43,26 @@ pub struct Pending {
 
 const PENDING_LEN: usize = 28;
 
+/// The `channel` of a pending record that says only that its user's inbox
+/// could not be read: the merge then checks no other part's messages against
+/// that inbox (they are unchecked, not lost; the audit is incomplete).
+pub const UNREAD: u64 = u64::MAX;
+
+impl Pending {
+    /// The record for an inbox that could not be read.
+    pub fn unread(user: u32) -> Pending {
+        Pending {
+            user,
+            channel: UNREAD,
+            id: 0,
+            live: 0,
+            recovered: 0,
+            undelivered: 0,
+            awaiting: 0,
+        }
+    }
+}
+
 impl Pending {
     fn encode(&self) -> [u8; PENDING_LEN] {
         let mut b = [0u8; PENDING_LEN];
@@ -176,14 +196,16 @@ mod tests {
         let mut w = Records::create(&dir.path().join(PENDING)).unwrap();
         w.pending(&p).unwrap();
         w.pending(&Pending::default()).unwrap();
+        w.pending(&Pending::unread(42)).unwrap();
         w.finish().unwrap();
         let mut w = Records::create(&dir.path().join(FANOUT)).unwrap();
         w.arrival(&a).unwrap();
         w.finish().unwrap();
         assert_eq!(
             read_pending(&dir.path().join(PENDING)).unwrap(),
-            vec![p, Pending::default()]
+            vec![p, Pending::default(), Pending::unread(42)]
         );
+        assert_eq!(Pending::unread(42).channel, UNREAD);
         assert_eq!(read_arrivals(&dir.path().join(FANOUT)).unwrap(), vec![a]);
     }
 }
