@@ -221,6 +221,7 @@ mod tests {
         assert!(e.contains("file descriptors") && e.contains("30000"), "{e}");
         let mut m = machine(1_000_000);
         m.workers = 60;
+        m.destinations = 60;
         m.memory_available = Some(4 << 30);
         let e = check(&s, &m).unwrap_err().to_string();
         assert!(e.contains("MiB") && e.contains("1000000 devices"), "{e}");
@@ -230,6 +231,8 @@ mod tests {
         let mut m = machine(40_000);
         m.workers = 3;
         m.memory_available = None;
+        // A running server: its nodes are not this machine's to check.
+        m.embedded = false;
         assert!(check(&s2, &m).is_ok(), "13,334 per process fit one address");
         s2.generator.connections_per_source = 40_000;
         s2.generator.source_addresses.clear();

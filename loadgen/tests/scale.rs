@@ -94,10 +94,11 @@ fn thousands_of_devices_spread_over_source_addresses_and_all_connect() {
     assert!(num(&r, &["counters", "connects"]) >= 3000.0);
     assert_eq!(num(&r, &["metrics", "peak_connections"]), 3000.0);
     assert_eq!(num(&r, &["metrics", "lost"]), 0.0);
-    assert_eq!(
-        &most[..3],
-        &[1000, 1000, 1000],
-        "127.0.0.2-4 at 1,000 each: {most:?}"
+    // 1,000 devices each; an address may also carry some of the audit's
+    // inbox reads after the phases, so each is held to at least its devices.
+    assert!(
+        most[..3].iter().all(|&n| n >= 1000),
+        "127.0.0.2-4 at 1,000 devices each: {most:?}"
     );
     // Other tests may use 127.0.0.5 for a few devices, never 1,000.
     assert!(most[3] < 1000, "{most:?}");
@@ -148,24 +149,6 @@ fn too_few_embedded_nodes_are_refused_before_provisioning() {
     assert!(!out.exists(), "nothing was started or written");
 }
 
-/// Text without the terminal colour codes tracing writes.
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::new();
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// Running, not gone and not a zombie waiting for a reaper.
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -193,7 +176,7 @@ fn a_killed_run_takes_its_embedded_server_with_it() {
         .unwrap();
     let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
     let node: u32 = loop {
-        let line = strip_ansi(&lines.next().expect("a started line").unwrap());
+        let line = loadgen::embedded::strip_ansi(&lines.next().expect("a started line").unwrap());
         if line.contains("embedded server started") {
             let pid = line.split("pid=").nth(1).expect("pid=");
             break pid
