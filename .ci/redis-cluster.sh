@@ -40,8 +40,8 @@ start() {
         mkdir -p "$dir/$p"
         if ! redis-cli -h 127.0.0.1 -p "$p" ping >/dev/null 2>&1; then
             # A node left over from a half-made cluster keeps its nodes.conf; start clean.
-            rm -f "$dir/$p/nodes.conf" "$dir/$p"/appendonly* "$dir/$p/dump.rdb"
-            rm -rf "$dir/$p/appendonlydir"
+            # (-r: Redis 7 keeps its append-only files in a directory.)
+            rm -rf "$dir/$p/nodes.conf" "$dir/$p"/appendonly* "$dir/$p/dump.rdb"
             redis-server --bind 127.0.0.1 --port "$p" --dir "$dir/$p" \
                 --cluster-enabled yes --cluster-config-file nodes.conf \
                 --cluster-node-timeout 5000 \

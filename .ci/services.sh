@@ -69,6 +69,9 @@ chatscale_redis_start() {
         return 0
     fi
     mkdir -p "$dir" || return 1
+    # Start empty: data left by an earlier run (a killed session, a developer's runs)
+    # is of no use to the tests and a large append-only file slows the start.
+    rm -rf "$dir/appendonlydir" "$dir"/appendonly* "$dir/dump.rdb" || return 1
     # redis-server refuses to run as root only under systemd's unit; here it is fine,
     # but keep the files owned by whoever runs it.
     redis-server --bind 127.0.0.1 --port "$chatscale_redis_port" --dir "$dir" \
