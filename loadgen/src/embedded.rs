@@ -103,6 +103,9 @@ impl EmbeddedServer {
                 "--offline-after-ms",
                 &cfg.offline_after.as_millis().max(1).to_string(),
             ])
+            // The report's memory-per-connection distribution: every
+            // connection observed every second (a pass over the hub).
+            .args(["--connection-sample-ms", "1000"])
             .env(PARENT_WATCH_ENV, "1");
         if let Some((redis, node)) = &cfg.cluster {
             cmd.args(["--cluster", redis, "--node-id", node]);

@@ -124,6 +124,64 @@ pub struct NodeSeries {
     pub peak_connections: u64,
     /// (ms since the phases started, connections; `null` when it did not answer).
     pub connections: Vec<(u64, Option<u64>)>,
+    /// Its `chatscale_connection_memory_bytes` observations made during the run
+    /// (absent when the node does not expose the histogram).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_memory: Option<BucketCounts>,
+}
+
+/// A Prometheus histogram's buckets as counted over a span: `cumulative[i]`
+/// observations were at most `bounds[i]` bytes, `count` in all (the `+Inf`
+/// bucket), and `max_bytes` the largest single value seen (0: unknown).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BucketCounts {
+    pub bounds: Vec<f64>,
+    pub cumulative: Vec<u64>,
+    pub count: u64,
+    pub max_bytes: u64,
+}
+
+impl BucketCounts {
+    /// Adds another span's counts, bucket by bucket (same bounds; a bucket the
+    /// other lacks adds its nearest lower one's count, which keeps the sums
+    /// cumulative when two servers' versions bucket differently).
+    pub fn add(&mut self, o: &BucketCounts) {
+        if self.bounds == o.bounds {
+            for (a, b) in self.cumulative.iter_mut().zip(&o.cumulative) {
+                *a += b;
+            }
+        } else {
+            for (bound, a) in self.bounds.iter().zip(self.cumulative.iter_mut()) {
+                let below = o
+                    .bounds
+                    .iter()
+                    .zip(&o.cumulative)
+                    .take_while(|(b, _)| *b <= bound)
+                    .last()
+                    .map_or(0, |(_, c)| *c);
+                *a += below;
+            }
+        }
+        self.count += o.count;
+        self.max_bytes = self.max_bytes.max(o.max_bytes);
+    }
+
+    /// What was counted after `earlier` (the same histogram read before):
+    /// bucket by bucket, never below zero.
+    pub fn since(&self, earlier: &BucketCounts) -> BucketCounts {
+        let at = |i: usize| earlier.cumulative.get(i).copied().unwrap_or(0);
+        BucketCounts {
+            bounds: self.bounds.clone(),
+            cumulative: self
+                .cumulative
+                .iter()
+                .enumerate()
+                .map(|(i, c)| c.saturating_sub(at(i)))
+                .collect(),
+            count: self.count.saturating_sub(earlier.count),
+            max_bytes: self.max_bytes,
+        }
+    }
 }
 
 /// Creating the population, before the measured phases.

@@ -40,7 +40,7 @@ async fn a_run_over_tls_trusts_the_ca_file_and_its_devices_speak_wss() {
     let url = server.url();
     assert!(url.starts_with("https://"), "{url}");
 
-    let body = format!("{SMALL}\n[[phase]]\nname = \"steady\"\nduration = \"2s\"\nonline = 8\nmessage_rate = \"30/s\"\ndisconnect_rate = \"2/s\"\n\n[thresholds]\n\"lost\" = \"== 0\"\n\"duplicated\" = \"== 0\"\n");
+    let body = format!("{SMALL}\n[[phase]]\nname = \"steady\"\nduration = \"2s\"\nonline = 8\nmessage_rate = \"30/s\"\ndisconnect_rate = \"6/s\"\n\n[thresholds]\n\"lost\" = \"== 0\"\n\"duplicated\" = \"== 0\"\n");
     let path = scenario(dir.path(), "tls", Some(&url), &body);
 
     // Without the CA the target's certificate is not trusted: unreachable.

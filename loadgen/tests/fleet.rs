@@ -103,6 +103,36 @@ fn a_killed_node_s_devices_fail_over_and_nothing_is_lost() {
         "node 1 is down at the end: {n1:?}"
     );
     assert!(num(&r, &["metrics", "peak_connections"]) > 0.0);
+    // Memory per connection as a distribution, per node and merged.
+    let per_node = r["connection_memory"]["server_nodes"].as_array().unwrap();
+    let named: Vec<&str> = per_node
+        .iter()
+        .map(|n| n["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(named, ["n1", "n2", "n3"], "{}", r["connection_memory"]);
+    let observed: Vec<f64> = per_node
+        .iter()
+        .map(|n| n["observations"].as_f64().unwrap())
+        .collect();
+    assert!(observed.iter().all(|&n| n > 0.0), "{observed:?}");
+    let merged = &r["connection_memory"]["server"];
+    assert_eq!(
+        merged["observations"].as_f64().unwrap(),
+        observed.iter().sum::<f64>()
+    );
+    let (p50, p99, max) = (
+        merged["p50_bytes"].as_f64().unwrap(),
+        merged["p99_bytes"].as_f64().unwrap(),
+        merged["max_bytes"].as_f64().unwrap(),
+    );
+    // An idle connection is about 1.1-2 KiB: never zero, never megabytes.
+    assert!(
+        p50 > 500.0 && p50 <= p99 && p99 <= max && max < 1e6,
+        "{merged}"
+    );
+    assert!(std::fs::read_to_string(out.join("report.md"))
+        .unwrap()
+        .contains("## Memory per connection"));
     assert!(std::fs::read_to_string(out.join("report.md"))
         .unwrap()
         .contains("## Nodes"));
@@ -267,6 +297,17 @@ fn workers_auto_starts_enough_processes_for_the_peak() {
         );
     }
     assert!(!out.join("workers/worker-2").exists());
+    // Each worker's devices' own memory reaches the merged report.
+    let devices: Vec<f64> = w
+        .iter()
+        .map(|wr| num(wr, &["connection_memory", "loadgen", "observations"]))
+        .collect();
+    assert!(devices.iter().all(|&n| n > 0.0), "{devices:?}");
+    assert_eq!(
+        num(&r, &["connection_memory", "loadgen", "observations"]),
+        devices.iter().sum::<f64>()
+    );
+    assert!(num(&r, &["generator", "device_memory_p50_bytes"]) > 0.0);
     assert_eq!(num(&r, &["metrics", "lost"]), 0.0);
     assert_eq!(
         num(&r, &["metrics", "peak_connections"]),

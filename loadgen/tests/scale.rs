@@ -46,7 +46,7 @@ fn established() -> BTreeMap<(String, String), usize> {
 #[test]
 fn thousands_of_devices_spread_over_source_addresses_and_all_connect() {
     let dir = tempfile::tempdir().unwrap();
-    let body = "[population]\nusers = 3000\nfriends = 2\n\n[behavior]\nheartbeat_interval = \"5s\"\noffline_after = \"15s\"\n\n[[phase]]\nname = \"ramp\"\nduration = \"6s\"\nonline = 3000\n\n[[phase]]\nname = \"hold\"\nduration = \"3s\"\nonline = 3000\nmessage_rate = \"50/s\"\n\n[thresholds]\n\"lost\" = \"== 0\"\n";
+    let body = "[population]\nusers = 3000\nfriends = 2\n\n[behavior]\nheartbeat_interval = \"5s\"\noffline_after = \"15s\"\n\n[[phase]]\nname = \"ramp\"\nduration = \"6s\"\nonline = 3000\n\n[[phase]]\nname = \"hold\"\nduration = \"8s\"\nonline = 3000\nmessage_rate = \"50/s\"\n\n[thresholds]\n\"lost\" = \"== 0\"\n";
     let path = scenario(dir.path(), "sources3k", None, body);
     let text = std::fs::read_to_string(&path).unwrap().replace(
         "[generator]\n",
@@ -91,7 +91,11 @@ fn thousands_of_devices_spread_over_source_addresses_and_all_connect() {
         "{}",
         r["errors"]
     );
-    assert!(num(&r, &["counters", "connects"]) >= 3000.0);
+    assert!(
+        num(&r, &["counters", "connects"]) >= 3000.0,
+        "{}",
+        r["counters"]
+    );
     assert_eq!(num(&r, &["metrics", "peak_connections"]), 3000.0);
     assert_eq!(num(&r, &["metrics", "lost"]), 0.0);
     // 1,000 devices each; an address may also carry some of the audit's

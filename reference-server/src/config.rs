@@ -145,6 +145,11 @@ pub struct Opts {
     #[arg(long, default_value_t = 600)]
     pub expire_interval_secs: u64,
 
+    /// How often every connection's accounted memory is observed in the
+    /// `chatscale_connection_memory_bytes` histogram, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub connection_sample_ms: u64,
+
     /// Most WebSocket connections this node holds; past it an upgrade is answered
     /// `503 overloaded` (0 = the open-file limit less 256 for everything else).
     #[arg(long, default_value_t = 0)]
@@ -199,6 +204,7 @@ pub struct Config {
     pub max_pending_accepts: usize,
     pub dedupe_window: Duration,
     pub expire_interval: Duration,
+    pub connection_sample_interval: Duration,
 }
 
 /// A flag value that cannot be used; the message names the flag.
@@ -324,6 +330,7 @@ impl Opts {
             max_pending_accepts: self.max_pending_accepts.max(1),
             dedupe_window: Duration::from_secs(self.dedupe_window_secs),
             expire_interval: Duration::from_secs(self.expire_interval_secs.max(1)),
+            connection_sample_interval: Duration::from_millis(self.connection_sample_ms.max(100)),
             tls: match (self.tls_cert, self.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
                 (None, None) => None,

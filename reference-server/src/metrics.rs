@@ -7,11 +7,10 @@
 //! hands a snapshot of them to the crate's encoder, every series labelled with
 //! this node's id (`node`). The per-connection memory histogram is the crate's
 //! own `Histogram`, fed every few seconds by a sampler over all connections
-//! ([`CONNECTION_SAMPLE_INTERVAL`]), never from a hot path. The names and
+//! (`--connection-sample-ms`, 5 s by default), never from a hot path. The names and
 //! meanings are documented in `docs/operations.md`.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
 
 use std::fmt::Write as _;
 
@@ -24,9 +23,6 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::protocol::ErrorCode;
-
-/// How often the per-connection memory of every connection is sampled.
-pub const CONNECTION_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
 pub struct Metrics {
     pub connections: AtomicU64,
@@ -56,6 +52,9 @@ pub struct Metrics {
     /// Bytes the server accounts to one connection (session task, WebSocket
     /// buffers, queued outbound frames), one observation per connection per sample.
     pub connection_memory: Histogram,
+    /// The largest connection's bytes at the last sample (a histogram's buckets
+    /// bound the maximum only to within a bucket).
+    pub connection_memory_max: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -83,11 +82,19 @@ impl Default for Metrics {
             password_hashes_in_flight: AtomicU64::default(),
             password_hashes_peak: AtomicU64::default(),
             errors: Default::default(),
-            // 512 B to 16 MiB: an idle connection near the bottom, a slow
-            // consumer's full outbound queue near the top.
-            connection_memory: Histogram::new(exponential_buckets(512.0, 2.0, 16)),
+            connection_memory: Histogram::new(connection_memory_buckets()),
+            connection_memory_max: AtomicU64::default(),
         }
     }
+}
+
+/// Upper bounds of `chatscale_connection_memory_bytes`' buckets: 512 B to
+/// 16 MiB (an idle connection near the bottom, a slow consumer's full outbound
+/// queue near the top), four buckets per doubling, so a quantile read from them
+/// is within 19% of the true value (less with interpolation) where a doubling per
+/// bucket would leave a factor of two.
+pub fn connection_memory_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(512.0, 2f64.powf(0.25), 61)
 }
 
 /// Values that scrapes read from the parts that own them (hub, presence, store).
@@ -251,6 +258,11 @@ impl Metrics {
                     "chatscale_password_hashes_peak",
                     "Most password hashes that ever computed at once (bounded by --password-hash-concurrency)",
                     get(&self.password_hashes_peak),
+                ),
+                gauge(
+                    "chatscale_connection_memory_max_bytes",
+                    "The largest bytes one connection accounted for at the last sample of chatscale_connection_memory_bytes",
+                    get(&self.connection_memory_max),
                 ),
                 gauge(
                     "chatscale_max_connections",

@@ -7,6 +7,7 @@
 //! with 1001, storage is flushed, and only then does [`Server::stop`] return.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,6 @@ use tokio_util::sync::CancellationToken;
 use crate::chat::App;
 use crate::cluster::{Cluster, ClusterError, Membership, Parts};
 use crate::config::Config;
-use crate::metrics::CONNECTION_SAMPLE_INTERVAL;
 use crate::outbox::CloseReason;
 use crate::store::{self, OpenError};
 
@@ -291,10 +291,10 @@ impl axum::serve::Listener for PlainListener {
 }
 
 /// Observes every connection's accounted memory in the histogram, every
-/// [`CONNECTION_SAMPLE_INTERVAL`], until shutdown: a pass over the hub, off the
+/// `--connection-sample-ms`, until shutdown: a pass over the hub, off the
 /// hot paths.
 async fn sample_connections(app: Arc<App>) {
-    let mut tick = tokio::time::interval(CONNECTION_SAMPLE_INTERVAL);
+    let mut tick = tokio::time::interval(app.config.connection_sample_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let read_buffer = app.config.ws_read_buffer_bytes;
     loop {
@@ -302,10 +302,13 @@ async fn sample_connections(app: Arc<App>) {
             _ = app.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let mut largest = 0;
         app.hub.each_outbox(|outbox| {
             let bytes = crate::session::connection_bytes(outbox, read_buffer);
             app.metrics.connection_memory.observe(bytes as f64);
+            largest = largest.max(bytes as u64);
         });
+        app.metrics.connection_memory_max.store(largest, Relaxed);
     }
 }
 

@@ -1,6 +1,8 @@
 //! The HTTP API row by row: accounts, tokens, discovery, friends, groups, history
 //! paging, presence queries, health and metrics.
 
+use std::time::Duration;
+
 use reference_server::protocol::ServerFrame;
 use serde_json::{json, Value};
 
@@ -413,12 +415,7 @@ async fn presence_query_health_and_metrics() {
 #[tokio::test]
 async fn metrics_label_every_series_with_the_node_and_keep_their_names() {
     let s = TestServer::start().await;
-    let text = reqwest::get(format!("{}/metrics", s.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics_text().await;
     let series: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
     assert!(series.len() > 30, "{text}");
     for line in &series {
@@ -444,4 +441,34 @@ async fn metrics_label_every_series_with_the_node_and_keep_their_names() {
     ] {
         s.metric(name).await;
     }
+}
+
+/// Every open connection is observed in `chatscale_connection_memory_bytes`
+/// each `--connection-sample-ms`, and the largest one is a gauge beside it (the
+/// buckets bound a maximum only to within a bucket).
+#[tokio::test]
+async fn connection_memory_is_sampled_per_connection_with_its_maximum() {
+    let s = TestServer::with(|c| c.connection_sample_interval = Duration::from_millis(100)).await;
+    let (a, b) = (s.user("mem-a").await, s.user("mem-b").await);
+    let _wa = a.connect().await;
+    let _wb = b.connect().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut count = 0.0;
+    while count < 4.0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        count = s.metric("chatscale_connection_memory_bytes_count").await;
+    }
+    assert!(count >= 4.0, "two connections observed twice: {count}");
+    let max = s.metric("chatscale_connection_memory_max_bytes").await;
+    let sum = s.metric("chatscale_connection_memory_bytes_sum").await;
+    // An idle connection: about a KiB or two, and the max at least the mean.
+    assert!((512.0..65_536.0).contains(&max), "{max}");
+    assert!(max >= sum / count, "max {max}, mean {}", sum / count);
+    // Four buckets per doubling from 512 B to 16 MiB, then +Inf.
+    let text = s.metrics_text().await;
+    let buckets = text
+        .lines()
+        .filter(|l| l.starts_with("chatscale_connection_memory_bytes_bucket"))
+        .count();
+    assert_eq!(buckets, 62, "{text}");
 }

@@ -198,17 +198,21 @@ impl Api {
         body["channel"].as_str().unwrap().to_string()
     }
 
-    /// A metric's value from `/metrics`.
-    pub async fn metric(&self, name: &str) -> f64 {
-        let text = self
-            .http
+    /// The whole `/metrics` page.
+    pub async fn metrics_text(&self) -> String {
+        self.http
             .get(format!("{}/metrics", self.url))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// A metric's value from `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics_text().await;
         metric_value(&text, name).unwrap_or_else(|| panic!("metric {name} missing"))
     }
 }

@@ -1,5 +1,7 @@
 //! Each node's connection count over the run, from its own `/metrics`
-//! (`chatscale_connections{node="..."}`), once a second.
+//! (`chatscale_connections{node="..."}`), once a second, and what its
+//! per-connection memory histogram (`chatscale_connection_memory_bytes`)
+//! counted during the run.
 //!
 //! The report names every node with its timeline, and the run's
 //! `peak_connections` is the server side's peak: the most connections the
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::NodeInfo;
+use crate::outcome::BucketCounts;
 pub use crate::outcome::NodeSeries;
 
 /// The embedded cluster's nodes and processes as they are now.
@@ -60,6 +63,93 @@ pub fn connections_of(metrics: &str) -> Option<(Option<String>, u64)> {
         .and_then(|(_, r)| r.split('"').next())
         .map(str::to_string);
     Some((node, value))
+}
+
+/// A node's `chatscale_connection_memory_bytes` buckets and its
+/// `chatscale_connection_memory_max_bytes` gauge as one scrape shows them
+/// (counts since the node started); `None` when it exposes no histogram.
+pub fn connection_memory_of(metrics: &str) -> Option<BucketCounts> {
+    let mut b = BucketCounts::default();
+    let mut seen = false;
+    for line in metrics.lines() {
+        if let Some(rest) = line.strip_prefix("chatscale_connection_memory_bytes_bucket{") {
+            let Some((labels, value)) = rest.rsplit_once(' ') else {
+                continue;
+            };
+            let Some(le) = labels
+                .split_once("le=\"")
+                .and_then(|(_, r)| r.split('"').next())
+            else {
+                continue;
+            };
+            let Ok(n) = value.trim().parse::<f64>() else {
+                continue;
+            };
+            seen = true;
+            match le.parse::<f64>() {
+                Ok(bound) if bound.is_finite() => {
+                    b.bounds.push(bound);
+                    b.cumulative.push(n as u64);
+                }
+                _ => b.count = n as u64,
+            }
+        } else if line.starts_with("chatscale_connection_memory_max_bytes") {
+            if let Some((_, v)) = line.rsplit_once(' ') {
+                b.max_bytes = v.trim().parse::<f64>().map_or(0, |v| v as u64);
+            }
+        }
+    }
+    seen.then_some(b)
+}
+
+/// One node's histogram over the run: the counts between its first scrape and
+/// its last, added across a restart (its counts fall back to zero), and the
+/// largest connection seen at any sample taken during the run.
+#[derive(Debug, Default)]
+struct MemoryCounts {
+    base: Option<BucketCounts>,
+    last: Option<BucketCounts>,
+    closed: Option<BucketCounts>,
+    max: u64,
+}
+
+impl MemoryCounts {
+    fn observe(&mut self, now: BucketCounts) {
+        match &self.last {
+            // What the node counted before the run started is not the run's;
+            // nor is the maximum its last sample before then saw.
+            None => self.base = Some(now.clone()),
+            Some(last) if now.count < last.count => {
+                let segment = last.since(self.base.as_ref().unwrap_or(last));
+                match &mut self.closed {
+                    None => self.closed = Some(segment),
+                    Some(c) => c.add(&segment),
+                }
+                self.base = Some(BucketCounts {
+                    bounds: now.bounds.clone(),
+                    cumulative: vec![0; now.bounds.len()],
+                    ..BucketCounts::default()
+                });
+                if now.count > 0 {
+                    self.max = self.max.max(now.max_bytes);
+                }
+            }
+            // A sample was taken since the last scrape: its maximum is the run's.
+            Some(last) if now.count > last.count => self.max = self.max.max(now.max_bytes),
+            Some(_) => {}
+        }
+        self.last = Some(now);
+    }
+
+    fn finish(self) -> Option<BucketCounts> {
+        let last = self.last?;
+        let mut counted = last.since(self.base.as_ref().unwrap_or(&last));
+        if let Some(c) = &self.closed {
+            counted.add(c);
+        }
+        counted.max_bytes = self.max;
+        Some(counted)
+    }
 }
 
 async fn node_list(client: &reqwest::Client, nodes: &Nodes) -> Vec<String> {
@@ -105,6 +195,7 @@ pub async fn run(
     done: CancellationToken,
 ) -> Sampled {
     let mut series: BTreeMap<String, NodeSeries> = BTreeMap::new();
+    let mut counts: BTreeMap<String, MemoryCounts> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
     let mut peak: Option<u64> = None;
     let mut urls = Vec::new();
@@ -133,7 +224,7 @@ pub async fn run(
                 let text =
                     crate::engine::progress::metrics_text(&client, u, Duration::from_millis(900))
                         .await?;
-                connections_of(&text)
+                Some((connections_of(&text), connection_memory_of(&text)))
             }
         }))
         .await;
@@ -147,7 +238,11 @@ pub async fn run(
                     ..NodeSeries::default()
                 }
             });
-            let value = read.map(|(name, n)| {
+            let (count, memory) = read.unwrap_or_default();
+            if let Some(m) = memory {
+                counts.entry(url.clone()).or_default().observe(m);
+            }
+            let value = count.map(|(name, n)| {
                 if let Some(name) = name {
                     entry.node = name;
                 }
@@ -162,6 +257,11 @@ pub async fn run(
         if let Some(t) = total {
             peak = Some(peak.unwrap_or(0).max(t));
             now.store(t, Relaxed);
+        }
+    }
+    for (url, c) in counts {
+        if let Some(n) = series.get_mut(&url) {
+            n.connection_memory = c.finish();
         }
     }
     Sampled {
@@ -183,5 +283,44 @@ mod tests {
         assert_eq!(connections_of(text), Some((Some("n2".into()), 17)));
         assert_eq!(connections_of("chatscale_connections 3\n"), Some((None, 3)));
         assert_eq!(connections_of("nothing here\n"), None);
+    }
+
+    fn scrape(counts: [u64; 3], max: u64) -> String {
+        format!(
+            "# TYPE chatscale_connection_memory_bytes histogram\n\
+             chatscale_connection_memory_bytes_sum{{node=\"n1\"}} 1\n\
+             chatscale_connection_memory_bytes_count{{node=\"n1\"}} {}\n\
+             chatscale_connection_memory_bytes_bucket{{le=\"1024.0\",node=\"n1\"}} {}\n\
+             chatscale_connection_memory_bytes_bucket{{le=\"2048.0\",node=\"n1\"}} {}\n\
+             chatscale_connection_memory_bytes_bucket{{le=\"+Inf\",node=\"n1\"}} {}\n\
+             chatscale_connection_memory_max_bytes{{node=\"n1\"}} {max}\n",
+            counts[2], counts[0], counts[1], counts[2]
+        )
+    }
+
+    #[test]
+    fn the_memory_histogram_is_read_from_metrics() {
+        let b = connection_memory_of(&scrape([3, 5, 6], 4000)).unwrap();
+        assert_eq!(b.bounds, vec![1024.0, 2048.0]);
+        assert_eq!(b.cumulative, vec![3, 5]);
+        assert_eq!(b.count, 6);
+        assert_eq!(b.max_bytes, 4000);
+        assert_eq!(connection_memory_of("chatscale_connections 3\n"), None);
+    }
+
+    #[test]
+    fn only_what_the_run_counted_is_kept_across_a_restart() {
+        let mut c = MemoryCounts::default();
+        // Before the run: 100 observations and a 9,000-byte connection.
+        c.observe(connection_memory_of(&scrape([100, 100, 100], 9000)).unwrap());
+        c.observe(connection_memory_of(&scrape([100, 110, 110], 1500)).unwrap());
+        // The node restarted: its counts start again from zero.
+        c.observe(connection_memory_of(&scrape([4, 4, 4], 900)).unwrap());
+        // A scrape with no sample since: its gauge is not counted again.
+        c.observe(connection_memory_of(&scrape([4, 4, 4], 900)).unwrap());
+        let b = c.finish().unwrap();
+        assert_eq!(b.cumulative, vec![4, 14]);
+        assert_eq!(b.count, 14);
+        assert_eq!(b.max_bytes, 1500);
     }
 }

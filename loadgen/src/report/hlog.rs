@@ -14,7 +14,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
 use hdrhistogram::serialization::V2DeflateSerializer;
 
-use super::merge::{GENERATOR_LAG_LOG, SEND_DELAY_LOG};
+use super::merge::{DEVICE_MEMORY_LOG, GENERATOR_LAG_LOG, SEND_DELAY_LOG};
 use crate::error::LoadgenError;
 use crate::outcome::{Interval, Outcome, LATENCY_METRICS};
 
@@ -29,6 +29,7 @@ pub fn render(metric: &str, outcome: &Outcome) -> Result<Vec<u8>, String> {
     let total = match metric {
         GENERATOR_LAG_LOG => Some(&outcome.generator.lag),
         SEND_DELAY_LOG => Some(&outcome.generator.send_delay),
+        DEVICE_MEMORY_LOG => Some(&outcome.generator.device_memory),
         _ => outcome.histograms.get(metric),
     };
     let intervals: Vec<Interval> = match outcome.intervals.get(metric) {
@@ -47,7 +48,12 @@ pub fn render(metric: &str, outcome: &Outcome) -> Result<Vec<u8>, String> {
     let mut header = IntervalLogWriterBuilder::new();
     header.add_comment("[Histogram log format version 1.3]");
     header.add_comment(&format!(
-        "[chatscale loadgen: {metric} in microseconds, scenario {}]",
+        "[chatscale loadgen: {metric} in {}, scenario {}]",
+        if metric == DEVICE_MEMORY_LOG {
+            "bytes"
+        } else {
+            "microseconds"
+        },
         outcome.scenario
     ));
     header.with_max_value_divisor(1000.0);
@@ -90,12 +96,14 @@ pub fn render(metric: &str, outcome: &Outcome) -> Result<Vec<u8>, String> {
 /// Writes `NAME.hlog` into `dir` for every name of [`LATENCY_METRICS`], and
 /// `generator_lag.hlog` and `send_delay.hlog` (how late the generator's timers
 /// ran and its sends went out, one interval each), which `loadgen merge` needs
-/// to judge a merged run's generator.
+/// to judge a merged run's generator, and `device_memory.hlog` (bytes per
+/// device, so merged workers keep that distribution).
 pub fn write_all(outcome: &Outcome, dir: &Path) -> Result<(), LoadgenError> {
-    let names = LATENCY_METRICS
-        .iter()
-        .map(|(n, _)| *n)
-        .chain([GENERATOR_LAG_LOG, SEND_DELAY_LOG]);
+    let names = LATENCY_METRICS.iter().map(|(n, _)| *n).chain([
+        GENERATOR_LAG_LOG,
+        SEND_DELAY_LOG,
+        DEVICE_MEMORY_LOG,
+    ]);
     for metric in names {
         let path = dir.join(format!("{metric}.hlog"));
         let bytes = render(metric, outcome).map_err(|e| LoadgenError::Io {

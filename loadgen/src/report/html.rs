@@ -117,6 +117,7 @@ pub fn render(r: &Report, outcome: &Outcome) -> String {
     distribution(&mut s, outcome);
     phases(&mut s, r);
     memory(&mut s, r);
+    s.push_str(&super::connmem::html(&r.connection_memory));
     s.push_str(&super::nodes::html(r));
     counts(&mut s, r);
 

@@ -163,6 +163,7 @@ pub fn render(r: &Report) -> String {
         m.server_memory_note
     );
 
+    s.push_str(&super::connmem::markdown(&r.connection_memory));
     s.push_str(&super::nodes::markdown(r));
 
     let g = &r.generator;

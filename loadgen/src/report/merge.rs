@@ -32,6 +32,9 @@ use crate::thresholds::Thresholds;
 pub const GENERATOR_LAG_LOG: &str = "generator_lag";
 /// The interval log of every send's lateness (written minus scheduled).
 pub const SEND_DELAY_LOG: &str = "send_delay";
+/// The bytes each connected device's own state accounted for (one interval,
+/// values in bytes), so merged workers and shards keep the distribution.
+pub const DEVICE_MEMORY_LOG: &str = "device_memory";
 
 /// The intervals of one `.hlog` file, in file order.
 pub fn read_hlog(path: &Path) -> Result<Vec<Interval>, LoadgenError> {
@@ -110,6 +113,12 @@ pub fn read_outcome(dir: &Path) -> Result<(Report, Outcome), LoadgenError> {
     if delay_log.is_file() {
         for iv in read_hlog(&delay_log)? {
             let _ = o.generator.send_delay.add(&iv.histogram);
+        }
+    }
+    let device_log = dir.join(format!("{DEVICE_MEMORY_LOG}.hlog"));
+    if device_log.is_file() {
+        for iv in read_hlog(&device_log)? {
+            let _ = o.generator.device_memory.add(&iv.histogram);
         }
     }
     o.generator

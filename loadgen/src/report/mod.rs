@@ -12,6 +12,7 @@
 //! rebuilds outcomes from run directories and merges shards into one report.
 
 pub mod baseline;
+pub mod connmem;
 mod fields;
 pub mod hlog;
 pub mod html;
@@ -92,6 +93,10 @@ pub struct Report {
     /// Each server node's connections over the run (sampled from its `/metrics`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<crate::outcome::NodeSeries>,
+    /// Memory per connection as distributions (server per node and merged,
+    /// loadgen per device) beside the RSS slopes.
+    #[serde(default)]
+    pub connection_memory: connmem::ConnectionMemory,
 }
 
 /// When, how and with what the run was made.
@@ -298,6 +303,11 @@ pub fn build(
         },
         generator_limited: generator.limited,
     };
+    let connection_memory = connmem::build(
+        outcome,
+        metrics.server_memory_per_connection,
+        generator.memory_per_connection,
+    );
 
     Ok(Report {
         schema_version: SCHEMA_VERSION,
@@ -327,6 +337,7 @@ pub fn build(
         audit: outcome.audit.clone(),
         errors: outcome.errors.clone(),
         counters: outcome.counters.clone(),
+        connection_memory,
         provisioning: outcome.provisioning.clone(),
         generator,
         server: outcome.server.clone(),
