@@ -6,7 +6,9 @@
 
 use loadgen::error::LoadgenError;
 use loadgen::outcome::ServerStats;
-use loadgen::projection::{project, Limit, Measured, PhaseCapacity, Projection, ProjectionConfig};
+use loadgen::projection::{
+    project, Limit, Measured, NodeHeld, PhaseCapacity, Projection, ProjectionConfig,
+};
 
 use crate::report_support::{build_report, synthetic_outcome};
 
@@ -47,6 +49,13 @@ fn measured() -> Measured {
         local_memory_bytes: None,
         local_cpus: 2,
         generator_limited: false,
+        server_nodes: 1,
+        node_held: Some(NodeHeld {
+            node: "n1".into(),
+            connections: 19_000,
+            phase: "step2".into(),
+            delivery_p99_ms: 12.5,
+        }),
     }
 }
 
@@ -154,6 +163,7 @@ fn the_configured_factors_change_the_arithmetic() {
 fn a_run_too_small_to_measure_says_so() {
     let mut m = measured();
     m.peak_connections = 50;
+    m.node_held = None;
     m.server_memory_per_connection = None;
     m.server_base_memory = None;
     m.phases = vec![phase("idle", 0.0, 1.0)];
@@ -190,9 +200,11 @@ fn a_run_too_small_to_measure_says_so() {
         limit(&p, "messages")
     );
 
-    // A server that does not state its limit: not measured, not loadgen's own.
+    // A server that does not state its limit, and no node measured within
+    // the objective: not measured, not loadgen's own.
     let mut m = measured();
     m.server.max_connections = None;
+    m.node_held = None;
     let p = project(&ProjectionConfig::default(), &m);
     assert_eq!(limit(&p, "connections").servers, None);
     assert!(limit(&p, "connections")
@@ -204,6 +216,56 @@ fn a_run_too_small_to_measure_says_so() {
     let p = project(&ProjectionConfig::default(), &m);
     assert_eq!(limit(&p, "memory").servers, None);
     assert!(limit(&p, "memory").arithmetic.contains("not positive"));
+}
+
+/// A capacity-scale run that held most of a node's limit, but not all of it,
+/// projects with what a node was measured to hold (a lower bound, so the
+/// servers it needs are an upper bound), never the configured limit alone; a
+/// cluster's message rate is shared by its nodes.
+#[test]
+fn a_cluster_projects_per_node_from_what_a_node_held() {
+    let mut m = measured();
+    m.server_nodes = 7;
+    m.node_held = Some(NodeHeld {
+        node: "n3".into(),
+        connections: 14_465,
+        phase: "hold".into(),
+        delivery_p99_ms: 18.1,
+    });
+    let p = project(&ProjectionConfig::default(), &m);
+    let c = limit(&p, "connections");
+    assert_eq!(c.per_server, Some(14_465.0));
+    // ceil(1.3M / 14,465) = 90.
+    assert_eq!(c.servers, Some(90));
+    assert!(c.lower_bound, "{c:?}");
+    assert!(
+        c.basis.contains("node n3") && c.basis.contains("19,744"),
+        "{c:?}"
+    );
+    // The cluster's 2,000 msg/s within the objective: 285.71 per node, and
+    // 4,000 missed it, so messages decide, measured: 163 servers.
+    let msgs = limit(&p, "messages");
+    assert_eq!(msgs.per_server, Some(285.71));
+    assert!(msgs.basis.contains("7 nodes"), "{msgs:?}");
+    assert_eq!((p.servers_needed, p.limited_by.as_str()), (163, "messages"));
+    assert!(p.capacity_run, "{p:?}");
+    // The memory fit's intercept is every node's base together.
+    assert_eq!(
+        limit(&p, "memory").per_server,
+        Some((((24 * GIB) as f64 * 0.8 - 50_000_000.0 / 7.0) / 10_000.0).floor())
+    );
+    assert!(p.notes.iter().any(|n| n.contains("cluster of 7 nodes")));
+
+    // Under half the limit on every node: the configured limit, with a note.
+    let mut m = measured();
+    m.node_held.as_mut().unwrap().connections = 5_000;
+    let p = project(&ProjectionConfig::default(), &m);
+    assert_eq!(limit(&p, "connections").per_server, Some(19_744.0));
+    assert!(!limit(&p, "connections").lower_bound);
+    assert!(p
+        .notes
+        .iter()
+        .any(|n| n.contains("not a measured capacity")));
 }
 
 /// The objective defaults to the delivery p99 threshold, else 50 ms; the

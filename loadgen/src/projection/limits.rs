@@ -18,38 +18,100 @@ fn not_measured(name: &str, unit: &str, why: String) -> Limit {
     }
 }
 
-/// The server's own connection limit, as its `/metrics` states it.
+/// Connections one server holds: what one node was measured to hold within
+/// the latency objective, against the server's own limit (`--max-connections`,
+/// as its `/metrics` states it). A node measured at 90% of its limit or more
+/// confirms the limit; a capacity-scale run (half the limit or more) that did
+/// not reach it gives the measured figure as a lower bound; a smaller run only
+/// has the configured limit, and a note says so.
 pub(super) fn connections(m: &Measured, t: &ProjectionTarget, notes: &mut Vec<String>) -> Limit {
-    let Some(limit) = m.server.max_connections.filter(|l| *l > 0) else {
-        return not_measured(
-            "connections",
-            "connections",
-            "the server does not state its connection limit (chatscale_max_connections at /metrics)".into(),
-        );
+    let configured = m.server.max_connections.filter(|l| *l > 0);
+    let held = m.node_held.as_ref().filter(|h| h.connections > 0);
+    let held_words = |h: &super::NodeHeld| {
+        format!(
+            "node {} held {} connections in phase '{}' at delivery p99 {} ms, within the {} ms objective",
+            h.node,
+            thousands(h.connections as f64),
+            h.phase,
+            h.delivery_p99_ms,
+            m.slo_ms
+        )
     };
-    let servers = div_ceil(t.concurrent_connections as f64, limit as f64);
-    if m.peak_connections < limit / 2 {
-        notes.push(format!(
-            "the run held {} connections at its peak; the server's limit of {} is its configured ceiling \
-             (--max-connections, by default its open-file limit less 256), not a measured capacity: run a \
-             scenario with about that many online devices to confirm one server holds them",
-            thousands(m.peak_connections as f64),
-            thousands(limit as f64),
-        ));
-    }
+    let (per_server, basis, lower_bound) = match (configured, held) {
+        (None, None) => {
+            return not_measured(
+                "connections",
+                "connections",
+                "the server does not state its connection limit (chatscale_max_connections at /metrics) \
+                 and no node was measured holding connections within the objective"
+                    .into(),
+            )
+        }
+        (Some(limit), Some(h)) if h.connections * 10 >= limit * 9 => (
+            limit,
+            format!(
+                "the server's own connection limit (chatscale_max_connections at /metrics), measured: {}",
+                held_words(h)
+            ),
+            false,
+        ),
+        (Some(limit), Some(h)) if h.connections * 2 >= limit => (
+            h.connections,
+            format!(
+                "measured: {}; its configured limit of {} was not reached, so this is a lower bound on a node's capacity",
+                held_words(h),
+                thousands(limit as f64)
+            ),
+            true,
+        ),
+        (None, Some(h)) => (
+            h.connections,
+            format!(
+                "measured: {}; the server does not state its limit, so this is a lower bound",
+                held_words(h)
+            ),
+            true,
+        ),
+        (Some(limit), _) if held.map_or(m.peak_connections, |h| h.connections) * 2 >= limit => (
+            limit,
+            "the server's own connection limit (chatscale_max_connections at /metrics)".to_string(),
+            false,
+        ),
+        (Some(limit), _) => {
+            notes.push(format!(
+                "the run held {} connections at its peak{}; the server's limit of {} is its configured ceiling \
+                 (--max-connections, by default its open-file limit less 256), not a measured capacity: run a \
+                 scenario with about that many online devices per node to confirm one server holds them",
+                thousands(m.peak_connections as f64),
+                held.map_or(String::new(), |h| format!(
+                    " (the busiest node {} within the objective)",
+                    thousands(h.connections as f64)
+                )),
+                thousands(limit as f64),
+            ));
+            (
+                limit,
+                "the server's own connection limit (chatscale_max_connections at /metrics), not measured: the \
+                 run held under half of it on any node"
+                    .to_string(),
+                false,
+            )
+        }
+    };
+    let servers = div_ceil(t.concurrent_connections as f64, per_server as f64);
     Limit {
         name: "connections".into(),
-        per_server: Some(limit as f64),
+        per_server: Some(per_server as f64),
         unit: "connections".into(),
         servers: Some(servers),
-        basis: "the server's own connection limit (chatscale_max_connections at /metrics)".into(),
-        lower_bound: false,
+        basis,
+        lower_bound,
         arithmetic: format!(
             "{} users x {} devices/user = {} connections; / {} per server = {servers} server(s)",
             thousands(t.concurrent_users as f64),
             t.devices_per_user,
             thousands(t.concurrent_connections as f64),
-            thousands(limit as f64),
+            thousands(per_server as f64),
         ),
     }
 }
@@ -73,7 +135,8 @@ pub(super) fn memory(m: &Measured, t: &ProjectionTarget) -> Limit {
         return nm("the server machine's memory is unknown".into());
     };
     let share = t.usable_memory_share;
-    let base = m.server_base_memory.unwrap_or(0.0).max(0.0);
+    // The fit's intercept is the sum of every node's base memory.
+    let base = m.server_base_memory.unwrap_or(0.0).max(0.0) / m.server_nodes.max(1) as f64;
     let usable = total as f64 * share - base;
     if usable <= 0.0 {
         return nm(
@@ -156,13 +219,22 @@ pub(super) fn messages(m: &Measured, t: &ProjectionTarget, notes: &mut Vec<Strin
         .iter()
         .filter(|p| !met(p) && p.offered > best.offered)
         .min_by(|a, b| a.offered.total_cmp(&b.offered));
-    let per_server = round2(best.acked_per_s);
+    let nodes = m.server_nodes.max(1);
+    let per_server = round2(best.acked_per_s / nodes as f64);
     let servers = div_ceil(t.peak_messages_per_s, per_server);
+    let cluster = if nodes > 1 {
+        format!(
+            " ({} messages/s over the cluster's {nodes} nodes)",
+            thousands(round2(best.acked_per_s))
+        )
+    } else {
+        String::new()
+    };
     let p99 = best.delivery_p99_ms.unwrap_or(0.0);
     let (basis, lower_bound) = match missed {
         Some(x) => (
             format!(
-                "the highest phase that met the {slo} ms delivery p99 objective ({}): '{}', {} messages/s at p99 {p99} ms; \
+                "the highest phase that met the {slo} ms delivery p99 objective ({}): '{}', {} messages/s per server{cluster} at p99 {p99} ms; \
                  the next, '{}' at {} messages/s, missed it (p99 {}): the ceiling lies between",
                 m.slo_source,
                 best.name,
@@ -185,7 +257,7 @@ pub(super) fn messages(m: &Measured, t: &ProjectionTarget, notes: &mut Vec<Strin
             ));
             (
                 format!(
-                    "the highest phase, '{}', {} messages/s at p99 {p99} ms, met the {slo} ms objective ({}): a lower bound on capacity",
+                    "the highest phase, '{}', {} messages/s per server{cluster} at p99 {p99} ms, met the {slo} ms objective ({}): a lower bound on capacity",
                     best.name,
                     thousands(per_server),
                     m.slo_source

@@ -2,9 +2,10 @@
 //! target (by default 50M daily active users, 2% of them online at peak, 40
 //! messages per user per day).
 //!
-//! A run measures one server (or one cluster entry point) at a small scale. The
+//! A run measures one server (or a cluster's nodes) at a small scale. The
 //! projection scales each capacity the run could observe to the target and takes
-//! the tightest: the server's own connection limit (from its `/metrics`),
+//! the tightest: the connections one node was measured to hold within the
+//! objective, against the server's own limit (from its `/metrics`),
 //! memory per connection (the fitted slope against the machine's memory),
 //! message capacity (the highest phase that met the latency objective) and CPU
 //! (server CPU seconds per message against the cores of a server). Every
@@ -191,6 +192,23 @@ pub struct Measured {
     /// CPUs of the loadgen machine: the fallback for the server's.
     pub local_cpus: u64,
     pub generator_limited: bool,
+    /// Server nodes that held connections during the run (1 for one server,
+    /// and when the nodes were not sampled): the message and memory terms are
+    /// per node, the CPU term sums every node's CPU.
+    pub server_nodes: u64,
+    /// The most connections one node was measured to hold inside a phase that
+    /// met the latency objective (`None`: no node sampled, or no phase met it).
+    pub node_held: Option<NodeHeld>,
+}
+
+/// Connections one node held within the objective: a measured lower bound on
+/// a node's connection capacity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeHeld {
+    pub node: String,
+    pub connections: u64,
+    pub phase: String,
+    pub delivery_p99_ms: f64,
 }
 
 /// The target the projection scales to, with every assumption it used.
@@ -310,9 +328,17 @@ pub fn project(config: &ProjectionConfig, m: &Measured) -> Projection {
                 .into(),
         );
     }
-    notes.push(
-        "per-server figures assume the measured target is one server; for a cluster target they are per cluster".into(),
-    );
+    notes.push(if m.server_nodes > 1 {
+        format!(
+            "the target was a cluster of {} nodes: connections and memory are per node, the messages limit is the \
+             cluster's rate divided by its nodes (they shared the load), and the CPU term sums every node's CPU",
+            m.server_nodes
+        )
+    } else {
+        "per-server figures assume the measured target is one server (its /metrics); a cluster reached through \
+         one address counts as one"
+            .into()
+    });
 
     let (servers_needed, limited_by) = limits
         .iter()

@@ -302,6 +302,8 @@ pub fn build(
             0
         },
         generator_limited: generator.limited,
+        server_nodes: nodes::serving(&outcome.nodes),
+        node_held: nodes::held_within(&outcome.nodes, &phases, slo_ms),
     };
     let connection_memory = connmem::build(
         outcome,

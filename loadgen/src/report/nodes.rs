@@ -7,8 +7,45 @@ use std::fmt::Write as _;
 
 use super::svg::{escape, line_chart, Chart, Series};
 use super::Report;
-use crate::outcome::NodeSeries;
-use crate::projection::thousands;
+use crate::outcome::{NodeSeries, PhaseOutcome};
+use crate::projection::{thousands, NodeHeld};
+
+/// Nodes that held at least one connection during the run (at least 1: an
+/// unsampled server is one).
+pub fn serving(nodes: &[NodeSeries]) -> u64 {
+    (nodes.iter().filter(|n| n.peak_connections > 0).count() as u64).max(1)
+}
+
+/// The most connections one node held at a sample inside a phase whose
+/// delivery p99 met `slo_ms`: what a node was measured to carry within the
+/// objective.
+pub fn held_within(nodes: &[NodeSeries], phases: &[PhaseOutcome], slo_ms: f64) -> Option<NodeHeld> {
+    let mut best: Option<NodeHeld> = None;
+    for p in phases {
+        let Some(p99) = p.delivery_p99_ms.filter(|d| *d <= slo_ms) else {
+            continue;
+        };
+        let window = p.start_ms..p.start_ms + (p.duration_s * 1000.0).round() as u64;
+        for n in nodes {
+            let most = n
+                .connections
+                .iter()
+                .filter(|(t, _)| window.contains(t))
+                .filter_map(|(_, c)| *c)
+                .max()
+                .unwrap_or(0);
+            if best.as_ref().is_none_or(|b| most > b.connections) && most > 0 {
+                best = Some(NodeHeld {
+                    node: n.node.clone(),
+                    connections: most,
+                    phase: p.name.clone(),
+                    delivery_p99_ms: p99,
+                });
+            }
+        }
+    }
+    best
+}
 
 /// The count at the last sample (`down` when the node did not answer).
 fn last(n: &NodeSeries) -> String {
