@@ -231,7 +231,7 @@ impl App {
                     return Err(ApiError::forbidden(format!("not a member of {channel}")));
                 }
                 let other = if user == a { b } else { a };
-                if self.store.users(&[other]).await?.is_empty() {
+                if !self.store.user_exists(other).await? {
                     return Err(ApiError::not_found(format!("no user {other}")));
                 }
                 vec![a, b]
@@ -277,7 +277,10 @@ impl App {
                 ))
             }
         };
+        let started = Instant::now();
         let members = self.members(&channel, from.user_id).await?;
+        let read = Instant::now();
+        Metrics::inc_by(&self.metrics.send_members_micros, micros(read - started));
 
         // Storage backed up: answer at once rather than queue without limit.
         let Ok(_pending) = self.pending_accepts.try_acquire() else {
@@ -300,10 +303,16 @@ impl App {
             })
             .await
             .inspect_err(|e| self.accept_failed(e, from.user_id, client_msg_id))?;
+        let submitted = Instant::now();
         let accepted = committed.await;
+        let committed_at = Instant::now();
         // Fan out in id order: after every earlier send of this stripe, failed
         // or not; dropping `turn` lets the next one go.
         let _turn = turn.wait().await;
+        let m = &self.metrics;
+        Metrics::inc_by(&m.send_submit_micros, micros(submitted - started));
+        Metrics::inc_by(&m.send_commit_micros, micros(committed_at - submitted));
+        Metrics::inc_by(&m.send_turn_micros, micros(committed_at.elapsed()));
         let accepted =
             accepted.inspect_err(|e| self.accept_failed(e, from.user_id, client_msg_id))?;
         Metrics::inc_by(
@@ -516,6 +525,10 @@ impl App {
 }
 
 pub use crate::protocol::splice_seq;
+
+fn micros(d: std::time::Duration) -> u64 {
+    d.as_micros() as u64
+}
 
 #[cfg(test)]
 mod tests {

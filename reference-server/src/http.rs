@@ -423,6 +423,7 @@ async fn metrics(State(app): AppState) -> Response {
         max_connections: app.max_connections,
         storage: app.store.kind(),
         durability: &app.store.durability(),
+        storage_counters: app.store.counters(),
     });
     if let Some(cluster) = &app.cluster {
         cluster.render_metrics(&app.config.node_id, &mut body);

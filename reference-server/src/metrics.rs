@@ -38,6 +38,13 @@ pub struct Metrics {
     pub presence_changes: AtomicU64,
     pub storage_accept_micros_sum: AtomicU64,
     pub storage_accept_count: AtomicU64,
+    /// Where a send's time goes, summed over sends (microseconds): reading the
+    /// channel's members, waiting for the channel's stripe and submitting the
+    /// accept, waiting for the commit, waiting for the earlier sends of the stripe.
+    pub send_members_micros: AtomicU64,
+    pub send_submit_micros: AtomicU64,
+    pub send_commit_micros: AtomicU64,
+    pub send_turn_micros: AtomicU64,
     /// Ordered delivery (cluster mode, see `hub`): frames that waited for an
     /// earlier seq, frames dropped as older than what was released, gaps skipped.
     pub seq_held: AtomicU64,
@@ -73,6 +80,10 @@ impl Default for Metrics {
             presence_changes: AtomicU64::default(),
             storage_accept_micros_sum: AtomicU64::default(),
             storage_accept_count: AtomicU64::default(),
+            send_members_micros: AtomicU64::default(),
+            send_submit_micros: AtomicU64::default(),
+            send_commit_micros: AtomicU64::default(),
+            send_turn_micros: AtomicU64::default(),
             seq_held: AtomicU64::default(),
             seq_dropped: AtomicU64::default(),
             seq_skipped: AtomicU64::default(),
@@ -106,6 +117,8 @@ pub struct Scrape<'a> {
     pub max_connections: usize,
     pub storage: &'a str,
     pub durability: &'a str,
+    /// The backend's own counters ([`crate::store::Store::counters`]).
+    pub storage_counters: Vec<crate::store::StoreCounter>,
 }
 
 impl Metrics {
@@ -152,8 +165,7 @@ impl Metrics {
         let get = |c: &AtomicU64| c.load(Relaxed);
         let gauge = |name, help, value: u64| (name, help, MetricType::Gauge, value);
         let counter = |name, help, value: u64| (name, help, MetricType::Counter, value);
-        Snapshot {
-            plain: vec![
+        let mut plain = vec![
                 gauge(
                     "chatscale_connections",
                     "Open WebSocket connections",
@@ -284,7 +296,35 @@ impl Metrics {
                     "Resident memory of the server process",
                     resident_memory_bytes().unwrap_or(0),
                 ),
-            ],
+                counter(
+                    "chatscale_send_members_microseconds",
+                    "Time sends spent reading their channel's members, in microseconds",
+                    get(&self.send_members_micros),
+                ),
+                counter(
+                    "chatscale_send_submit_microseconds",
+                    "Time sends spent waiting for their channel's stripe and submitting the accept, in microseconds",
+                    get(&self.send_submit_micros),
+                ),
+                counter(
+                    "chatscale_send_commit_microseconds",
+                    "Time sends spent waiting for their accept to commit, in microseconds",
+                    get(&self.send_commit_micros),
+                ),
+                counter(
+                    "chatscale_send_turn_microseconds",
+                    "Time committed sends spent waiting for the earlier sends of their stripe, in microseconds",
+                    get(&self.send_turn_micros),
+                ),
+            ];
+        plain.extend(
+            scrape
+                .storage_counters
+                .iter()
+                .map(|c| counter(c.name, c.help, c.value)),
+        );
+        Snapshot {
+            plain,
             storage: scrape.storage.to_string(),
             durability: scrape.durability.to_string(),
             accept_seconds_sum: get(&self.storage_accept_micros_sum) as f64 / 1e6,

@@ -33,13 +33,14 @@ use async_trait::async_trait;
 use redb::{Database, ReadTransaction, ReadableTable, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
+mod cache;
 mod tables;
 mod writer;
 use tables::*;
 use writer::{writer_loop, Request, Write};
 
 use super::{
-    Accepted, Expired, NewMessage, PendingAccept, Store, StoreError, StoreResult, StoredMessage,
+    Accepted, CommitStats, Expired, NewMessage, PendingAccept, Store, StoreError, StoreResult, StoredMessage,
     TokenOwner, UserInfo, UserRecord,
 };
 use crate::protocol::{DeviceId, Message, MessageId, Millis, Seq, UserId};
@@ -59,6 +60,9 @@ fn backend(e: impl Into<redb::Error>) -> StoreError {
 pub struct EmbeddedStore {
     db: Arc<Database>,
     writer: mpsc::Sender<Request>,
+    stats: Arc<CommitStats>,
+    /// Members and accounts a send checks, kept in memory (see [`cache`]).
+    cache: Arc<cache::Cache>,
 }
 
 impl EmbeddedStore {
@@ -90,12 +94,19 @@ impl EmbeddedStore {
         let db = Arc::new(db);
         let (writer, queue) = mpsc::channel(QUEUE);
         let writer_db = db.clone();
+        let stats = Arc::new(CommitStats::default());
+        let writer_stats = stats.clone();
         std::thread::Builder::new()
             .name("chatscale-redb-writer".into())
-            .spawn(move || writer_loop(&writer_db, queue))
+            .spawn(move || writer_loop(&writer_db, queue, &writer_stats))
             .map_err(|e| StoreError::Backend(format!("spawn writer thread: {e}")))?;
         tracing::info!(path = %path.display(), "embedded storage open");
-        Ok(Self { db, writer })
+        Ok(Self {
+            db,
+            writer,
+            stats,
+            cache: Default::default(),
+        })
     }
 
     /// Queues a write for the next batch and waits until its batch has committed.
@@ -105,7 +116,20 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnMut(&WriteTransaction) -> StoreResult<T> + Send + 'static,
     {
-        self.enqueue(durable, f).await?.await
+        self.enqueue(durable, f, None).await?.await
+    }
+
+    /// A write that changes group `group`'s members: its cached members are
+    /// dropped once the write has committed (or failed), before the caller is
+    /// answered, from the writer thread (so even if the caller is gone).
+    async fn write_group<T, F>(&self, group: u64, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&WriteTransaction) -> StoreResult<T> + Send + 'static,
+    {
+        let cache = self.cache.clone();
+        let after: AfterCommit = Box::new(move || cache.changed(group));
+        self.enqueue(true, f, Some(after)).await?.await
     }
 
     /// Queues a write for the next batch; the returned future resolves once its
@@ -115,6 +139,7 @@ impl EmbeddedStore {
         &self,
         durable: bool,
         f: F,
+        after: Option<AfterCommit>,
     ) -> StoreResult<impl Future<Output = StoreResult<T>> + Send + 'static>
     where
         T: Send + 'static,
@@ -125,6 +150,7 @@ impl EmbeddedStore {
             f,
             result: None,
             tx,
+            after,
         });
         // Never wait for room: a full queue means storage is backed up.
         self.writer
@@ -159,11 +185,15 @@ impl EmbeddedStore {
     }
 }
 
+/// Runs in the writer thread once a write's batch has committed (or failed).
+type AfterCommit = Box<dyn FnOnce() + Send>;
+
 /// A queued write: the closure, its last result, and where the answer goes.
 struct Pending<T, F> {
     f: F,
     result: Option<StoreResult<T>>,
     tx: oneshot::Sender<StoreResult<T>>,
+    after: Option<AfterCommit>,
 }
 
 impl<T, F> Write for Pending<T, F>
@@ -184,6 +214,9 @@ where
             (Err(e), _) => Err(e),
             (Ok(()), None) => Err(StoreError::Backend("a write never ran".into())),
         };
+        if let Some(after) = self.after {
+            after();
+        }
         let _ = self.tx.send(answer);
     }
 }
@@ -388,15 +421,41 @@ impl Store for EmbeddedStore {
     }
 
     async fn group_members(&self, group: u64) -> StoreResult<Option<Vec<UserId>>> {
-        self.read(move |txn| {
-            let groups = txn.open_table(GROUPS).map_err(backend)?;
-            Ok(groups.get(group).map_err(backend)?.map(|v| v.value().1))
-        })
-        .await
+        if let Some(members) = self.cache.group(group) {
+            return Ok(Some(members.to_vec()));
+        }
+        // Taken before the read transaction begins (see `cache`).
+        let epoch = self.cache.epoch();
+        let members = self
+            .read(move |txn| {
+                let groups = txn.open_table(GROUPS).map_err(backend)?;
+                Ok(groups.get(group).map_err(backend)?.map(|v| v.value().1))
+            })
+            .await?;
+        if let Some(members) = &members {
+            self.cache.put_group(group, members, epoch);
+        }
+        Ok(members)
+    }
+
+    async fn user_exists(&self, user: UserId) -> StoreResult<bool> {
+        if self.cache.user_known(user) {
+            return Ok(true);
+        }
+        let exists = self
+            .read(move |txn| {
+                let users = txn.open_table(USERS).map_err(backend)?;
+                Ok(users.get(user).map_err(backend)?.is_some())
+            })
+            .await?;
+        if exists {
+            self.cache.put_user(user);
+        }
+        Ok(exists)
     }
 
     async fn add_member(&self, group: u64, user: UserId, max_members: usize) -> StoreResult<()> {
-        self.write(true, move |txn| {
+        self.write_group(group, move |txn| {
             if !user_exists(txn, user)? {
                 return Err(StoreError::NotFound);
             }
@@ -418,7 +477,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn remove_member(&self, group: u64, user: UserId) -> StoreResult<()> {
-        self.write(true, move |txn| {
+        self.write_group(group, move |txn| {
             let mut groups = txn.open_table(GROUPS).map_err(backend)?;
             let (name, mut members) = load_group(&groups, group)?;
             if members.contains(&user) {
@@ -452,7 +511,7 @@ impl Store for EmbeddedStore {
             ts: msg.ts,
         };
         let committed = self
-            .enqueue(true, move |txn| accept_in(txn, &owned))
+            .enqueue(true, move |txn| accept_in(txn, &owned), None)
             .await?;
         Ok(Box::pin(committed))
     }
@@ -563,6 +622,10 @@ impl Store for EmbeddedStore {
         // An empty durable request: its batch commits with fsync after everything
         // queued before it, including presence writes committed without one.
         self.write(true, |_| Ok(())).await
+    }
+
+    fn counters(&self) -> Vec<super::StoreCounter> {
+        self.stats.counters()
     }
 }
 

@@ -131,6 +131,11 @@ pub trait Store: Send + Sync + 'static {
     async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>>;
     /// The accounts among `ids` that exist, in the order asked; unknown ids are left out.
     async fn users(&self, ids: &[UserId]) -> StoreResult<Vec<UserInfo>>;
+    /// Whether account `user` exists (a send to a dm checks its other member).
+    /// Accounts are never removed, so a backend may remember a yes.
+    async fn user_exists(&self, user: UserId) -> StoreResult<bool> {
+        Ok(!self.users(&[user]).await?.is_empty())
+    }
     /// The device a login lands on: the user's device called `name` if it has one,
     /// otherwise a new device (named `name`, if given).
     async fn login_device(&self, user: UserId, name: Option<&str>) -> StoreResult<DeviceId>;
@@ -213,6 +218,70 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes everything accepted so far durable (called at shutdown).
     async fn flush(&self) -> StoreResult<()>;
+
+    /// Counters the backend keeps about its own work (commits, writes per
+    /// commit, time in commits), for `/metrics`. None by default.
+    fn counters(&self) -> Vec<StoreCounter> {
+        Vec::new()
+    }
+}
+
+/// One counter of [`Store::counters`]: a Prometheus name (without `_total`),
+/// its help text and its value.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreCounter {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub value: u64,
+}
+
+/// What a group-commit writer (embedded, PostgreSQL) counts: commits, the
+/// writes they held, and the time spent committing (the fsync and, for
+/// PostgreSQL, the round trips), so `/metrics` shows batch sizes under load.
+#[derive(Debug, Default)]
+pub(crate) struct CommitStats {
+    pub(crate) commits: std::sync::atomic::AtomicU64,
+    pub(crate) writes: std::sync::atomic::AtomicU64,
+    pub(crate) commit_micros: std::sync::atomic::AtomicU64,
+    pub(crate) busy_micros: std::sync::atomic::AtomicU64,
+}
+
+impl CommitStats {
+    /// Counts one batch of `writes` writes: `busy` from its start to the end of
+    /// its commit, `commit` the commit alone.
+    pub(crate) fn batch(&self, writes: usize, busy: std::time::Duration, commit: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.commits.fetch_add(1, Relaxed);
+        self.writes.fetch_add(writes as u64, Relaxed);
+        self.commit_micros.fetch_add(commit.as_micros() as u64, Relaxed);
+        self.busy_micros.fetch_add(busy.as_micros() as u64, Relaxed);
+    }
+
+    pub(crate) fn counters(&self) -> Vec<StoreCounter> {
+        use std::sync::atomic::Ordering::Relaxed;
+        vec![
+            StoreCounter {
+                name: "chatscale_storage_commits",
+                help: "Group commits (one transaction, one fsync) the storage writer made",
+                value: self.commits.load(Relaxed),
+            },
+            StoreCounter {
+                name: "chatscale_storage_committed_writes",
+                help: "Writes (accepts and other requests) those commits held: divided by the commits, the batch size",
+                value: self.writes.load(Relaxed),
+            },
+            StoreCounter {
+                name: "chatscale_storage_commit_microseconds",
+                help: "Time the storage writer spent committing (fsync included), in microseconds",
+                value: self.commit_micros.load(Relaxed),
+            },
+            StoreCounter {
+                name: "chatscale_storage_writer_busy_microseconds",
+                help: "Time the storage writer spent running batches, commits included, in microseconds",
+                value: self.busy_micros.load(Relaxed),
+            },
+        ]
+    }
 }
 
 /// What one [`Store::expire`] removed.

@@ -43,7 +43,7 @@ use tokio_postgres::{NoTls, Row};
 use writer::{writer_loop, AcceptRequest};
 
 use super::{
-    Accepted, Expired, NewMessage, Store, StoreError, StoreResult, StoredMessage, TokenOwner,
+    Accepted, CommitStats, Expired, NewMessage, PendingAccept, Store, StoreError, StoreResult, StoredMessage, TokenOwner,
     UserInfo, UserRecord,
 };
 use crate::protocol::{DeviceId, Message, MessageId, Millis, Seq, UserId};
@@ -74,12 +74,45 @@ fn id(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
+/// What the writer's answer to one accept means.
+fn accepted(answer: &writer::Answer) -> StoreResult<Accepted> {
+    let (row, members) = (&answer.row, &answer.members);
+    let status: i32 = row.get("status");
+    match status {
+        2 if answer.not_member => Err(StoreError::NotMember),
+        2 => Err(StoreError::NotFound),
+        0 | 1 => {
+            let seqs: Option<Vec<i64>> = row.get("seqs");
+            let recipients = match (status, seqs) {
+                (0, Some(seqs)) => members
+                    .iter()
+                    .map(|&m| id(m))
+                    .zip(seqs.into_iter().map(id))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            Ok(Accepted {
+                channel: row.get("channel"),
+                id: id(row.get("id")),
+                ts: id(row.get("ts")),
+                sender_seq: id(row.get("sender_seq")),
+                recipients,
+                duplicate: status == 1,
+            })
+        }
+        other => Err(StoreError::Backend(format!(
+            "postgres: accept status {other}"
+        ))),
+    }
+}
+
 /// The PostgreSQL-backed store.
 pub struct PostgresStore {
     pool: Pool,
     schema: Option<String>,
     writer: mpsc::Sender<AcceptRequest>,
     durability: String,
+    stats: Arc<CommitStats>,
 }
 
 impl PostgresStore {
@@ -157,13 +190,15 @@ impl PostgresStore {
                 tracing::error!(cause = %e, "postgres writer connection ended");
             }
         });
-        tokio::spawn(writer_loop(wclient, config, queue));
+        let stats = Arc::new(CommitStats::default());
+        tokio::spawn(writer_loop(wclient, config, queue, stats.clone()));
         tracing::info!(schema = ?schema, durability = %durability, "postgres storage open");
         Ok(Self {
             pool,
             schema,
             writer,
             durability,
+            stats,
         })
     }
 
@@ -473,6 +508,14 @@ impl Store for PostgresStore {
     }
 
     async fn accept(&self, msg: NewMessage<'_>) -> StoreResult<Accepted> {
+        self.submit_accept(msg).await?.await
+    }
+
+    async fn submit_accept(&self, msg: NewMessage<'_>) -> StoreResult<PendingAccept> {
+        // The one writer runs accepts in queue order (pipelined in one
+        // transaction per batch, each taking its channel's next id under the
+        // channel row's lock), so the order of submission is the order of ids
+        // and a busy channel's messages share a commit.
         let mut members: Vec<i64> = Vec::with_capacity(msg.members.len());
         for &m in msg.members {
             if !members.contains(&big(m)) {
@@ -497,37 +540,12 @@ impl Store for PostgresStore {
                 StoreError::Backend("postgres writer task has stopped".into())
             }
         })?;
-        let answer = answer
-            .await
-            .map_err(|_| StoreError::Backend("postgres writer dropped a request".into()))??;
-        let (row, members) = (&answer.row, &answer.members);
-        let status: i32 = row.get("status");
-        match status {
-            2 if answer.not_member => Err(StoreError::NotMember),
-            2 => Err(StoreError::NotFound),
-            0 | 1 => {
-                let seqs: Option<Vec<i64>> = row.get("seqs");
-                let recipients = match (status, seqs) {
-                    (0, Some(seqs)) => members
-                        .iter()
-                        .map(|&m| id(m))
-                        .zip(seqs.into_iter().map(id))
-                        .collect(),
-                    _ => Vec::new(),
-                };
-                Ok(Accepted {
-                    channel: row.get("channel"),
-                    id: id(row.get("id")),
-                    ts: id(row.get("ts")),
-                    sender_seq: id(row.get("sender_seq")),
-                    recipients,
-                    duplicate: status == 1,
-                })
-            }
-            other => Err(StoreError::Backend(format!(
-                "postgres: accept status {other}"
-            ))),
-        }
+        Ok(Box::pin(async move {
+            let answer = answer
+                .await
+                .map_err(|_| StoreError::Backend("postgres writer dropped a request".into()))??;
+            accepted(&answer)
+        }))
     }
 
     async fn history(
@@ -627,5 +645,9 @@ impl Store for PostgresStore {
     async fn flush(&self) -> StoreResult<()> {
         // Every acked accept was committed already; other writes commit on their own.
         Ok(())
+    }
+
+    fn counters(&self) -> Vec<super::StoreCounter> {
+        self.stats.counters()
     }
 }

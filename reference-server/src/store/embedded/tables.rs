@@ -98,15 +98,19 @@ pub(super) fn accept_in(txn: &WriteTransaction, msg: &OwnedMessage) -> StoreResu
             if !current.contains(&msg.from) {
                 return Err(StoreError::NotMember);
             }
+            // Each member's account was checked when it joined, and accounts
+            // are never removed.
             current
         }
-        None => msg.members.clone(),
-    };
-    for &m in &members {
-        if !user_exists(txn, m)? {
-            return Err(StoreError::NotFound);
+        None => {
+            for &m in &msg.members {
+                if !user_exists(txn, m)? {
+                    return Err(StoreError::NotFound);
+                }
+            }
+            msg.members.clone()
         }
-    }
+    };
     let channel = msg.channel.as_str();
     let mut heads = txn.open_table(CHANNEL_HEADS).map_err(backend)?;
     let id = heads

@@ -9,7 +9,7 @@ use redb::{Database, Durability, WriteTransaction};
 use tokio::sync::mpsc;
 
 use super::{backend, MAX_BATCH};
-use crate::store::{StoreError, StoreResult};
+use crate::store::{CommitStats, StoreError, StoreResult};
 
 /// One write, re-runnable: the retry-alone path runs it a second time.
 pub(super) trait Write: Send {
@@ -27,7 +27,7 @@ pub(super) struct Request {
 }
 
 /// The writer thread: one transaction and one commit per batch of waiting requests.
-pub(super) fn writer_loop(db: &Database, mut queue: mpsc::Receiver<Request>) {
+pub(super) fn writer_loop(db: &Database, mut queue: mpsc::Receiver<Request>, stats: &CommitStats) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = queue.blocking_recv() {
         batch.push(first);
@@ -38,7 +38,7 @@ pub(super) fn writer_loop(db: &Database, mut queue: mpsc::Receiver<Request>) {
             }
         }
         let durable = batch.iter().any(|r| r.durable);
-        match run_together(db, &mut batch, durable) {
+        match run_together(db, &mut batch, durable, stats) {
             Ok(commit) => {
                 if let Err(e) = &commit {
                     tracing::error!(batch = batch.len(), cause = %e, "embedded commit failed");
@@ -51,7 +51,8 @@ pub(super) fn writer_loop(db: &Database, mut queue: mpsc::Receiver<Request>) {
                 tracing::warn!(batch = batch.len(), cause = %poisoned, "a write failed; retrying each alone");
                 for mut request in batch.drain(..) {
                     let durable = request.durable;
-                    let alone = run_together(db, std::slice::from_mut(&mut request), durable);
+                    let alone =
+                        run_together(db, std::slice::from_mut(&mut request), durable, stats);
                     let commit = alone
                         .and_then(|c| c)
                         .map_err(|e| StoreError::Backend(e.to_string()));
@@ -76,7 +77,9 @@ fn run_together(
     db: &Database,
     batch: &mut [Request],
     durable: bool,
+    stats: &CommitStats,
 ) -> Result<StoreResult<()>, StoreError> {
+    let started = std::time::Instant::now();
     let mut txn = match db.begin_write() {
         Ok(txn) => txn,
         Err(e) => return Ok(Err(backend(e))),
@@ -94,7 +97,10 @@ fn run_together(
             "a write in the batch failed; the batch was aborted".into(),
         ));
     }
-    Ok(txn.commit().map_err(backend))
+    let committing = std::time::Instant::now();
+    let commit = txn.commit().map_err(backend);
+    stats.batch(batch.len(), started.elapsed(), committing.elapsed());
+    Ok(commit)
 }
 
 fn clone_err(r: &StoreResult<()>) -> StoreResult<()> {
@@ -152,7 +158,7 @@ mod tests {
             tx.try_send(Request { job, durable: true }).unwrap();
         }
         drop(tx);
-        writer_loop(&db, rx);
+        writer_loop(&db, rx, &CommitStats::default());
         let mut answers: Vec<(u64, bool)> =
             answers.try_iter().map(|(k, r)| (k, r.is_ok())).collect();
         answers.sort();

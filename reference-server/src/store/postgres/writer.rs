@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{NoTls, Row, Statement};
 
 use super::{backend, MAX_BATCH};
-use crate::store::{StoreError, StoreResult};
+use crate::store::{CommitStats, StoreError, StoreResult};
 
 /// One accept, as the arguments of `chatscale_accept`, and where its row goes.
 pub(super) struct AcceptRequest {
@@ -60,6 +60,7 @@ pub(super) async fn writer_loop(
     mut client: tokio_postgres::Client,
     config: tokio_postgres::Config,
     mut queue: mpsc::Receiver<AcceptRequest>,
+    stats: std::sync::Arc<CommitStats>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Prepared once per connection (again after a reconnect).
@@ -87,7 +88,7 @@ pub(super) async fn writer_loop(
             stmt = client.prepare(ACCEPT_SQL).await.ok();
         }
         let result = match &stmt {
-            Some(stmt) => commit_batch(&mut client, stmt, &batch).await,
+            Some(stmt) => commit_batch(&mut client, stmt, &batch, &stats).await,
             None => Err(StoreError::Backend(
                 "postgres: cannot prepare accept".into(),
             )),
@@ -104,8 +105,13 @@ pub(super) async fn writer_loop(
                 tracing::warn!(batch = size, cause = %e, "postgres accept batch failed; retrying each alone");
                 let stmt = stmt.as_ref().expect("checked above");
                 for request in batch.drain(..) {
-                    let alone =
-                        commit_batch(&mut client, stmt, std::slice::from_ref(&request)).await;
+                    let alone = commit_batch(
+                        &mut client,
+                        stmt,
+                        std::slice::from_ref(&request),
+                        &stats,
+                    )
+                    .await;
                     let _ = request.done.send(alone.and_then(|mut answers| {
                         answers.pop().unwrap_or_else(|| {
                             Err(StoreError::Backend("postgres: no answer".into()))
@@ -188,7 +194,9 @@ async fn commit_batch(
     client: &mut tokio_postgres::Client,
     stmt: &Statement,
     batch: &[AcceptRequest],
+    stats: &CommitStats,
 ) -> StoreResult<Vec<StoreResult<Answer>>> {
+    let started = std::time::Instant::now();
     let txn = client.transaction().await.map_err(backend)?;
     // Membership first (plain reads, no locks), so the lock sets below cover
     // every user an accept will touch.
@@ -228,6 +236,8 @@ async fn commit_batch(
     for result in join_all(calls).await {
         answers.push(Ok(result?));
     }
+    let committing = std::time::Instant::now();
     txn.commit().await.map_err(backend)?;
+    stats.batch(batch.len(), started.elapsed(), committing.elapsed());
     Ok(answers)
 }
