@@ -19,9 +19,11 @@ use reference_server::protocol::UserId;
 use reference_server::store::{self, NewMessage, Store, StoreError, TokenOwner};
 
 mod backends;
+mod submission;
 mod write_path;
 pub use backends::service_url;
 use backends::{run, run_two_nodes};
+use submission::{members_follow_changes, submission_order, submitted_resend};
 use write_path::{
     a_bad_accept_fails_alone, expiry, expiry_counts_every_record, membership_in_accept,
     unicode_round_trip,
@@ -663,5 +665,6 @@ macro_rules! conformance {
 conformance!(memory, embedded, redis, redis_cluster, postgres; (
     gap_free_ids, dedupe, dedupe_race, group_limit_race, inbox_cursors, history_paging, groups, accounts,
     tokens_and_devices, friends, presence, unicode_round_trip, a_bad_accept_fails_alone,
-    membership_in_accept, expiry, expiry_counts_every_record
+    membership_in_accept, expiry, expiry_counts_every_record, submission_order, submitted_resend,
+    members_follow_changes
 ));

@@ -135,15 +135,15 @@ impl EmbeddedStore {
     /// Queues a write for the next batch; the returned future resolves once its
     /// batch has committed. Requests run in the order they were queued. `f` may
     /// run twice: again alone if another write poisoned its batch.
-    async fn enqueue<T, F>(
+    async fn enqueue<T, J>(
         &self,
         durable: bool,
-        f: F,
+        f: J,
         after: Option<AfterCommit>,
     ) -> StoreResult<impl Future<Output = StoreResult<T>> + Send + 'static>
     where
         T: Send + 'static,
-        F: FnMut(&WriteTransaction) -> StoreResult<T> + Send + 'static,
+        J: Job<T>,
     {
         let (tx, rx) = oneshot::channel();
         let job = Box::new(Pending {
@@ -188,6 +188,35 @@ impl EmbeddedStore {
 /// Runs in the writer thread once a write's batch has committed (or failed).
 type AfterCommit = Box<dyn FnOnce() + Send>;
 
+/// What a queued write runs: an accept (over the batch's open accept tables),
+/// or any closure over the transaction (which closes those tables first).
+trait Job<T>: Send + 'static {
+    fn run<'t>(&mut self, txn: &'t WriteTransaction, open: &mut OpenTables<'t>) -> StoreResult<T>;
+}
+
+impl<T, F> Job<T> for F
+where
+    F: FnMut(&WriteTransaction) -> StoreResult<T> + Send + 'static,
+{
+    fn run<'t>(&mut self, txn: &'t WriteTransaction, open: &mut OpenTables<'t>) -> StoreResult<T> {
+        open.close();
+        self(txn)
+    }
+}
+
+/// An accept, run over the tables the batch keeps open.
+struct AcceptJob(OwnedMessage);
+
+impl Job<Accepted> for AcceptJob {
+    fn run<'t>(
+        &mut self,
+        txn: &'t WriteTransaction,
+        open: &mut OpenTables<'t>,
+    ) -> StoreResult<Accepted> {
+        accept_in(open.accept(txn)?, &self.0)
+    }
+}
+
 /// A queued write: the closure, its last result, and where the answer goes.
 struct Pending<T, F> {
     f: F,
@@ -196,13 +225,13 @@ struct Pending<T, F> {
     after: Option<AfterCommit>,
 }
 
-impl<T, F> Write for Pending<T, F>
+impl<T, J> Write for Pending<T, J>
 where
     T: Send + 'static,
-    F: FnMut(&WriteTransaction) -> StoreResult<T> + Send + 'static,
+    J: Job<T>,
 {
-    fn run(&mut self, txn: &WriteTransaction) -> bool {
-        let result = (self.f)(txn);
+    fn run<'t>(&mut self, txn: &'t WriteTransaction, open: &mut OpenTables<'t>) -> bool {
+        let result = self.f.run(txn, open);
         let poison = matches!(result, Err(StoreError::Backend(_)));
         self.result = Some(result);
         poison
@@ -511,7 +540,7 @@ impl Store for EmbeddedStore {
             ts: msg.ts,
         };
         let committed = self
-            .enqueue(true, move |txn| accept_in(txn, &owned), None)
+            .enqueue(true, AcceptJob(owned), None)
             .await?;
         Ok(Box::pin(committed))
     }

@@ -1,7 +1,7 @@
 //! The embedded backend's schema (one redb table per kind of record) and the
 //! writes that run inside the writer's transaction, `accept` first among them.
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use super::backend;
 use crate::protocol::{DeviceId, Millis, UserId};
@@ -61,10 +61,57 @@ pub(super) fn user_exists(txn: &WriteTransaction, user: UserId) -> StoreResult<b
         .is_some())
 }
 
+/// The tables an accept reads and writes, opened once per batch: opening a
+/// table looks it up in the database's table tree, which for a batch of small
+/// accepts cost as much as the accepts' own reads and writes.
+pub(super) struct AcceptTables<'t> {
+    dedupe: Table<'t, (u64, &'static str), (&'static str, u64, u64)>,
+    dedupe_by_ts: Table<'t, (u64, u64, &'static str), ()>,
+    groups: Table<'t, u64, (&'static str, Vec<u64>)>,
+    users: Table<'t, u64, (&'static str, &'static str)>,
+    heads: Table<'t, &'static str, u64>,
+    messages: Table<'t, (&'static str, u64), MessageRow<'static>>,
+    inbox: Table<'t, (u64, u64), (&'static str, u64)>,
+    inbox_heads: Table<'t, u64, u64>,
+}
+
+/// The accept tables of one batch's transaction, if open. Any other write
+/// closes them first (a table cannot be open twice in one transaction), and
+/// they are closed before the commit.
+pub(super) struct OpenTables<'t> {
+    open: Option<AcceptTables<'t>>,
+}
+
+impl<'t> OpenTables<'t> {
+    pub(super) fn new() -> Self {
+        OpenTables { open: None }
+    }
+
+    pub(super) fn accept(&mut self, txn: &'t WriteTransaction) -> StoreResult<&mut AcceptTables<'t>> {
+        if self.open.is_none() {
+            self.open = Some(AcceptTables {
+                dedupe: txn.open_table(DEDUPE).map_err(backend)?,
+                dedupe_by_ts: txn.open_table(DEDUPE_BY_TS).map_err(backend)?,
+                groups: txn.open_table(GROUPS).map_err(backend)?,
+                users: txn.open_table(USERS).map_err(backend)?,
+                heads: txn.open_table(CHANNEL_HEADS).map_err(backend)?,
+                messages: txn.open_table(MESSAGES).map_err(backend)?,
+                inbox: txn.open_table(INBOX).map_err(backend)?,
+                inbox_heads: txn.open_table(INBOX_HEADS).map_err(backend)?,
+            });
+        }
+        Ok(self.open.as_mut().expect("just opened"))
+    }
+
+    pub(super) fn close(&mut self) {
+        self.open = None;
+    }
+}
+
 /// The part of `accept` that runs in the writer's transaction.
-pub(super) fn accept_in(txn: &WriteTransaction, msg: &OwnedMessage) -> StoreResult<Accepted> {
-    let mut dedupe = txn.open_table(DEDUPE).map_err(backend)?;
-    let seen = dedupe
+pub(super) fn accept_in(t: &mut AcceptTables<'_>, msg: &OwnedMessage) -> StoreResult<Accepted> {
+    let seen = t
+        .dedupe
         .get((msg.from, msg.client_msg_id.as_str()))
         .map_err(backend)?
         .map(|v| {
@@ -72,8 +119,8 @@ pub(super) fn accept_in(txn: &WriteTransaction, msg: &OwnedMessage) -> StoreResu
             (channel.to_string(), id, seq)
         });
     if let Some((channel, id, sender_seq)) = seen {
-        let messages = txn.open_table(MESSAGES).map_err(backend)?;
-        let ts = messages
+        let ts = t
+            .messages
             .get((channel.as_str(), id))
             .map_err(backend)?
             .map_or(0, |v| v.value().2);
@@ -89,8 +136,8 @@ pub(super) fn accept_in(txn: &WriteTransaction, msg: &OwnedMessage) -> StoreResu
     // A group's members as they are now, in the same transaction as the append.
     let members = match crate::store::group_of(&msg.channel) {
         Some(g) => {
-            let groups = txn.open_table(GROUPS).map_err(backend)?;
-            let current = groups
+            let current = t
+                .groups
                 .get(g)
                 .map_err(backend)?
                 .map(|v| v.value().1)
@@ -104,7 +151,7 @@ pub(super) fn accept_in(txn: &WriteTransaction, msg: &OwnedMessage) -> StoreResu
         }
         None => {
             for &m in &msg.members {
-                if !user_exists(txn, m)? {
+                if t.users.get(m).map_err(backend)?.is_none() {
                     return Err(StoreError::NotFound);
                 }
             }
@@ -112,15 +159,9 @@ pub(super) fn accept_in(txn: &WriteTransaction, msg: &OwnedMessage) -> StoreResu
         }
     };
     let channel = msg.channel.as_str();
-    let mut heads = txn.open_table(CHANNEL_HEADS).map_err(backend)?;
-    let id = heads
-        .get(channel)
-        .map_err(backend)?
-        .map_or(0, |v| v.value())
-        + 1;
-    heads.insert(channel, id).map_err(backend)?;
-    txn.open_table(MESSAGES)
-        .map_err(backend)?
+    let id = t.heads.get(channel).map_err(backend)?.map_or(0, |v| v.value()) + 1;
+    t.heads.insert(channel, id).map_err(backend)?;
+    t.messages
         .insert(
             (channel, id),
             (
@@ -132,31 +173,24 @@ pub(super) fn accept_in(txn: &WriteTransaction, msg: &OwnedMessage) -> StoreResu
             ),
         )
         .map_err(backend)?;
-    let mut inbox = txn.open_table(INBOX).map_err(backend)?;
-    let mut inbox_heads = txn.open_table(INBOX_HEADS).map_err(backend)?;
     let mut recipients = Vec::with_capacity(members.len());
     for &m in &members {
-        let seq = inbox_heads
-            .get(m)
-            .map_err(backend)?
-            .map_or(0, |v| v.value())
-            + 1;
-        inbox_heads.insert(m, seq).map_err(backend)?;
-        inbox.insert((m, seq), (channel, id)).map_err(backend)?;
+        let seq = t.inbox_heads.get(m).map_err(backend)?.map_or(0, |v| v.value()) + 1;
+        t.inbox_heads.insert(m, seq).map_err(backend)?;
+        t.inbox.insert((m, seq), (channel, id)).map_err(backend)?;
         recipients.push((m, seq));
     }
     let sender_seq = recipients
         .iter()
         .find(|(m, _)| *m == msg.from)
         .map_or(0, |&(_, s)| s);
-    dedupe
+    t.dedupe
         .insert(
             (msg.from, msg.client_msg_id.as_str()),
             (channel, id, sender_seq),
         )
         .map_err(backend)?;
-    txn.open_table(DEDUPE_BY_TS)
-        .map_err(backend)?
+    t.dedupe_by_ts
         .insert((msg.ts, msg.from, msg.client_msg_id.as_str()), ())
         .map_err(backend)?;
     Ok(Accepted {

@@ -8,14 +8,16 @@
 use redb::{Database, Durability, WriteTransaction};
 use tokio::sync::mpsc;
 
+use super::tables::OpenTables;
 use super::{backend, MAX_BATCH};
 use crate::store::{CommitStats, StoreError, StoreResult};
 
 /// One write, re-runnable: the retry-alone path runs it a second time.
 pub(super) trait Write: Send {
-    /// Runs inside a transaction; true if that transaction must be aborted (a
-    /// backend error: the write may have half happened).
-    fn run(&mut self, txn: &WriteTransaction) -> bool;
+    /// Runs inside a transaction, with the batch's open accept tables; true if
+    /// that transaction must be aborted (a backend error: the write may have
+    /// half happened).
+    fn run<'t>(&mut self, txn: &'t WriteTransaction, open: &mut OpenTables<'t>) -> bool;
     /// Answers the caller with its last run's result, given its commit's outcome.
     fn finish(self: Box<Self>, commit: StoreResult<()>);
 }
@@ -88,8 +90,11 @@ fn run_together(
         txn.set_durability(Durability::None);
     }
     let mut poisoned = false;
-    for request in batch.iter_mut() {
-        poisoned |= request.job.run(&txn);
+    {
+        let mut open = OpenTables::new();
+        for request in batch.iter_mut() {
+            poisoned |= request.job.run(&txn, &mut open);
+        }
     }
     if poisoned {
         let _ = txn.abort();
@@ -125,7 +130,7 @@ mod tests {
     }
 
     impl Write for Put {
-        fn run(&mut self, txn: &WriteTransaction) -> bool {
+        fn run<'t>(&mut self, txn: &'t WriteTransaction, _: &mut OpenTables<'t>) -> bool {
             let mut t = txn.open_table(T).unwrap();
             t.insert(self.key, self.key).unwrap();
             self.result = Some(!self.fail);
