@@ -40,8 +40,8 @@ use tables::*;
 use writer::{writer_loop, Request, Write};
 
 use super::{
-    Accepted, CommitStats, Expired, NewMessage, PendingAccept, Store, StoreError, StoreResult, StoredMessage,
-    TokenOwner, UserInfo, UserRecord,
+    Accepted, CommitStats, Expired, NewMessage, PendingAccept, Store, StoreError, StoreResult,
+    StoredMessage, TokenOwner, UserInfo, UserRecord,
 };
 use crate::protocol::{DeviceId, Message, MessageId, Millis, Seq, UserId};
 
@@ -539,9 +539,7 @@ impl Store for EmbeddedStore {
             text: msg.text.to_string(),
             ts: msg.ts,
         };
-        let committed = self
-            .enqueue(true, AcceptJob(owned), None)
-            .await?;
+        let committed = self.enqueue(true, AcceptJob(owned), None).await?;
         Ok(Box::pin(committed))
     }
 

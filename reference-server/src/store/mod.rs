@@ -249,11 +249,17 @@ pub(crate) struct CommitStats {
 impl CommitStats {
     /// Counts one batch of `writes` writes: `busy` from its start to the end of
     /// its commit, `commit` the commit alone.
-    pub(crate) fn batch(&self, writes: usize, busy: std::time::Duration, commit: std::time::Duration) {
+    pub(crate) fn batch(
+        &self,
+        writes: usize,
+        busy: std::time::Duration,
+        commit: std::time::Duration,
+    ) {
         use std::sync::atomic::Ordering::Relaxed;
         self.commits.fetch_add(1, Relaxed);
         self.writes.fetch_add(writes as u64, Relaxed);
-        self.commit_micros.fetch_add(commit.as_micros() as u64, Relaxed);
+        self.commit_micros
+            .fetch_add(commit.as_micros() as u64, Relaxed);
         self.busy_micros.fetch_add(busy.as_micros() as u64, Relaxed);
     }
 

@@ -43,8 +43,8 @@ use tokio_postgres::{NoTls, Row};
 use writer::{writer_loop, AcceptRequest};
 
 use super::{
-    Accepted, CommitStats, Expired, NewMessage, PendingAccept, Store, StoreError, StoreResult, StoredMessage, TokenOwner,
-    UserInfo, UserRecord,
+    Accepted, CommitStats, Expired, NewMessage, PendingAccept, Store, StoreError, StoreResult,
+    StoredMessage, TokenOwner, UserInfo, UserRecord,
 };
 use crate::protocol::{DeviceId, Message, MessageId, Millis, Seq, UserId};
 

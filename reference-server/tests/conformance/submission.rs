@@ -81,7 +81,11 @@ pub async fn submitted_resend(s: Arc<dyn Store>) {
     let ch = format!("dm:{}:{}", u[0], u[1]);
     let mut pending = Vec::new();
     for cmid in ["a", "b", "a", "c"] {
-        pending.push(s.submit_accept(msg(&ch, &u, u[0], cmid)).await.expect("submit"));
+        pending.push(
+            s.submit_accept(msg(&ch, &u, u[0], cmid))
+                .await
+                .expect("submit"),
+        );
     }
     let mut answers = Vec::new();
     for p in pending {
@@ -101,7 +105,10 @@ pub async fn members_follow_changes(s: Arc<dyn Store>) {
     let u = users(&*s, 3).await;
     let g = s.create_group("g", &u[..2], 10).await.expect("group");
     for _ in 0..2 {
-        assert_eq!(s.group_members(g).await.expect("members"), Some(u[..2].to_vec()));
+        assert_eq!(
+            s.group_members(g).await.expect("members"),
+            Some(u[..2].to_vec())
+        );
     }
     s.add_member(g, u[2], 10).await.expect("add");
     assert_eq!(s.group_members(g).await.expect("members"), Some(u.clone()));
@@ -109,7 +116,10 @@ pub async fn members_follow_changes(s: Arc<dyn Store>) {
     let now = s.group_members(g).await.expect("members").expect("group");
     assert_eq!(now, [u[1], u[2]]);
     let channel = format!("g:{g}");
-    let a = s.accept(msg(&channel, &now, u[2], "x")).await.expect("accept");
+    let a = s
+        .accept(msg(&channel, &now, u[2], "x"))
+        .await
+        .expect("accept");
     let got: Vec<u64> = a.recipients.iter().map(|&(m, _)| m).collect();
     assert_eq!(got, [u[1], u[2]]);
     assert!(s.user_exists(u[0]).await.expect("exists"));

@@ -87,7 +87,10 @@ impl<'t> OpenTables<'t> {
         OpenTables { open: None }
     }
 
-    pub(super) fn accept(&mut self, txn: &'t WriteTransaction) -> StoreResult<&mut AcceptTables<'t>> {
+    pub(super) fn accept(
+        &mut self,
+        txn: &'t WriteTransaction,
+    ) -> StoreResult<&mut AcceptTables<'t>> {
         if self.open.is_none() {
             self.open = Some(AcceptTables {
                 dedupe: txn.open_table(DEDUPE).map_err(backend)?,
@@ -159,7 +162,12 @@ pub(super) fn accept_in(t: &mut AcceptTables<'_>, msg: &OwnedMessage) -> StoreRe
         }
     };
     let channel = msg.channel.as_str();
-    let id = t.heads.get(channel).map_err(backend)?.map_or(0, |v| v.value()) + 1;
+    let id = t
+        .heads
+        .get(channel)
+        .map_err(backend)?
+        .map_or(0, |v| v.value())
+        + 1;
     t.heads.insert(channel, id).map_err(backend)?;
     t.messages
         .insert(
@@ -175,7 +183,12 @@ pub(super) fn accept_in(t: &mut AcceptTables<'_>, msg: &OwnedMessage) -> StoreRe
         .map_err(backend)?;
     let mut recipients = Vec::with_capacity(members.len());
     for &m in &members {
-        let seq = t.inbox_heads.get(m).map_err(backend)?.map_or(0, |v| v.value()) + 1;
+        let seq = t
+            .inbox_heads
+            .get(m)
+            .map_err(backend)?
+            .map_or(0, |v| v.value())
+            + 1;
         t.inbox_heads.insert(m, seq).map_err(backend)?;
         t.inbox.insert((m, seq), (channel, id)).map_err(backend)?;
         recipients.push((m, seq));

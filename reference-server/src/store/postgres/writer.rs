@@ -105,13 +105,9 @@ pub(super) async fn writer_loop(
                 tracing::warn!(batch = size, cause = %e, "postgres accept batch failed; retrying each alone");
                 let stmt = stmt.as_ref().expect("checked above");
                 for request in batch.drain(..) {
-                    let alone = commit_batch(
-                        &mut client,
-                        stmt,
-                        std::slice::from_ref(&request),
-                        &stats,
-                    )
-                    .await;
+                    let alone =
+                        commit_batch(&mut client, stmt, std::slice::from_ref(&request), &stats)
+                            .await;
                     let _ = request.done.send(alone.and_then(|mut answers| {
                         answers.pop().unwrap_or_else(|| {
                             Err(StoreError::Backend("postgres: no answer".into()))
