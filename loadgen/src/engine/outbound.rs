@@ -167,12 +167,15 @@ pub fn send(sim: &Sim, d: u32, job: SendJob) -> bool {
     let slot = &sim.slots[d as usize];
     let mut ctl = lock(&slot.ctl);
     let direct = ctl.cmds.is_empty() && ctl.out.pending.len() < MAX_PENDING;
-    match ctl.wire.clone().filter(|_| direct) {
+    // The socket is taken out of the slot for the write and put back (the
+    // lock is held throughout): no reference count touched per send.
+    match ctl.wire.take_if(|_| direct) {
         Some(tcp) => {
             let rec = &sim.rec;
             let actual_us = rec.clock.now_us();
             rec.record_send_delay(actual_us, job.sched_us);
             let ok = write_send(sim, slot, &mut ctl, &tcp, job, actual_us);
+            ctl.wire = Some(tcp);
             inc(&rec.counters.messages_sent);
             if !ok || slot.backlogged.load(Relaxed) {
                 // A broken socket or a backlog: the task takes over.

@@ -15,7 +15,7 @@
 //! JSON is written by hand into one buffer: no `String` per field, no serde
 //! pass; a test reads it back with the server's own `ClientFrame`.
 
-use std::io::{self, Write as _};
+use std::io;
 
 use tokio::net::TcpStream;
 
@@ -45,9 +45,47 @@ pub fn encode(out: &mut Vec<u8>, head: u8, payload: &[u8], mask: [u8; 4]) {
     out.extend_from_slice(&mask);
     let start = out.len();
     out.extend_from_slice(payload);
-    for (i, b) in out[start..].iter_mut().enumerate() {
+    mask_in_place(&mut out[start..], mask);
+}
+
+/// XORs `bytes` with the repeating 4-byte `mask`, eight bytes at a time (the
+/// clock thread masks every send it writes).
+fn mask_in_place(bytes: &mut [u8], mask: [u8; 4]) {
+    let word = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut chunks = bytes.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let v = u64::from_ne_bytes((&*c).try_into().expect("8 bytes")) ^ word;
+        c.copy_from_slice(&v.to_ne_bytes());
+    }
+    // The tail starts at a multiple of 8, so the mask's phase is 0 there.
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
         *b ^= mask[i & 3];
     }
+}
+
+/// Appends `v` in decimal: what `write!` does, without the formatting machinery.
+fn push_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// The same for a signed value.
+fn push_i64(out: &mut Vec<u8>, v: i64) {
+    if v < 0 {
+        out.push(b'-');
+    }
+    push_u64(out, v.unsigned_abs());
 }
 
 /// Where a send goes, as the frame names it.
@@ -70,14 +108,29 @@ pub fn send_json(
 ) {
     const PATTERN: &[u8] = b"the quick brown fox jumps over the lazy dog 0123456789 ";
     let (sched, actual, n) = client_msg_id;
-    let _ = write!(out, "{{\"type\":\"send\",\"req\":{req},\"to\":");
-    let _ = match to {
-        Dest::User(u) => write!(out, "{{\"user\":{u}}}"),
-        Dest::Channel(c) => write!(out, "{{\"channel\":\"{c}\"}}"),
-    };
-    let _ = write!(out, ",\"client_msg_id\":\"{sched}-{actual}-{n}");
+    out.extend_from_slice(b"{\"type\":\"send\",\"req\":");
+    push_i64(out, req);
+    match to {
+        Dest::User(u) => {
+            out.extend_from_slice(b",\"to\":{\"user\":");
+            push_u64(out, u);
+            out.push(b'}');
+        }
+        Dest::Channel(c) => {
+            out.extend_from_slice(b",\"to\":{\"channel\":\"");
+            out.extend_from_slice(c.as_bytes());
+            out.extend_from_slice(b"\"}");
+        }
+    }
+    out.extend_from_slice(b",\"client_msg_id\":\"");
+    push_u64(out, sched);
+    out.push(b'-');
+    push_u64(out, actual);
+    out.push(b'-');
+    push_u64(out, n);
     if let Some(k) = node {
-        let _ = write!(out, "-{k}");
+        out.push(b'-');
+        push_u64(out, k as u64);
     }
     out.extend_from_slice(b"\",\"text\":\"");
     let mut left = len as usize;
@@ -127,6 +180,34 @@ mod tests {
             .collect()
     }
 
+    /// The hand-written numbers and the word-wise mask give what `format!`
+    /// and a byte-wise mask give, for every length's tail and the extremes.
+    #[test]
+    fn numbers_and_masks_match_the_plain_forms() {
+        for v in [0u64, 1, 9, 10, 99, 100, 1_700_000_000_123_456, u64::MAX] {
+            let mut out = Vec::new();
+            push_u64(&mut out, v);
+            assert_eq!(out, v.to_string().into_bytes());
+        }
+        for v in [0i64, -1, 42, i64::MIN, i64::MAX] {
+            let mut out = Vec::new();
+            push_i64(&mut out, v);
+            assert_eq!(out, v.to_string().into_bytes());
+        }
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        for len in 0..40 {
+            let payload: Vec<u8> = (0..len as u8).map(|b| b.wrapping_mul(37)).collect();
+            let mut fast = payload.clone();
+            mask_in_place(&mut fast, mask);
+            let slow: Vec<u8> = payload
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i & 3])
+                .collect();
+            assert_eq!(fast, slow, "length {len}");
+        }
+    }
+
     /// What loadgen writes is what the server reads: the server's own
     /// `ClientFrame` parses the hand-written JSON, through a masked frame.
     #[test]
@@ -161,5 +242,10 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+        // In a cluster the node is the id's fourth part.
+        let mut json = Vec::new();
+        send_json(&mut json, 10, Dest::User(5), (1, 2, 3), Some(7), 1);
+        let f: ClientFrame = serde_json::from_slice(&json).unwrap();
+        assert!(matches!(f, ClientFrame::Send { client_msg_id, .. } if client_msg_id == "1-2-3-7"));
     }
 }
