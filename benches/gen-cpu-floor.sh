@@ -9,9 +9,12 @@
 #
 #   benches/gen-cpu-floor.sh [extra loadgen run flags...]
 #   LOADGEN=/path/to/loadgen RUNS=5 benches/gen-cpu-floor.sh
+#   SCENARIO=my-copy.toml benches/gen-cpu-floor.sh   # loadgen on a variant (e.g. a
+#                                                   # clock_resolution); the raw client's workload stays
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${RUNS:-3}"
+scenario="${SCENARIO:-scenarios/cpu-per-message.toml}"
 cargo build --release -q -p chatscale-benches --bin raw-client
 loadgen="${LOADGEN:-}"
 if [ -z "$loadgen" ]; then
@@ -26,7 +29,7 @@ for i in $(seq 1 "$runs"); do
   echo "run $i (load average $load): ${line:-raw client: failed}"
   [ -n "$r" ] && raw+=("$r")
   load=$(cut -d' ' -f1 /proc/loadavg)
-  line=$(LOADGEN="$loadgen" RUNS=1 benches/loadgen-cpu.sh scenarios/cpu-per-message.toml "$@" | grep '^run 1:' || true)
+  line=$(LOADGEN="$loadgen" RUNS=1 benches/loadgen-cpu.sh "$scenario" "$@" | grep '^run 1:' || true)
   g=$(sed -n 's/^run 1: \([0-9.]*\) us.*/\1/p' <<<"$line")
   echo "run $i (load average $load): loadgen: ${line#run 1: }"
   [ -n "$g" ] && gen+=("$g")
