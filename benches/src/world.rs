@@ -43,20 +43,7 @@ impl World {
             "groups of two members or more"
         );
         let http = reqwest::Client::new();
-        let mut logins: Vec<LoginResponse> = Vec::with_capacity(users);
-        let ids: Vec<usize> = (0..users).collect();
-        for chunk in ids.chunks(64) {
-            let batch = futures_util::future::try_join_all(chunk.iter().map(|&i| {
-                let http = http.clone();
-                async move {
-                    let name = format!("w{i}");
-                    signup(&http, base, &name).await?;
-                    login(&http, base, &name).await
-                }
-            }))
-            .await?;
-            logins.extend(batch);
-        }
+        let logins = accounts(&http, base, "w", users).await?;
 
         // Consecutive users form a group; the last group takes whoever is left.
         let mut groups: Vec<(usize, usize)> = Vec::new(); // (first index, size)
@@ -123,6 +110,28 @@ impl World {
     pub fn urls(&self) -> Vec<String> {
         self.devices.iter().map(|d| d.url.clone()).collect()
     }
+}
+
+/// Creates `users` accounts named `{prefix}0`, `{prefix}1`, ... and logs each
+/// in once (one device each), 64 at a time; in index order.
+pub async fn accounts(
+    http: &reqwest::Client,
+    base: &str,
+    prefix: &str,
+    users: usize,
+) -> anyhow::Result<Vec<LoginResponse>> {
+    let mut logins = Vec::with_capacity(users);
+    let ids: Vec<usize> = (0..users).collect();
+    for chunk in ids.chunks(64) {
+        let batch = futures_util::future::try_join_all(chunk.iter().map(|&i| async move {
+            let name = format!("{prefix}{i}");
+            signup(http, base, &name).await?;
+            login(http, base, &name).await
+        }))
+        .await?;
+        logins.extend(batch);
+    }
+    Ok(logins)
 }
 
 /// Creates an account (password `password123`).

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use chatscale_benches::child::cpu_seconds;
 use chatscale_benches::drive::{self, Conn, Rng};
-use chatscale_benches::world::{login, signup};
+use chatscale_benches::world::accounts;
 use chatscale_benches::ServerProcess;
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
@@ -194,20 +194,7 @@ async fn provision(
     friends: usize,
 ) -> anyhow::Result<(Vec<String>, Vec<Vec<u64>>)> {
     let http = reqwest::Client::new();
-    let mut logins = Vec::with_capacity(users);
-    let ids: Vec<usize> = (0..users).collect();
-    for chunk in ids.chunks(64) {
-        let batch = futures_util::future::try_join_all(chunk.iter().map(|&i| {
-            let http = http.clone();
-            async move {
-                let name = format!("r{i}");
-                signup(&http, base, &name).await?;
-                login(&http, base, &name).await
-            }
-        }))
-        .await?;
-        logins.extend(batch);
-    }
+    let logins = accounts(&http, base, "r", users).await?;
     let pairs: Vec<(usize, usize)> = (0..users)
         .flat_map(|i| (1..=friends / 2).map(move |k| (i, (i + k) % users)))
         .collect();
