@@ -100,6 +100,11 @@ pub struct RunOpts {
     /// the other shards wait for theirs.
     #[arg(long)]
     pub population: Option<PathBuf>,
+    /// The target's `--provisioning-token` (overrides `[target]
+    /// provisioning_token`): create the population through its bulk
+    /// endpoints. Without one, against a running server, one request per object.
+    #[arg(long)]
+    pub provisioning_token: Option<String>,
 }
 
 /// `--workers`: `auto` (0) or 1 to 64.

@@ -57,6 +57,17 @@ impl EmbeddedConfig {
     }
 }
 
+/// The provisioning token of the servers this process starts: random per
+/// process, so the bulk endpoints of a loopback test server take requests from
+/// the loadgen that started it only.
+pub fn provisioning_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        let bytes: [u8; 16] = rand::random();
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    })
+}
+
 pub struct EmbeddedServer {
     child: Child,
     /// Our end of the child's stdin: closing it tells the child we are gone,
@@ -94,6 +105,9 @@ impl EmbeddedServer {
                 "1",
                 "--auth-rate-per-addr",
                 "0",
+                // The bulk provisioning endpoints, for this process only.
+                "--provisioning-token",
+                provisioning_token(),
             ])
             .args([
                 "--heartbeat-interval-ms",

@@ -192,6 +192,53 @@ pub struct Provisioning {
     pub friendships: u64,
     pub groups: u64,
     pub seconds: f64,
+    /// `bulk` (the server's `/v1/provision/...` endpoints, many objects per
+    /// request) or `per_object` (signup, login, friends, groups: one request
+    /// each); empty in reports written before it was recorded.
+    #[serde(default)]
+    pub method: String,
+    /// HTTP requests provisioning made (the health check included).
+    #[serde(default)]
+    pub requests: u64,
+    /// Objects created: accounts, device logins, friendships and groups.
+    #[serde(default)]
+    pub objects: u64,
+    /// `requests`, `objects` and `users` over `seconds`.
+    #[serde(default)]
+    pub requests_per_second: f64,
+    #[serde(default)]
+    pub objects_per_second: f64,
+    #[serde(default)]
+    pub accounts_per_second: f64,
+    /// Server nodes the requests were spread over.
+    #[serde(default)]
+    pub nodes: u64,
+    /// Seconds of each stage: accounts (with their device logins),
+    /// friendships, groups.
+    #[serde(default)]
+    pub accounts_seconds: f64,
+    #[serde(default)]
+    pub friendships_seconds: f64,
+    #[serde(default)]
+    pub groups_seconds: f64,
+}
+
+impl Provisioning {
+    /// Fills in the totals and rates from the counts and `seconds`.
+    pub fn with_rates(mut self) -> Self {
+        self.objects = self.users + self.devices + self.friendships + self.groups;
+        let per_s = |n: u64| {
+            if self.seconds > 0.0 {
+                n as f64 / self.seconds
+            } else {
+                0.0
+            }
+        };
+        self.requests_per_second = per_s(self.requests);
+        self.objects_per_second = per_s(self.objects);
+        self.accounts_per_second = per_s(self.users);
+        self
+    }
 }
 
 /// How well the generator kept its own schedule.

@@ -4,11 +4,15 @@
 //! The *shape* (who has how many devices, who befriends whom, who is in which
 //! group) is drawn from the scenario's seed alone ([`plan`]), so the same seed
 //! gives the same population whatever the server answers. Creating it
-//! ([`provision`]) is many small HTTP calls kept `concurrency` in flight
-//! (signups, then one login per device, then friendships, then groups): the
-//! server's password hashing is made cheap for the embedded server, so a few
-//! thousand accounts take a second or two. Usernames carry a per-run nonce so a
-//! durable server can be loaded twice without name conflicts.
+//! goes one of two ways, to the same accounts, devices, friendships and
+//! groups: through the server's bulk endpoints ([`bulk`]) when it has a
+//! provisioning token (the embedded server always does; a running server when
+//! the scenario or `--provisioning-token` gives its), many objects per
+//! request spread over every node; otherwise ([`provision`]) one request per
+//! object kept `concurrency` in flight (signups, then one login per device,
+//! then friendships, then groups). The server's password hashing is made cheap
+//! for the embedded server. Usernames carry a per-run nonce so a durable
+//! server can be loaded twice without name conflicts.
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -26,6 +30,7 @@ use crate::error::LoadgenError;
 use crate::outcome::Provisioning;
 use crate::scenario::{Population as PopulationSpec, Scenario};
 
+pub mod bulk;
 mod slice;
 
 pub use slice::{Share, Sparse};
@@ -182,6 +187,38 @@ impl Population {
     }
 }
 
+/// This run's part of the usernames: the time in ms, in hex.
+fn new_nonce() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis()
+    )
+}
+
+/// Fails unless login handed out a chat server that is a WebSocket URL.
+fn check_ws_url(base: &str, pop: &Population) -> Result<(), LoadgenError> {
+    if pop.ws_url.is_empty() {
+        return Err(LoadgenError::unrunnable(format!(
+            "login at {base} handed out no chat server"
+        )));
+    }
+    // Discovery may hand out another host than the target; it must at least
+    // be a WebSocket URL (`ws://`, or `wss://` when the server speaks TLS).
+    let as_http = pop
+        .ws_url
+        .replacen("wss://", "https://", 1)
+        .replacen("ws://", "http://", 1);
+    crate::scenario::check_target_url(&as_http).map_err(|r| {
+        LoadgenError::unrunnable(format!(
+            "login at {base} handed out the chat server {}: {r}",
+            pop.ws_url
+        ))
+    })
+}
+
 fn username(nonce: &str, u: usize) -> String {
     format!("lg{nonce}u{u}")
 }
@@ -244,13 +281,7 @@ pub async fn provision(
     concurrency: usize,
 ) -> Result<Provisioning, LoadgenError> {
     let started = Instant::now();
-    let nonce = format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis()
-    );
+    let nonce = new_nonce();
 
     let ids: Vec<u64> = stream::iter(0..pop.users.len())
         .map(|u| {
@@ -321,23 +352,9 @@ pub async fn provision(
         dev.device_id = login.device_id;
         dev.token = login.token;
     }
-    if pop.ws_url.is_empty() {
-        return Err(LoadgenError::unrunnable(format!(
-            "login at {base} handed out no chat server"
-        )));
-    }
-    // Discovery may hand out another host than the target; it must at least
-    // be a WebSocket URL (`ws://`, or `wss://` when the server speaks TLS).
-    let as_http = pop
-        .ws_url
-        .replacen("wss://", "https://", 1)
-        .replacen("ws://", "http://", 1);
-    crate::scenario::check_target_url(&as_http).map_err(|r| {
-        LoadgenError::unrunnable(format!(
-            "login at {base} handed out the chat server {}: {r}",
-            pop.ws_url
-        ))
-    })?;
+    check_ws_url(base, pop)?;
+    let accounts_seconds = started.elapsed().as_secs_f64();
+    let stage = Instant::now();
 
     let token_of = |u: u32| {
         pop.devices[pop.users[u as usize].devices[0] as usize]
@@ -367,6 +384,8 @@ pub async fn provision(
         .buffer_unordered(concurrency)
         .try_collect::<()>()
         .await?;
+    let friendships_seconds = stage.elapsed().as_secs_f64();
+    let stage = Instant::now();
 
     let channels: Vec<String> = stream::iter(0..pop.groups.len())
         .map(|g| {
@@ -399,13 +418,25 @@ pub async fn provision(
         group.channel = channel;
     }
 
-    Ok(Provisioning {
+    let p = Provisioning {
         users: pop.users.len() as u64,
         devices: pop.devices.len() as u64,
         friendships: pop.friendships.len() as u64,
         groups: pop.groups.len() as u64,
         seconds: started.elapsed().as_secs_f64(),
-    })
+        method: "per_object".into(),
+        nodes: 1,
+        accounts_seconds,
+        friendships_seconds,
+        groups_seconds: stage.elapsed().as_secs_f64(),
+        ..Provisioning::default()
+    };
+    // One request per object, and the health check before.
+    Ok(Provisioning {
+        requests: 1 + p.users + p.devices + p.friendships + p.groups,
+        ..p
+    }
+    .with_rates())
 }
 
 /// Creates the scenario's population on the server; returns it with the HTTP
@@ -425,10 +456,20 @@ pub async fn provision_for(
         pop.friendships.len(),
         pop.groups.len()
     );
-    let provisioning = provision(&client, base, &mut pop, concurrency).await?;
+    let provisioning = match &scenario.target.provisioning_token {
+        Some(token) => bulk::provision(&client, base, token, &mut pop).await?,
+        None => provision(&client, base, &mut pop, concurrency).await?,
+    };
+    let p = &provisioning;
     eprintln!(
-        "population created in {:.1}s; running {} phase(s) against {base}",
-        provisioning.seconds,
+        "population created in {:.1}s ({}: {} requests, {:.0}/s; {} objects, {:.0}/s; over {} node(s)); running {} phase(s) against {base}",
+        p.seconds,
+        p.method,
+        p.requests,
+        p.requests_per_second,
+        p.objects,
+        p.objects_per_second,
+        p.nodes,
         scenario.phases.len()
     );
     Ok((pop, provisioning, client))

@@ -44,7 +44,7 @@ pub async fn run(opts: RunOpts) -> Result<u8, LoadgenError> {
         crate::tls::trust_ca_file(ca)?;
     }
     let role = crate::workers::Role::from_env()?;
-    let scenario = Scenario::load(&opts.scenario)?;
+    let mut scenario = Scenario::load(&opts.scenario)?;
     let target = match &opts.target {
         Some(url) => {
             check_target_url(url).map_err(|r| LoadgenError::invalid("--target", r))?;
@@ -58,6 +58,13 @@ pub async fn run(opts: RunOpts) -> Result<u8, LoadgenError> {
     };
     if let Some(storage) = &opts.storage {
         check_storage(storage).map_err(|r| LoadgenError::invalid("--storage", r))?;
+    }
+    // The bulk provisioning path: the embedded servers get this process's
+    // token; a running server only when the scenario or the command names its.
+    if target.is_none() {
+        scenario.target.provisioning_token = Some(crate::embedded::provisioning_token().into());
+    } else if let Some(t) = &opts.provisioning_token {
+        scenario.target.provisioning_token = Some(t.clone());
     }
     if let Some(path) = &opts.baseline {
         // Before anything starts: a typo in the path must not cost a run.

@@ -51,6 +51,10 @@ pub struct Target {
     /// The Redis an embedded cluster's nodes meet in (`--cluster`); `None`:
     /// the storage's Redis, or a private `redis-server` (see [`crate::cluster`]).
     pub cluster: Option<String>,
+    /// The server's `--provisioning-token`: with it, the population is created
+    /// through the bulk endpoints (`/v1/provision/...`); without it, one
+    /// request per object. The embedded server always gets one.
+    pub provisioning_token: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -521,6 +525,7 @@ fn validate(raw: RawScenario, default_name: &str) -> Result<Scenario, LoadgenErr
             storage: t.storage,
             servers,
             cluster: t.cluster,
+            provisioning_token: t.provisioning_token,
         },
         population: Population {
             users,

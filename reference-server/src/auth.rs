@@ -109,6 +109,21 @@ impl PasswordHashing {
         self.in_slot(move || this.hash(&password)).await?
     }
 
+    /// Hashes many passwords (each with its own salt) in one hashing slot:
+    /// bulk provisioning's batches, where a hand-off to the blocking pool per
+    /// hash would cost more than a cheap hash.
+    pub async fn hash_all_blocking(
+        &self,
+        passwords: Vec<String>,
+    ) -> Result<Vec<Result<String, HashError>>, HashError> {
+        if passwords.is_empty() {
+            return Ok(Vec::new());
+        }
+        let this = self.clone();
+        self.in_slot(move || passwords.iter().map(|p| this.hash(p)).collect())
+            .await
+    }
+
     /// Checks a password in a hashing slot; `Err` only when no slot came free.
     pub async fn verify_blocking(&self, password: String, phc: String) -> Result<bool, HashError> {
         let this = self.clone();

@@ -171,6 +171,12 @@ pub struct Opts {
     /// Token lifetime in seconds (0 = until logout). An expired token gets 401.
     #[arg(long, default_value_t = 30 * 24 * 3600)]
     pub token_ttl_secs: u64,
+
+    /// Enables the bulk provisioning endpoints (`/v1/provision/...`, for load
+    /// tests) for requests that carry this token in `X-Provisioning-Token`;
+    /// without it they do not exist (404). At least 16 characters.
+    #[arg(long)]
+    pub provisioning_token: Option<String>,
 }
 
 /// Everything the server needs, validated.
@@ -205,6 +211,8 @@ pub struct Config {
     pub dedupe_window: Duration,
     pub expire_interval: Duration,
     pub connection_sample_interval: Duration,
+    /// `--provisioning-token`: the bulk endpoints are on when set.
+    pub provisioning_token: Option<String>,
 }
 
 /// A flag value that cannot be used; the message names the flag.
@@ -297,6 +305,14 @@ impl Opts {
                 return err("advertise", "must be ws://HOST:PORT or wss://HOST:PORT");
             }
         }
+        if let Some(t) = &self.provisioning_token {
+            if t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                return err(
+                    "provisioning-token",
+                    "must be at least 16 printable ASCII characters (no spaces)",
+                );
+            }
+        }
         if let Some(w) = &self.push_webhook {
             if !(w.starts_with("http://") || w.starts_with("https://")) {
                 return err("push-webhook", "must be an http:// URL");
@@ -331,6 +347,7 @@ impl Opts {
             dedupe_window: Duration::from_secs(self.dedupe_window_secs),
             expire_interval: Duration::from_secs(self.expire_interval_secs.max(1)),
             connection_sample_interval: Duration::from_millis(self.connection_sample_ms.max(100)),
+            provisioning_token: self.provisioning_token,
             tls: match (self.tls_cert, self.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
                 (None, None) => None,

@@ -32,6 +32,11 @@ use crate::store::TokenOwner;
 type AppState = State<Arc<App>>;
 
 pub fn router(app: Arc<App>) -> Router {
+    // The bulk endpoints exist only when the operator gave a token.
+    let provisioning = match app.config.provisioning_token {
+        Some(_) => crate::provision::routes(),
+        None => Router::new(),
+    };
     Router::new()
         .route("/", get(crate::web::chat_page))
         .route("/v1/signup", post(signup))
@@ -50,6 +55,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/ws", get(crate::session::upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(provisioning)
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(app)
 }

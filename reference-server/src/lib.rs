@@ -19,6 +19,7 @@
 //! - [`presence`]: online/offline by heartbeats, pushed to friends.
 //! - [`push`]: push notifications for offline members.
 //! - [`auth`]: password hashing and tokens.
+//! - [`provision`]: the operator's bulk provisioning endpoints (off by default).
 //! - [`cluster`]: nodes over Redis (discovery, routing, cluster-wide presence).
 //! - [`limits`]: rate limits by source address, username and user.
 //! - [`metrics`]: counters for `/metrics`.
@@ -37,6 +38,7 @@ pub mod order;
 pub mod outbox;
 pub mod presence;
 pub mod protocol;
+pub mod provision;
 pub mod push;
 pub mod reply;
 pub mod server;

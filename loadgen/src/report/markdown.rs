@@ -146,6 +146,25 @@ pub fn render(r: &Report) -> String {
         "{} users, {} devices, {} friendships, {} groups created in {:.2} s.",
         p.users, p.devices, p.friendships, p.groups, p.seconds
     );
+    if p.requests > 0 {
+        let how = match p.method.as_str() {
+            "bulk" => "bulk endpoints (`/v1/provision/...`)",
+            _ => "one request per object",
+        };
+        let _ = writeln!(
+            s,
+            "\n| method | nodes | requests | objects | requests/s | objects/s | accounts/s | accounts s | friendships s | groups s |\n|---|---|---|---|---|---|---|---|---|---|\n| {how} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} |",
+            p.nodes,
+            thousands(p.requests as f64),
+            thousands(p.objects as f64),
+            p.requests_per_second,
+            p.objects_per_second,
+            p.accounts_per_second,
+            p.accounts_seconds,
+            p.friendships_seconds,
+            p.groups_seconds
+        );
+    }
 
     let _ = writeln!(s, "\n## Memory\n");
     let per_conn = m

@@ -123,6 +123,7 @@ pub(super) struct RawTarget {
     pub(super) storage: String,
     pub(super) servers: i64,
     pub(super) cluster: Option<String>,
+    pub(super) provisioning_token: Option<String>,
 }
 
 impl Default for RawTarget {
@@ -132,6 +133,7 @@ impl Default for RawTarget {
             storage: "memory".into(),
             servers: 1,
             cluster: None,
+            provisioning_token: None,
         }
     }
 }
