@@ -152,6 +152,11 @@ counts! {
         unsent: "sends queued, never written",
         /// Sends refused because the device's queue was full (the generator's bound).
         refused: "sends refused (generator queue full)",
+        /// Inboxes the audit read: users a message could have reached (a
+        /// sender, its friends, its group mates).
+        inboxes_read: "inboxes read by the audit",
+        /// Users no message could have reached: their inboxes were not read.
+        inboxes_skipped: "inboxes not read (no message could reach them)",
     }
 }
 

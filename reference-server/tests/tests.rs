@@ -17,6 +17,8 @@ mod http_api;
 mod lifecycle;
 /// Abuse limits: logins/signups per address and username, hashing slots, per-user sends.
 mod limits;
+/// Bulk provisioning: off by default, the operator's token, bounded batches.
+mod provision;
 /// Presence by heartbeats, pushed to friends.
 mod presence;
 /// Push notifications for offline members.

@@ -32,6 +32,7 @@
 //! [`simulate`] runs them for one process: the phases, the drain, the audit.
 
 pub mod audit;
+pub mod reach;
 pub mod beat;
 pub mod clock;
 pub mod command;
@@ -213,10 +214,12 @@ pub async fn simulate(
                 break;
             }
         }
-        (out, mode)
+        (out, mode, scheduler.senders().clone())
     });
+    let mut senders = None;
     match done.await {
-        Ok((phases, mode)) => {
+        Ok((phases, mode, sent)) => {
+            senders = Some(sent);
             outcome.phases = phases;
             if let clock::ClockMode::Normal(why) = &mode {
                 tracing::warn!("the clock thread is a normal thread: {why}");
@@ -274,7 +277,7 @@ pub async fn simulate(
         sim.flush_fanout(None);
     }
     if show {
-        eprintln!("auditing: reading the inbox of every member");
+        eprintln!("auditing: reading the inboxes a message could have reached");
     }
     let audit_started = Instant::now();
     let own = sim.ledger.finish().map(|p| p.to_path_buf());
@@ -283,6 +286,7 @@ pub async fn simulate(
         pending: split.then(|| part.dir.join(handoff::PENDING)),
         connected_at_end,
         unstopped,
+        senders,
     };
     let found = audit::audit(&sim, concurrency, |u| owned(u), inputs).await;
     outcome.audit.merge(&found);

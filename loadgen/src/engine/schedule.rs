@@ -43,6 +43,7 @@ use reference_server::protocol::ChannelId;
 use crate::engine::clock::Timer;
 use crate::engine::command::{Cmd, SendJob, To};
 use crate::engine::history::{Read, Reader};
+use crate::engine::reach::Senders;
 use crate::engine::recorder::inc;
 use crate::engine::sim::Sim;
 use crate::engine::{device, outbound};
@@ -74,6 +75,8 @@ pub struct Scheduler {
     reader: Option<Reader>,
     /// Global send number: the same in every process for the same arrival.
     next_n: u64,
+    /// Every send's sender, whoever drives it: whose inboxes the audit reads.
+    senders: Senders,
 }
 
 /// An exponential gap for `rate` events per second.
@@ -109,6 +112,7 @@ impl Scheduler {
             online: Vec::new(),
             offline,
             next_n: 0,
+            senders: Senders::default(),
         }
     }
 
@@ -120,6 +124,11 @@ impl Scheduler {
 
     pub fn online_users(&self) -> usize {
         self.online.len()
+    }
+
+    /// The users sends came from (in every process, the same).
+    pub fn senders(&self) -> &Senders {
+        &self.senders
     }
 
     /// Counts an event no user owns once, in the process owning user 0.
@@ -184,6 +193,7 @@ impl Scheduler {
         let group_roll: f64 = self.picks.random();
         let index: u32 = self.picks.random();
         let len = text_len(&mut self.picks, &sim.behavior);
+        self.senders.insert(u);
         if !(self.owned)(u) {
             return;
         }
