@@ -457,7 +457,10 @@ pub async fn provision_for(
         pop.groups.len()
     );
     let provisioning = match &scenario.target.provisioning_token {
-        Some(token) => bulk::provision(&client, base, token, &mut pop).await?,
+        Some(token) => {
+            let nodes = scenario.target.servers as usize;
+            bulk::provision(&client, base, token, &mut pop, nodes).await?
+        }
         None => provision(&client, base, &mut pop, concurrency).await?,
     };
     let p = &provisioning;

@@ -305,6 +305,7 @@ pub fn opts(path: PathBuf, out: PathBuf) -> RunOpts {
         shard: None,
         start_at: None,
         population: None,
+        provisioning_token: None,
     }
 }
 

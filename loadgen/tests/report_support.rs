@@ -133,7 +133,15 @@ pub fn synthetic_outcome() -> Outcome {
         friendships: 500,
         groups: 10,
         seconds: 1.25,
-    };
+        method: "bulk".into(),
+        requests: 4,
+        nodes: 1,
+        accounts_seconds: 1.0,
+        friendships_seconds: 0.2,
+        groups_seconds: 0.05,
+        ..Provisioning::default()
+    }
+    .with_rates();
     o.generator.lag.record(200).unwrap();
     o.generator.cpu_seconds = 1.5;
     o.generator.peak_rss_bytes = 24_000_000;

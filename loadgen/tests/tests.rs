@@ -19,6 +19,9 @@ mod engine_tls;
 /// Fleet scale: embedded clusters, node faults and failover, workers auto,
 /// exact fan-out with workers, shards merged, Ctrl-C of a multi-process run.
 mod fleet;
+/// Provisioning: bulk and one request per object make the same population;
+/// the audit reads only the inboxes a message could have reached.
+mod provisioning;
 /// The --baseline gate: pass, regressions, noise floor, bad baseline.
 mod report_baseline;
 /// report.html in headless Chromium: no console error, no empty chart.

@@ -289,6 +289,14 @@ pub async fn simulate(
         senders,
     };
     let found = audit::audit(&sim, concurrency, |u| owned(u), inputs).await;
+    if show {
+        eprintln!(
+            "audit: {} inboxes read in {:.1}s ({} users no message could reach were not read)",
+            found.inboxes_read,
+            audit_started.elapsed().as_secs_f64(),
+            found.inboxes_skipped
+        );
+    }
     outcome.audit.merge(&found);
     // The ledger served its purpose alone; a part keeps it for the merge.
     if !split {

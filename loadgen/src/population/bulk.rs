@@ -7,9 +7,11 @@
 //! each request carries up to [`MAX_BATCH`] accounts (each with its device
 //! logins), friendships or groups, and the server runs every object through
 //! the same storage writes and password hashing as the one-object endpoints.
-//! The first batch goes to the target; its answer lists every chat server
-//! (discovery), and the rest are spread over all of them, a few batches in
-//! flight per node, so every node's cores and store connections work.
+//! The first batch goes to the target; every account batch's answer lists the
+//! chat servers (discovery), and the batches are spread over all those known
+//! when each is sent, so every node's cores and store connections work (a node
+//! that has just started may list only itself at first: the list grows as the
+//! nodes see each other).
 //!
 //! What gets created is exactly what [`super::provision`] creates one object
 //! at a time (the same usernames, device names, friendships, group members
@@ -39,8 +41,11 @@ const PER_NODE: usize = 4;
 struct Sender<'a> {
     client: &'a reqwest::Client,
     token: &'a str,
-    /// `http://HOST:PORT` of every node; batch `i` goes to `bases[i % len]`.
-    bases: Vec<String>,
+    /// `http://HOST:PORT` of every node known; batch `i` goes to
+    /// `bases[i % len]` of the list when it is sent.
+    bases: std::sync::Mutex<Vec<String>>,
+    /// Batches in flight.
+    in_flight: usize,
     requests: AtomicU64,
 }
 
@@ -84,15 +89,37 @@ impl Sender<'_> {
         batches: impl Iterator<Item = B>,
     ) -> Result<Vec<BatchResponse<T>>, LoadgenError> {
         let this = self;
-        let in_flight = (this.bases.len() * PER_NODE).max(1);
         stream::iter(batches.enumerate())
             .map(|(i, batch)| async move {
-                let base = &this.bases[i % this.bases.len()];
-                this.post(base, what, path, &batch).await
+                let base = this.base(i);
+                let answer: BatchResponse<T> = this.post(&base, what, path, &batch).await?;
+                this.learn(&answer.servers);
+                Ok(answer)
             })
-            .buffered(in_flight)
+            .buffered(this.in_flight)
             .try_collect()
             .await
+    }
+
+    fn base(&self, i: usize) -> String {
+        let bases = self.bases.lock().expect("not poisoned");
+        bases[i % bases.len()].clone()
+    }
+
+    /// Spreads the next batches over the servers an answer lists, when it
+    /// knows more than the list so far.
+    fn learn(&self, servers: &[String]) {
+        let mut bases = self.bases.lock().expect("not poisoned");
+        if servers.len() > bases.len() {
+            *bases = servers
+                .iter()
+                .map(|ws| crate::engine::nodes::http_of(ws))
+                .collect();
+        }
+    }
+
+    fn nodes(&self) -> usize {
+        self.bases.lock().expect("not poisoned").len()
     }
 }
 
@@ -126,18 +153,22 @@ fn created<T>(
 
 /// Creates the planned population through the bulk endpoints of `base` and
 /// the nodes it lists; fills in ids, tokens and channels.
+/// `nodes`: how many server nodes the run expects (batches in flight are
+/// [`PER_NODE`] per node; 1 when unknown).
 pub async fn provision(
     client: &reqwest::Client,
     base: &str,
     token: &str,
     pop: &mut Population,
+    nodes: usize,
 ) -> Result<Provisioning, LoadgenError> {
     let started = Instant::now();
     let nonce = super::new_nonce();
-    let mut sender = Sender {
+    let sender = Sender {
         client,
         token,
-        bases: vec![base.to_string()],
+        bases: std::sync::Mutex::new(vec![base.to_string()]),
+        in_flight: PER_NODE * nodes.max(1),
         // The health check before.
         requests: AtomicU64::new(1),
     };
@@ -162,15 +193,7 @@ pub async fn provision(
         let first: BatchResponse<CreatedAccount> = sender
             .post(base, "bulk signup", "/v1/provision/accounts", &batch_of(0))
             .await?;
-        pop.servers = first.servers.clone();
-        pop.ws_url = first.servers.first().cloned().unwrap_or_default();
-        if pop.servers.len() > 1 {
-            sender.bases = pop
-                .servers
-                .iter()
-                .map(|ws| crate::engine::nodes::http_of(ws))
-                .collect();
-        }
+        sender.learn(&first.servers);
         answers.push(first);
         let rest = (MAX_BATCH..users).step_by(MAX_BATCH).map(batch_of);
         answers.extend(
@@ -181,6 +204,11 @@ pub async fn provision(
     }
     pop.nonce = nonce.clone();
     for (b, resp) in answers.into_iter().enumerate() {
+        // The longest list of servers is the whole cluster (as one by one).
+        if resp.servers.len() > pop.servers.len() || pop.ws_url.is_empty() {
+            pop.ws_url = resp.servers.first().cloned().unwrap_or_default();
+            pop.servers.clone_from(&resp.servers);
+        }
         let start = b * MAX_BATCH;
         let n = (users - start).min(MAX_BATCH);
         let made = created("signup", |i| username(&nonce, start + i), resp, n)?;
@@ -256,7 +284,7 @@ pub async fn provision(
         seconds: started.elapsed().as_secs_f64(),
         method: "bulk".into(),
         requests: sender.requests.load(Relaxed),
-        nodes: sender.bases.len() as u64,
+        nodes: sender.nodes() as u64,
         accounts_seconds,
         friendships_seconds,
         groups_seconds,
