@@ -145,7 +145,10 @@ async fn duplicates_and_taken_names_are_reported_per_account_and_stored_once() {
     assert_eq!(r[0]["devices"].as_array().unwrap().len(), 2);
     assert_eq!(r[1]["devices"].as_array().unwrap().len(), 0);
     assert_eq!(r[2]["error"], "conflict");
-    assert!(r[2]["message"].as_str().unwrap().contains("earlier in this batch"));
+    assert!(r[2]["message"]
+        .as_str()
+        .unwrap()
+        .contains("earlier in this batch"));
     assert_eq!(r[3]["error"], "conflict");
     assert_eq!(r[4]["error"], "bad_request");
     assert_eq!(r[5]["error"], "bad_request");

@@ -17,10 +17,10 @@ mod http_api;
 mod lifecycle;
 /// Abuse limits: logins/signups per address and username, hashing slots, per-user sends.
 mod limits;
-/// Bulk provisioning: off by default, the operator's token, bounded batches.
-mod provision;
 /// Presence by heartbeats, pushed to friends.
 mod presence;
+/// Bulk provisioning: off by default, the operator's token, bounded batches.
+mod provision;
 /// Push notifications for offline members.
 mod push;
 /// Bounded replies: big inboxes sync in batches; a client that never reads is closed.

@@ -32,7 +32,6 @@
 //! [`simulate`] runs them for one process: the phases, the drain, the audit.
 
 pub mod audit;
-pub mod reach;
 pub mod beat;
 pub mod clock;
 pub mod command;
@@ -48,6 +47,7 @@ pub mod nodes;
 pub mod outbound;
 pub mod progress;
 pub mod ranges;
+pub mod reach;
 pub mod receive;
 pub mod recorder;
 pub mod schedule;
