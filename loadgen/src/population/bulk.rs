@@ -71,6 +71,11 @@ impl Sender<'_> {
                 "{what} against {base} was refused (403): the provisioning token is not the server's --provisioning-token"
             )));
         }
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Err(LoadgenError::unrunnable(format!(
+                "{what}: {base} has no bulk provisioning endpoints (404): start it with --provisioning-token, or leave the token out to create the population one request per object"
+            )));
+        }
         check(base, what, resp)
             .await?
             .json()
