@@ -142,10 +142,8 @@ async fn a_wrong_token_fails_the_run_before_it_starts() {
 async fn a_run_provisions_in_bulk_and_audits_only_the_inboxes_it_needs() {
     let server = server().await;
     let dir = tempfile::tempdir().unwrap();
-    let body = format!(
-        "[population]\nusers = 300\ndevices = {{ 1 = 0.6, 2 = 0.4 }}\nfriends = 2\ngroups = 4\ngroup_size = {{ min = 3, max = 4 }}\n\n[behavior]\nheartbeat_interval = \"500ms\"\noffline_after = \"1500ms\"\n\n[[phase]]\nname = \"chat\"\nduration = \"1500ms\"\nonline = 6\nmessage_rate = \"20/s\"\n\n[thresholds]\n\"lost\" = \"== 0\"\n"
-    );
-    let path = scenario(dir.path(), "bulk", Some(&server.url()), &body);
+    let body = "[population]\nusers = 300\ndevices = { 1 = 0.6, 2 = 0.4 }\nfriends = 2\ngroups = 4\ngroup_size = { min = 3, max = 4 }\n\n[behavior]\nheartbeat_interval = \"500ms\"\noffline_after = \"1500ms\"\n\n[[phase]]\nname = \"chat\"\nduration = \"1500ms\"\nonline = 6\nmessage_rate = \"20/s\"\n\n[thresholds]\n\"lost\" = \"== 0\"\n";
+    let path = scenario(dir.path(), "bulk", Some(&server.url()), body);
     let text = std::fs::read_to_string(&path).unwrap().replacen(
         "[target]\n",
         &format!("[target]\nprovisioning_token = \"{TOKEN}\"\n"),
