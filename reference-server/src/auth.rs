@@ -23,6 +23,9 @@ use rand::Rng;
 use crate::metrics::Metrics;
 use crate::protocol::Millis;
 
+/// Passwords of a bulk batch hashed per hashing slot ([`PasswordHashing::hash_all_blocking`]).
+pub const HASH_CHUNK: usize = 16;
+
 /// How long a login or signup waits for a hashing slot before `overloaded`.
 pub const HASH_QUEUE_WAIT: Duration = Duration::from_secs(10);
 
@@ -109,19 +112,25 @@ impl PasswordHashing {
         self.in_slot(move || this.hash(&password)).await?
     }
 
-    /// Hashes many passwords (each with its own salt) in one hashing slot:
-    /// bulk provisioning's batches, where a hand-off to the blocking pool per
-    /// hash would cost more than a cheap hash.
+    /// Hashes many passwords (each with its own salt), [`HASH_CHUNK`] per
+    /// hashing slot, one chunk after the other: bulk provisioning's batches.
+    /// A hand-off to the blocking pool per hash would cost more than a cheap
+    /// hash; a whole batch in one slot would hold it for a minute at the
+    /// default cost, and logins wait for slots.
     pub async fn hash_all_blocking(
         &self,
-        passwords: Vec<String>,
+        mut passwords: Vec<String>,
     ) -> Result<Vec<Result<String, HashError>>, HashError> {
-        if passwords.is_empty() {
-            return Ok(Vec::new());
+        let mut hashes = Vec::with_capacity(passwords.len());
+        while !passwords.is_empty() {
+            let chunk: Vec<String> = passwords.drain(..passwords.len().min(HASH_CHUNK)).collect();
+            let this = self.clone();
+            let done = self
+                .in_slot(move || chunk.iter().map(|p| this.hash(p)).collect::<Vec<_>>())
+                .await?;
+            hashes.extend(done);
         }
-        let this = self.clone();
-        self.in_slot(move || passwords.iter().map(|p| this.hash(p)).collect())
-            .await
+        Ok(hashes)
     }
 
     /// Checks a password in a hashing slot; `Err` only when no slot came free.

@@ -249,7 +249,7 @@ async fn accounts(
             (a, why)
         })
         .collect();
-    // One hashing slot for the batch's passwords (each with its own salt):
+    // The batch's passwords (each with its own salt) a few per hashing slot:
     // the per-hash hand-off to the blocking pool would cost more than an
     // Argon2id hash at a load test's cost.
     let passwords: Vec<String> = checked
