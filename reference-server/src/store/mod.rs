@@ -244,6 +244,9 @@ pub(crate) struct CommitStats {
     pub(crate) writes: std::sync::atomic::AtomicU64,
     pub(crate) commit_micros: std::sync::atomic::AtomicU64,
     pub(crate) busy_micros: std::sync::atomic::AtomicU64,
+    /// Write-ahead log syncs (embedded): one per batch of accepts.
+    pub(crate) log_syncs: std::sync::atomic::AtomicU64,
+    pub(crate) log_sync_micros: std::sync::atomic::AtomicU64,
 }
 
 impl CommitStats {
@@ -261,6 +264,45 @@ impl CommitStats {
         self.commit_micros
             .fetch_add(commit.as_micros() as u64, Relaxed);
         self.busy_micros.fetch_add(busy.as_micros() as u64, Relaxed);
+    }
+
+    /// Counts one commit holding `writes` writes that took `took` (all of it
+    /// busy time).
+    pub(crate) fn checkpointed(&self, writes: usize, took: std::time::Duration) {
+        self.batch(writes, took, took);
+    }
+
+    /// Counts time the writer spent running requests, outside commits and syncs.
+    pub(crate) fn busy(&self, took: std::time::Duration) {
+        self.busy_micros.fetch_add(
+            took.as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Counts one sync of the write-ahead log (busy time too).
+    pub(crate) fn logged(&self, took: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.log_syncs.fetch_add(1, Relaxed);
+        self.log_sync_micros
+            .fetch_add(took.as_micros() as u64, Relaxed);
+    }
+
+    /// The write-ahead log's counters, for a backend that keeps one.
+    pub(crate) fn log_counters(&self) -> Vec<StoreCounter> {
+        use std::sync::atomic::Ordering::Relaxed;
+        vec![
+            StoreCounter {
+                name: "chatscale_storage_log_syncs",
+                help: "Write-ahead log appends synced to disk (one per batch of accepts between checkpoints)",
+                value: self.log_syncs.load(Relaxed),
+            },
+            StoreCounter {
+                name: "chatscale_storage_log_sync_microseconds",
+                help: "Time the storage writer spent appending to and syncing its write-ahead log, in microseconds",
+                value: self.log_sync_micros.load(Relaxed),
+            },
+        ]
     }
 
     pub(crate) fn counters(&self) -> Vec<StoreCounter> {

@@ -1,14 +1,18 @@
 //! The embedded backend's schema (one redb table per kind of record) and the
 //! writes that run inside the writer's transaction, `accept` first among them.
 
+use std::collections::HashMap;
+
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use super::backend;
 use crate::protocol::{DeviceId, Millis, UserId};
 use crate::store::{Accepted, StoreError, StoreResult};
 
-/// Counters: `next_user`, `next_device`, `next_group`.
+/// Counters: `next_user`, `next_device`, `next_group`; and [`WAL_LSN`].
 pub(super) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// The number of the last write-ahead log record the database holds.
+pub(super) const WAL_LSN: &str = "wal_lsn";
 /// user id -> (username, password hash).
 pub(super) const USERS: TableDefinition<'_, u64, (&str, &str)> = TableDefinition::new("users");
 pub(super) const USER_NAMES: TableDefinition<'_, &str, u64> = TableDefinition::new("user_names");
@@ -61,18 +65,70 @@ pub(super) fn user_exists(txn: &WriteTransaction, user: UserId) -> StoreResult<b
         .is_some())
 }
 
-/// The tables an accept reads and writes, opened once per batch: opening a
+/// The tables an accept reads and writes (and the reads and presence writes
+/// that run in the writer's transaction), opened once per transaction: opening a
 /// table looks it up in the database's table tree, which for a batch of small
 /// accepts cost as much as the accepts' own reads and writes.
 pub(super) struct AcceptTables<'t> {
-    dedupe: Table<'t, (u64, &'static str), (&'static str, u64, u64)>,
-    dedupe_by_ts: Table<'t, (u64, u64, &'static str), ()>,
-    groups: Table<'t, u64, (&'static str, Vec<u64>)>,
-    users: Table<'t, u64, (&'static str, &'static str)>,
-    heads: Table<'t, &'static str, u64>,
-    messages: Table<'t, (&'static str, u64), MessageRow<'static>>,
-    inbox: Table<'t, (u64, u64), (&'static str, u64)>,
-    inbox_heads: Table<'t, u64, u64>,
+    pub(super) dedupe: Table<'t, (u64, &'static str), (&'static str, u64, u64)>,
+    pub(super) dedupe_by_ts: Table<'t, (u64, u64, &'static str), ()>,
+    pub(super) groups: Table<'t, u64, (&'static str, Vec<u64>)>,
+    pub(super) users: Table<'t, u64, (&'static str, &'static str)>,
+    pub(super) heads: Table<'t, &'static str, u64>,
+    pub(super) messages: Table<'t, (&'static str, u64), MessageRow<'static>>,
+    pub(super) inbox: Table<'t, (u64, u64), (&'static str, u64)>,
+    pub(super) inbox_heads: Table<'t, u64, u64>,
+    pub(super) last_active: Table<'t, u64, u64>,
+    /// Channel and inbox heads as this transaction has them, with whether they
+    /// changed: an accept reads and bumps one channel head and one inbox head per
+    /// member, so they are kept here and written to their tables once, when the
+    /// tables close (before every commit), instead of once per accept.
+    channel_heads: HashMap<String, (u64, bool)>,
+    inbox_head_cache: HashMap<u64, (u64, bool)>,
+}
+
+impl AcceptTables<'_> {
+    /// User `user`'s highest inbox seq, as of this transaction.
+    pub(super) fn inbox_head(&mut self, user: u64) -> StoreResult<u64> {
+        if let Some(&(seq, _)) = self.inbox_head_cache.get(&user) {
+            return Ok(seq);
+        }
+        let seq = self
+            .inbox_heads
+            .get(user)
+            .map_err(backend)?
+            .map_or(0, |v| v.value());
+        self.inbox_head_cache.insert(user, (seq, false));
+        Ok(seq)
+    }
+
+    fn channel_head(&mut self, channel: &str) -> StoreResult<u64> {
+        if let Some(&(id, _)) = self.channel_heads.get(channel) {
+            return Ok(id);
+        }
+        let id = self
+            .heads
+            .get(channel)
+            .map_err(backend)?
+            .map_or(0, |v| v.value());
+        self.channel_heads.insert(channel.to_string(), (id, false));
+        Ok(id)
+    }
+
+    /// Writes the heads that changed to their tables.
+    fn flush(&mut self) -> StoreResult<()> {
+        for (channel, (id, changed)) in self.channel_heads.iter_mut() {
+            if std::mem::take(changed) {
+                self.heads.insert(channel.as_str(), *id).map_err(backend)?;
+            }
+        }
+        for (user, (seq, changed)) in self.inbox_head_cache.iter_mut() {
+            if std::mem::take(changed) {
+                self.inbox_heads.insert(*user, *seq).map_err(backend)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The accept tables of one batch's transaction, if open. Any other write
@@ -101,13 +157,21 @@ impl<'t> OpenTables<'t> {
                 messages: txn.open_table(MESSAGES).map_err(backend)?,
                 inbox: txn.open_table(INBOX).map_err(backend)?,
                 inbox_heads: txn.open_table(INBOX_HEADS).map_err(backend)?,
+                last_active: txn.open_table(LAST_ACTIVE).map_err(backend)?,
+                channel_heads: HashMap::new(),
+                inbox_head_cache: HashMap::new(),
             });
         }
         Ok(self.open.as_mut().expect("just opened"))
     }
 
-    pub(super) fn close(&mut self) {
-        self.open = None;
+    /// Writes the cached heads and closes the accept tables (if open): before
+    /// another write opens one of them, and before every commit.
+    pub(super) fn close(&mut self) -> StoreResult<()> {
+        if let Some(mut open) = self.open.take() {
+            open.flush()?;
+        }
+        Ok(())
     }
 }
 
@@ -162,13 +226,7 @@ pub(super) fn accept_in(t: &mut AcceptTables<'_>, msg: &OwnedMessage) -> StoreRe
         }
     };
     let channel = msg.channel.as_str();
-    let id = t
-        .heads
-        .get(channel)
-        .map_err(backend)?
-        .map_or(0, |v| v.value())
-        + 1;
-    t.heads.insert(channel, id).map_err(backend)?;
+    let id = t.channel_head(channel)? + 1;
     t.messages
         .insert(
             (channel, id),
@@ -181,15 +239,16 @@ pub(super) fn accept_in(t: &mut AcceptTables<'_>, msg: &OwnedMessage) -> StoreRe
             ),
         )
         .map_err(backend)?;
+    match t.channel_heads.get_mut(channel) {
+        Some(head) => *head = (id, true),
+        None => {
+            t.channel_heads.insert(channel.to_string(), (id, true));
+        }
+    }
     let mut recipients = Vec::with_capacity(members.len());
     for &m in &members {
-        let seq = t
-            .inbox_heads
-            .get(m)
-            .map_err(backend)?
-            .map_or(0, |v| v.value())
-            + 1;
-        t.inbox_heads.insert(m, seq).map_err(backend)?;
+        let seq = t.inbox_head(m)? + 1;
+        t.inbox_head_cache.insert(m, (seq, true));
         t.inbox.insert((m, seq), (channel, id)).map_err(backend)?;
         recipients.push((m, seq));
     }
