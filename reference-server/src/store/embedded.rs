@@ -99,6 +99,7 @@ impl EmbeddedStore {
             txn.open_table(MESSAGES).map_err(backend)?;
             txn.open_table(CHANNEL_HEADS).map_err(backend)?;
             txn.open_table(INBOX).map_err(backend)?;
+            txn.open_table(INBOX_RUNS).map_err(backend)?;
             txn.open_table(INBOX_HEADS).map_err(backend)?;
             txn.open_table(DEDUPE).map_err(backend)?;
             txn.open_table(DEDUPE_BY_TS).map_err(backend)?;
@@ -652,25 +653,16 @@ impl Store for EmbeddedStore {
         limit: usize,
     ) -> StoreResult<Vec<Message>> {
         self.on_tables(Kind::Read, move |t| {
-            let (inbox, messages) = (&t.inbox, &t.messages);
             let mut out = Vec::with_capacity(limit.min(512));
-            let start = since.saturating_add(1);
-            for entry in inbox
-                .range((user, start)..=(user, u64::MAX))
-                .map_err(backend)?
-                .take(limit)
-            {
-                let (k, v) = entry.map_err(backend)?;
-                let seq = k.value().1;
-                let (channel, id) = v.value();
-                let Some(stored) = messages.get((channel, id)).map_err(backend)? else {
+            for (seq, channel, id) in t.inbox_entries(user, since, limit)? {
+                let Some(stored) = t.messages.get((channel.as_str(), id)).map_err(backend)? else {
                     return Err(StoreError::Backend(format!(
                         "inbox points at missing {channel}/{id}"
                     )));
                 };
                 out.push(Message {
                     seq: Some(seq),
-                    ..message_from(channel, id, stored.value())
+                    ..message_from(&channel, id, stored.value())
                 });
             }
             Ok(out)
@@ -843,5 +835,88 @@ mod tests {
         assert!(wal::read(&dir.path().join("chatscale.wal"))
             .unwrap()
             .is_empty());
+    }
+
+    /// A database written before inbox runs: its per-entry rows are read
+    /// first, then the runs and the transaction's pending entries, in seq order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn old_inbox_rows_and_new_runs_read_as_one_inbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let (alice, bob, group);
+        {
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            alice = store.create_user("alice", "h").await.unwrap();
+            bob = store.create_user("bob", "h").await.unwrap();
+            group = store.create_group("g", &[alice, bob], 10).await.unwrap();
+        }
+        let g = format!("g:{group}");
+        // Two messages as the old layout stored them.
+        drop(reopen(dir.path()).await);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        {
+            let path = dir.path().join("chatscale.redb");
+            let mut db = Database::create(&path);
+            for _ in 0..200 {
+                if db.is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(25));
+                db = Database::create(&path);
+            }
+            let db = db.unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut messages = txn.open_table(MESSAGES).unwrap();
+                let mut inbox = txn.open_table(INBOX).unwrap();
+                let mut heads = txn.open_table(INBOX_HEADS).unwrap();
+                for id in 1..=2u64 {
+                    let cmid = format!("old{id}");
+                    messages
+                        .insert((g.as_str(), id), (bob, 1, 500, cmid.as_str(), "old"))
+                        .unwrap();
+                    for user in [alice, bob] {
+                        inbox.insert((user, id), (g.as_str(), id)).unwrap();
+                        heads.insert(user, id).unwrap();
+                    }
+                }
+                txn.open_table(CHANNEL_HEADS)
+                    .unwrap()
+                    .insert(g.as_str(), 2)
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = reopen(dir.path()).await;
+        let a = store.accept(message(&g, &[], bob, "new3")).await.unwrap();
+        assert_eq!((a.id, a.sender_seq), (3, 3));
+        let seqs = |inbox: Vec<Message>| -> Vec<(u64, String)> {
+            inbox
+                .into_iter()
+                .map(|m| (m.seq.unwrap(), m.client_msg_id))
+                .collect()
+        };
+        let all = vec![
+            (1, "old1".to_string()),
+            (2, "old2".into()),
+            (3, "new3".into()),
+        ];
+        // Before the checkpoint (the entry is pending) and after it (a run).
+        for _ in 0..2 {
+            assert_eq!(seqs(store.inbox_after(alice, 0, 10).await.unwrap()), all);
+            assert_eq!(
+                seqs(store.inbox_after(alice, 1, 1).await.unwrap()),
+                all[1..2]
+            );
+            assert_eq!(
+                seqs(store.inbox_after(alice, 2, 10).await.unwrap()),
+                all[2..]
+            );
+            assert_eq!(store.inbox_head(alice).await.unwrap(), 3);
+            store.flush().await.unwrap();
+        }
+        let b = store.accept(message(&g, &[], bob, "new4")).await.unwrap();
+        assert_eq!((b.id, b.sender_seq), (4, 4));
+        let inbox = seqs(store.inbox_after(alice, 2, 10).await.unwrap());
+        assert_eq!(inbox, [(3, "new3".to_string()), (4, "new4".into())]);
     }
 }

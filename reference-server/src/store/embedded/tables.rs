@@ -2,6 +2,7 @@
 //! writes that run inside the writer's transaction, `accept` first among them.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
@@ -34,9 +35,17 @@ pub(super) const MESSAGES: TableDefinition<'_, (&str, u64), MessageRow<'_>> =
 /// channel -> highest message id.
 pub(super) const CHANNEL_HEADS: TableDefinition<'_, &str, u64> =
     TableDefinition::new("channel_heads");
-/// (user, seq) -> (channel, id).
+/// (user, seq) -> (channel, id): one row per inbox entry, as databases written
+/// before [`INBOX_RUNS`] hold them. Read, no longer written.
 pub(super) const INBOX: TableDefinition<'_, (u64, u64), (&str, u64)> =
     TableDefinition::new("inbox");
+/// (user, first seq) -> the entries with seqs `first, first + 1, ...`, packed
+/// (see [`encode_run`]): what one transaction appended to the user's inbox. One
+/// row per user per checkpoint rather than one per entry: an accept appends
+/// one entry per member, and a B-tree insert each cost more than the rest of the
+/// accept.
+pub(super) const INBOX_RUNS: TableDefinition<'_, (u64, u64), &[u8]> =
+    TableDefinition::new("inbox_runs");
 /// user -> highest inbox seq.
 pub(super) const INBOX_HEADS: TableDefinition<'_, u64, u64> = TableDefinition::new("inbox_heads");
 /// (sender, client_msg_id) -> (channel, id, sender's seq).
@@ -77,6 +86,7 @@ pub(super) struct AcceptTables<'t> {
     pub(super) heads: Table<'t, &'static str, u64>,
     pub(super) messages: Table<'t, (&'static str, u64), MessageRow<'static>>,
     pub(super) inbox: Table<'t, (u64, u64), (&'static str, u64)>,
+    pub(super) inbox_runs: Table<'t, (u64, u64), &'static [u8]>,
     pub(super) inbox_heads: Table<'t, u64, u64>,
     pub(super) last_active: Table<'t, u64, u64>,
     /// Channel and inbox heads as this transaction has them, with whether they
@@ -85,7 +95,13 @@ pub(super) struct AcceptTables<'t> {
     /// tables close (before every commit), instead of once per accept.
     channel_heads: HashMap<String, (u64, bool)>,
     inbox_head_cache: HashMap<u64, (u64, bool)>,
+    /// Inbox entries appended in this transaction and not yet written: per
+    /// user, the first entry's seq and the entries (channel, id) in seq order.
+    pending_inbox: HashMap<u64, (u64, Vec<InboxEntry>)>,
 }
+
+/// An inbox entry: the message's channel and id.
+type InboxEntry = (Arc<str>, u64);
 
 impl AcceptTables<'_> {
     /// User `user`'s highest inbox seq, as of this transaction.
@@ -115,8 +131,79 @@ impl AcceptTables<'_> {
         Ok(id)
     }
 
-    /// Writes the heads that changed to their tables.
+    /// User `user`'s inbox entries `(seq, channel, id)` after `since`, at most
+    /// `limit`, in seq order: the old per-entry rows, the runs, then the entries
+    /// this transaction has not yet written.
+    pub(super) fn inbox_entries(
+        &self,
+        user: u64,
+        since: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<(u64, String, u64)>> {
+        let start = since.saturating_add(1);
+        let mut out = Vec::with_capacity(limit.min(512));
+        for entry in self
+            .inbox
+            .range((user, start)..=(user, u64::MAX))
+            .map_err(backend)?
+            .take(limit)
+        {
+            let (k, v) = entry.map_err(backend)?;
+            let (channel, id) = v.value();
+            out.push((k.value().1, channel.to_string(), id));
+        }
+        // The run that holds `start`, if one does, and every run after it.
+        let first_run = match self
+            .inbox_runs
+            .range((user, 0)..=(user, start))
+            .map_err(backend)?
+            .next_back()
+        {
+            Some(entry) => entry.map_err(backend)?.0.value().1,
+            None => start,
+        };
+        for entry in self
+            .inbox_runs
+            .range((user, first_run)..=(user, u64::MAX))
+            .map_err(backend)?
+        {
+            if out.len() >= limit {
+                return Ok(out);
+            }
+            let (k, v) = entry.map_err(backend)?;
+            let first = k.value().1;
+            let run = decode_run(v.value()).ok_or_else(|| {
+                StoreError::Backend(format!("damaged inbox run ({user}, {first})"))
+            })?;
+            for (i, (channel, id)) in run.into_iter().enumerate() {
+                let seq = first + i as u64;
+                if seq >= start && out.len() < limit {
+                    out.push((seq, channel.to_string(), id));
+                }
+            }
+        }
+        if let Some((first, entries)) = self.pending_inbox.get(&user) {
+            for (i, (channel, id)) in entries.iter().enumerate() {
+                let seq = first + i as u64;
+                if seq >= start && out.len() < limit {
+                    out.push((seq, channel.to_string(), *id));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes the heads that changed and the pending inbox entries to their
+    /// tables.
     fn flush(&mut self) -> StoreResult<()> {
+        let mut buf = Vec::new();
+        for (user, (first, entries)) in self.pending_inbox.drain() {
+            buf.clear();
+            encode_run(&mut buf, &entries);
+            self.inbox_runs
+                .insert((user, first), buf.as_slice())
+                .map_err(backend)?;
+        }
         for (channel, (id, changed)) in self.channel_heads.iter_mut() {
             if std::mem::take(changed) {
                 self.heads.insert(channel.as_str(), *id).map_err(backend)?;
@@ -156,10 +243,12 @@ impl<'t> OpenTables<'t> {
                 heads: txn.open_table(CHANNEL_HEADS).map_err(backend)?,
                 messages: txn.open_table(MESSAGES).map_err(backend)?,
                 inbox: txn.open_table(INBOX).map_err(backend)?,
+                inbox_runs: txn.open_table(INBOX_RUNS).map_err(backend)?,
                 inbox_heads: txn.open_table(INBOX_HEADS).map_err(backend)?,
                 last_active: txn.open_table(LAST_ACTIVE).map_err(backend)?,
                 channel_heads: HashMap::new(),
                 inbox_head_cache: HashMap::new(),
+                pending_inbox: HashMap::new(),
             });
         }
         Ok(self.open.as_mut().expect("just opened"))
@@ -246,10 +335,16 @@ pub(super) fn accept_in(t: &mut AcceptTables<'_>, msg: &OwnedMessage) -> StoreRe
         }
     }
     let mut recipients = Vec::with_capacity(members.len());
+    let shared: Arc<str> = Arc::from(channel);
     for &m in &members {
         let seq = t.inbox_head(m)? + 1;
         t.inbox_head_cache.insert(m, (seq, true));
-        t.inbox.insert((m, seq), (channel, id)).map_err(backend)?;
+        let (first, entries) = t
+            .pending_inbox
+            .entry(m)
+            .or_insert_with(|| (seq, Vec::new()));
+        debug_assert_eq!(*first + entries.len() as u64, seq);
+        entries.push((shared.clone(), id));
         recipients.push((m, seq));
     }
     let sender_seq = recipients
@@ -331,4 +426,46 @@ pub(super) fn expire_in(
         tokens: stale.len() as u64,
         dedupe: old.len() as u64,
     })
+}
+
+/// Packs inbox entries: per entry, the channel's length (`u16`), its bytes and
+/// the message id (`u64`), little-endian.
+fn encode_run(out: &mut Vec<u8>, entries: &[InboxEntry]) {
+    for (channel, id) in entries {
+        out.extend_from_slice(&(channel.len() as u16).to_le_bytes());
+        out.extend_from_slice(channel.as_bytes());
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+}
+
+/// Unpacks [`encode_run`]'s entries; `None` if the bytes do not parse.
+fn decode_run(mut bytes: &[u8]) -> Option<Vec<(&str, u64)>> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let len = u16::from_le_bytes(bytes.get(..2)?.try_into().ok()?) as usize;
+        let channel = std::str::from_utf8(bytes.get(2..2 + len)?).ok()?;
+        let id = u64::from_le_bytes(bytes.get(2 + len..10 + len)?.try_into().ok()?);
+        out.push((channel, id));
+        bytes = &bytes[10 + len..];
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_read_back_and_damage_is_refused() {
+        let entries: Vec<InboxEntry> = vec![
+            (Arc::from("g:7"), 3),
+            (Arc::from("dm:1:2"), 9),
+            (Arc::from(""), 0),
+        ];
+        let mut buf = Vec::new();
+        encode_run(&mut buf, &entries);
+        let back = decode_run(&buf).unwrap();
+        assert_eq!(back, [("g:7", 3), ("dm:1:2", 9), ("", 0)]);
+        assert!(decode_run(&buf[..buf.len() - 1]).is_none());
+    }
 }
