@@ -98,12 +98,44 @@ pub(super) struct AcceptTables<'t> {
     /// Inbox entries appended in this transaction and not yet written: per
     /// user, the first entry's seq and the entries (channel, id) in seq order.
     pending_inbox: HashMap<u64, (u64, Vec<InboxEntry>)>,
+    /// Groups' members and accounts known to exist, as read in this
+    /// transaction: only writes that close these tables change them (and
+    /// closing drops what is kept here).
+    groups_read: HashMap<u64, Arc<Vec<UserId>>>,
+    users_seen: std::collections::HashSet<UserId>,
 }
 
 /// An inbox entry: the message's channel and id.
 type InboxEntry = (Arc<str>, u64);
 
 impl AcceptTables<'_> {
+    /// Group `group`'s members, as of this transaction; `NotFound` if none.
+    fn group_members(&mut self, group: u64) -> StoreResult<Arc<Vec<UserId>>> {
+        if let Some(members) = self.groups_read.get(&group) {
+            return Ok(members.clone());
+        }
+        let members = self
+            .groups
+            .get(group)
+            .map_err(backend)?
+            .map(|v| Arc::new(v.value().1))
+            .ok_or(StoreError::NotFound)?;
+        self.groups_read.insert(group, members.clone());
+        Ok(members)
+    }
+
+    /// True if account `user` exists (accounts are never removed).
+    fn user_exists(&mut self, user: UserId) -> StoreResult<bool> {
+        if self.users_seen.contains(&user) {
+            return Ok(true);
+        }
+        let exists = self.users.get(user).map_err(backend)?.is_some();
+        if exists {
+            self.users_seen.insert(user);
+        }
+        Ok(exists)
+    }
+
     /// User `user`'s highest inbox seq, as of this transaction.
     pub(super) fn inbox_head(&mut self, user: u64) -> StoreResult<u64> {
         if let Some(&(seq, _)) = self.inbox_head_cache.get(&user) {
@@ -249,6 +281,8 @@ impl<'t> OpenTables<'t> {
                 channel_heads: HashMap::new(),
                 inbox_head_cache: HashMap::new(),
                 pending_inbox: HashMap::new(),
+                groups_read: HashMap::new(),
+                users_seen: Default::default(),
             });
         }
         Ok(self.open.as_mut().expect("just opened"))
@@ -290,28 +324,24 @@ pub(super) fn accept_in(t: &mut AcceptTables<'_>, msg: &OwnedMessage) -> StoreRe
         });
     }
     // A group's members as they are now, in the same transaction as the append.
-    let members = match crate::store::group_of(&msg.channel) {
+    let group_members;
+    let members: &[UserId] = match crate::store::group_of(&msg.channel) {
         Some(g) => {
-            let current = t
-                .groups
-                .get(g)
-                .map_err(backend)?
-                .map(|v| v.value().1)
-                .ok_or(StoreError::NotFound)?;
-            if !current.contains(&msg.from) {
+            group_members = t.group_members(g)?;
+            if !group_members.contains(&msg.from) {
                 return Err(StoreError::NotMember);
             }
             // Each member's account was checked when it joined, and accounts
             // are never removed.
-            current
+            &group_members
         }
         None => {
             for &m in &msg.members {
-                if t.users.get(m).map_err(backend)?.is_none() {
+                if !t.user_exists(m)? {
                     return Err(StoreError::NotFound);
                 }
             }
-            msg.members.clone()
+            &msg.members
         }
     };
     let channel = msg.channel.as_str();
@@ -336,7 +366,7 @@ pub(super) fn accept_in(t: &mut AcceptTables<'_>, msg: &OwnedMessage) -> StoreRe
     }
     let mut recipients = Vec::with_capacity(members.len());
     let shared: Arc<str> = Arc::from(channel);
-    for &m in &members {
+    for &m in members {
         let seq = t.inbox_head(m)? + 1;
         t.inbox_head_cache.insert(m, (seq, true));
         let (first, entries) = t

@@ -37,7 +37,7 @@ use super::{backend, MAX_BATCH};
 use crate::store::{CommitStats, StoreError, StoreResult};
 
 /// Longest an accept stays in the log before a checkpoint commits it to redb.
-pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_millis(1000);
+pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_millis(2000);
 /// Log size that calls for a checkpoint sooner.
 const CHECKPOINT_LOG_BYTES: u64 = 64 << 20;
 
