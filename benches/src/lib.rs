@@ -7,6 +7,9 @@
 //!   its address, CPU time and resident memory from `/proc`.
 //! - [`echo`]: the minimal tokio-tungstenite echo server, the floor a chat
 //!   server's per-frame cost is compared with.
+//! - [`relay`]: the relay floor, a minimal tokio-tungstenite server doing the
+//!   chat protocol's frame work (an ack, a delivery per recipient through the
+//!   recipient's bounded queue) and nothing else.
 //! - [`drive`]: many WebSocket clients sending frames at a fixed rate and
 //!   counting what comes back, the same way for the chat server and the echo.
 //! - [`world`]: the chat side's population (accounts, devices, groups) and the
@@ -18,6 +21,7 @@ pub mod child;
 pub mod drive;
 pub mod echo;
 pub mod fuzz;
+pub mod relay;
 pub mod world;
 
 pub use child::{serve_if_asked, ServerProcess};

@@ -168,13 +168,18 @@ impl SendFrames {
                 .map(|d| (d.partner, d.group.clone()))
                 .collect(),
             group_share,
-            text: "abcdefghijklmnopqrstuvwxyz0123456789 "
-                .chars()
-                .cycle()
-                .take(text_chars)
-                .collect(),
+            text: text_of(text_chars),
         }
     }
+}
+
+/// The text every measured message carries: `chars` characters, none escaped in JSON.
+pub fn text_of(chars: usize) -> String {
+    "abcdefghijklmnopqrstuvwxyz0123456789 "
+        .chars()
+        .cycle()
+        .take(chars)
+        .collect()
 }
 
 impl Frames for SendFrames {

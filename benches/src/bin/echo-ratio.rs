@@ -4,23 +4,30 @@
 //! cargo run --release -p chatscale-benches --bin echo-ratio
 //! ```
 //!
-//! Starts two servers as child processes: the reference server (memory
-//! storage) and a minimal tokio-tungstenite echo server with the same WebSocket
-//! settings (512-byte read buffer, no write buffer). It creates 2,000 accounts
-//! with one device each (groups of 4, 4 and 3 members in turn), connects every
-//! device to the chat server and as many clients to the echo server, then
-//! drives both at once, side by side, with the same client code: each chat
-//! device sends at a fixed rate (30% to its group, the rest to one partner), and
-//! each echo client sends frames of the same bytes at the rate the chat server
-//! writes deliveries (the send rate times the deliveries per send), so both
+//! Starts three servers as child processes: the reference server (memory
+//! storage), a minimal tokio-tungstenite echo server with the same WebSocket
+//! settings (512-byte read buffer, no write buffer), and the relay floor
+//! (`chatscale_benches::relay`: the same settings, doing only the chat
+//! protocol's frame work: an ack per send and a delivery per recipient through
+//! the recipient's bounded queue). It creates 2,000 accounts with one device
+//! each (groups of 4, 4 and 3 members in turn), connects every device to the
+//! chat server and as many clients to the echo server and to the relay, then
+//! drives all three at once, side by side, with the same client code: each chat
+//! device sends at a fixed rate (30% to its group, the rest to one partner),
+//! each relay client sends to the same recipients at the same rate, and each
+//! echo client sends frames of the same bytes at the rate the chat server
+//! writes deliveries (the send rate times the deliveries per send), so the
 //! servers write about as many frames a second.
 //!
 //! Each measuring window reads both servers' CPU time (`/proc/PID/stat`,
 //! user + system, all threads) and what the clients received, and prints
 //! *deliveries per chat-server CPU-second*, *echoed frames per echo-server
-//! CPU-second* and their ratio; then the median of the windows. Both servers
-//! share the machine during the same seconds, so noise from other work on the
-//! machine touches both alike and mostly cancels out of the ratio.
+//! CPU-second* and their ratio (chat/echo), then *deliveries per relay
+//! CPU-second* with relay/echo (the protocol's floor, measured) and chat/relay
+//! (how near the chat server is to that floor); then the medians of the
+//! windows. The servers share the machine during the same seconds, so noise
+//! from other work on the machine touches them alike and mostly cancels out of
+//! the ratios.
 //!
 //! Flags: `--devices`, `--rate` (chat sends a second), `--group-share`, `--text`
 //! (characters per message), `--warmup`, `--window` and `--rounds` (seconds,
@@ -32,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use chatscale_benches::child::cpu_seconds;
 use chatscale_benches::drive::{self, Counters, Counts};
+use chatscale_benches::relay::RelayFrames;
 use chatscale_benches::world::{SendFrames, World};
 use chatscale_benches::ServerProcess;
 use clap::Parser;
@@ -75,6 +83,9 @@ fn main() -> anyhow::Result<()> {
     if std::env::args().nth(1).as_deref() == Some("serve-echo") {
         return chatscale_benches::echo::run(512);
     }
+    if std::env::args().nth(1).as_deref() == Some("serve-relay") {
+        return chatscale_benches::relay::run(512);
+    }
     let opts = Opts::parse();
     anyhow::ensure!(
         opts.rounds > 0 && opts.window > 0.0,
@@ -94,11 +105,19 @@ fn main() -> anyhow::Result<()> {
     flags.extend(opts.server.iter().map(String::as_str));
     let chat = ServerProcess::start(&flags)?;
     let echo = ServerProcess::spawn(&["serve-echo"])?;
+    let relay = ServerProcess::spawn(&["serve-relay"])?;
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(measure(&opts, &chat, &echo))
+    rt.block_on(measure(&opts, &Servers { chat, echo, relay }))
 }
 
-async fn measure(opts: &Opts, chat: &ServerProcess, echo: &ServerProcess) -> anyhow::Result<()> {
+struct Servers {
+    chat: ServerProcess,
+    echo: ServerProcess,
+    relay: ServerProcess,
+}
+
+async fn measure(opts: &Opts, servers: &Servers) -> anyhow::Result<()> {
+    let Servers { chat, echo, relay } = servers;
     let started = Instant::now();
     let world = World::create(&chat.url, opts.devices, &[4, 4, 3]).await?;
     let per_send = world.deliveries_per_send(opts.group_share);
@@ -106,6 +125,8 @@ async fn measure(opts: &Opts, chat: &ServerProcess, echo: &ServerProcess) -> any
     let chat_conns = drive::connect_all(&world.urls(), true).await?;
     let echo_urls = vec![echo.url.clone(); opts.devices];
     let echo_conns = drive::connect_all(&echo_urls, false).await?;
+    let relay_frames = Arc::new(RelayFrames::new(&world, opts.group_share, opts.text));
+    let relay_conns = drive::connect_all(&relay_frames.urls(&relay.url), false).await?;
     println!(
         "{} devices on each server (set up in {:.1}s); chat {:.0} sends/s ({:.0}% to groups, {:.3} deliveries per send), echo {:.0} frames/s; {}-character texts",
         opts.devices,
@@ -121,12 +142,14 @@ async fn measure(opts: &Opts, chat: &ServerProcess, echo: &ServerProcess) -> any
         chat.pid(),
         echo.pid()
     );
+    println!("relay server pid {}", relay.pid());
 
     let frames = Arc::new(SendFrames::new(&world, opts.group_share, opts.text));
     let period = |rate: f64| Duration::from_secs_f64(opts.devices as f64 / rate);
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let chat_counts = Arc::new(Counters::default());
     let echo_counts = Arc::new(Counters::default());
+    let relay_counts = Arc::new(Counters::default());
     let mut chat_tasks = drive::run(
         chat_conns,
         period(opts.rate),
@@ -139,21 +162,37 @@ async fn measure(opts: &Opts, chat: &ServerProcess, echo: &ServerProcess) -> any
         period(echo_rate),
         frames,
         echo_counts.clone(),
+        stop.clone(),
+    );
+    let mut relay_tasks = drive::run(
+        relay_conns,
+        period(opts.rate),
+        relay_frames,
+        relay_counts.clone(),
         stop,
     );
+    let counts = Sides {
+        chat: &chat_counts,
+        echo: &echo_counts,
+        relay: &relay_counts,
+    };
     tokio::time::sleep(Duration::from_secs_f64(opts.warmup)).await;
 
     let mut ratios = Vec::new();
     let mut chat_rates = Vec::new();
     let mut echo_rates = Vec::new();
+    let mut relay_rates = Vec::new();
+    let mut relay_ratios = Vec::new();
+    let mut chat_relay_ratios = Vec::new();
     for round in 1..=opts.rounds {
-        let before = Sample::take(chat, echo, &chat_counts, &echo_counts)?;
+        let before = Sample::take(servers, &counts)?;
         tokio::time::sleep(Duration::from_secs_f64(opts.window)).await;
-        let after = Sample::take(chat, echo, &chat_counts, &echo_counts)?;
+        let after = Sample::take(servers, &counts)?;
         let w = after.minus(&before);
         let chat_per_cpu = w.chat.deliveries as f64 / w.chat_cpu;
         let echo_per_cpu = w.echo.replies as f64 / w.echo_cpu;
         let ratio = chat_per_cpu / echo_per_cpu;
+        let relay_per_cpu = w.relay.deliveries as f64 / w.relay_cpu;
         println!(
             "window {round}: chat {:.0} sends/s, {:.0} acks/s, {:.0} deliveries/s on {:.2} cores: {:.0} deliveries per CPU-second ({:.2} us per send); \
              echo {:.0} frames/s on {:.2} cores: {:.0} frames per CPU-second; ratio {:.1}%{}",
@@ -169,6 +208,22 @@ async fn measure(opts: &Opts, chat: &ServerProcess, echo: &ServerProcess) -> any
             ratio * 100.0,
             notes(&w),
         );
+        println!(
+            "window {round}: relay {:.0} sends/s, {:.0} acks/s, {:.0} deliveries/s on {:.2} cores: {:.0} deliveries per CPU-second ({:.2} us per send); \
+             relay/echo {:.1}%, chat/relay {:.1}%{}",
+            w.relay.sent as f64 / w.secs,
+            w.relay.replies as f64 / w.secs,
+            w.relay.deliveries as f64 / w.secs,
+            w.relay_cpu / w.secs,
+            relay_per_cpu,
+            w.relay_cpu * 1e6 / w.relay.replies.max(1) as f64,
+            100.0 * relay_per_cpu / echo_per_cpu,
+            100.0 * chat_per_cpu / relay_per_cpu,
+            side_notes(&[("relay", &w.relay)]),
+        );
+        relay_rates.push(relay_per_cpu);
+        relay_ratios.push(relay_per_cpu / echo_per_cpu);
+        chat_relay_ratios.push(chat_per_cpu / relay_per_cpu);
         ratios.push(ratio);
         chat_rates.push(chat_per_cpu);
         echo_rates.push(echo_per_cpu);
@@ -190,18 +245,33 @@ async fn measure(opts: &Opts, chat: &ServerProcess, echo: &ServerProcess) -> any
         cpu_seconds("self")?,
     );
     while chat_tasks.join_next().await.is_some() {}
+    println!(
+        "median of {} windows: relay {:.0} deliveries per CPU-second, relay/echo {:.1}%, chat/relay {:.1}% \
+         (unanswered at the end: relay {})",
+        opts.rounds,
+        median(&mut relay_rates),
+        median(&mut relay_ratios) * 100.0,
+        median(&mut chat_relay_ratios) * 100.0,
+        lag(&relay_counts),
+    );
     while echo_tasks.join_next().await.is_some() {}
+    while relay_tasks.join_next().await.is_some() {}
     Ok(())
 }
 
 /// What makes a window's figures doubtful: errors, or answers falling behind
 /// the sends (a server, or the machine, could not keep up with the rate).
 fn notes(w: &Window) -> String {
+    side_notes(&[("chat", &w.chat), ("echo", &w.echo)])
+}
+
+fn side_notes(sides: &[(&str, &Counts)]) -> String {
     let mut notes = Vec::new();
-    if w.chat.errors + w.echo.errors > 0 {
-        notes.push(format!("{} errors", w.chat.errors + w.echo.errors));
+    let errors: u64 = sides.iter().map(|(_, c)| c.errors).sum();
+    if errors > 0 {
+        notes.push(format!("{errors} errors"));
     }
-    for (side, c) in [("chat", &w.chat), ("echo", &w.echo)] {
+    for &(side, c) in sides {
         if (c.replies as f64) < 0.98 * c.sent as f64 {
             notes.push(format!(
                 "{side} answered {:.0}% of its sends: not keeping up, lower --rate",
@@ -215,13 +285,22 @@ fn notes(w: &Window) -> String {
     }
 }
 
-/// Both servers' CPU time and both sides' counters at one moment.
+/// Each side's client counters.
+struct Sides<'a> {
+    chat: &'a Counters,
+    echo: &'a Counters,
+    relay: &'a Counters,
+}
+
+/// The servers' CPU time and the sides' counters at one moment.
 struct Sample {
     at: Instant,
     chat_cpu: f64,
     echo_cpu: f64,
+    relay_cpu: f64,
     chat: Counts,
     echo: Counts,
+    relay: Counts,
 }
 
 /// The difference of two samples: one window.
@@ -229,23 +308,22 @@ struct Window {
     secs: f64,
     chat_cpu: f64,
     echo_cpu: f64,
+    relay_cpu: f64,
     chat: Counts,
     echo: Counts,
+    relay: Counts,
 }
 
 impl Sample {
-    fn take(
-        chat: &ServerProcess,
-        echo: &ServerProcess,
-        chat_counts: &Counters,
-        echo_counts: &Counters,
-    ) -> anyhow::Result<Sample> {
+    fn take(servers: &Servers, counts: &Sides<'_>) -> anyhow::Result<Sample> {
         Ok(Sample {
             at: Instant::now(),
-            chat_cpu: chat.cpu_seconds()?,
-            echo_cpu: echo.cpu_seconds()?,
-            chat: chat_counts.snapshot(),
-            echo: echo_counts.snapshot(),
+            chat_cpu: servers.chat.cpu_seconds()?,
+            echo_cpu: servers.echo.cpu_seconds()?,
+            relay_cpu: servers.relay.cpu_seconds()?,
+            chat: counts.chat.snapshot(),
+            echo: counts.echo.snapshot(),
+            relay: counts.relay.snapshot(),
         })
     }
 
@@ -254,8 +332,10 @@ impl Sample {
             secs: (self.at - earlier.at).as_secs_f64(),
             chat_cpu: self.chat_cpu - earlier.chat_cpu,
             echo_cpu: self.echo_cpu - earlier.echo_cpu,
+            relay_cpu: self.relay_cpu - earlier.relay_cpu,
             chat: self.chat - earlier.chat,
             echo: self.echo - earlier.echo,
+            relay: self.relay - earlier.relay,
         }
     }
 }
