@@ -37,8 +37,8 @@ use crate::order::Stripe;
 use crate::outbox::CloseReason;
 use crate::presence::Presence;
 use crate::protocol::{
-    check_text, has_nul, ChannelId, ErrorCode, Message, MessageRef, Millis, Recipient, Seq, Status,
-    UserId, MAX_CLIENT_MSG_ID_CHARS,
+    check_text, has_nul, message_frame, reseq, ChannelId, ErrorCode, Message, MessageRef, Millis,
+    Recipient, Seq, Status, UserId, MAX_CLIENT_MSG_ID_CHARS,
 };
 use crate::push::{preview, Notification, PushGateway};
 use crate::reply::{self, Order, Page, REPLY_BUDGET_BYTES};
@@ -279,6 +279,7 @@ impl App {
         };
         let started = Instant::now();
         let members = self.members(&channel, from.user_id).await?;
+        // One clock read per step (on some virtual machines each is a system call).
         let read = Instant::now();
         Metrics::inc_by(&self.metrics.send_members_micros, micros(read - started));
 
@@ -288,7 +289,7 @@ impl App {
             return Err(StoreError::Overloaded.into());
         };
         let stripe = self.hasher.hash_one(&channel) as usize % self.channel_order.len();
-        let started = Instant::now();
+        let started = read;
         let (committed, turn) = self.channel_order[stripe]
             .submit(|| {
                 self.store.submit_accept(NewMessage {
@@ -309,15 +310,16 @@ impl App {
         // Fan out in id order: after every earlier send of this stripe, failed
         // or not; dropping `turn` lets the next one go.
         let _turn = turn.wait().await;
+        let turned = Instant::now();
         let m = &self.metrics;
         Metrics::inc_by(&m.send_submit_micros, micros(submitted - started));
         Metrics::inc_by(&m.send_commit_micros, micros(committed_at - submitted));
-        Metrics::inc_by(&m.send_turn_micros, micros(committed_at.elapsed()));
+        Metrics::inc_by(&m.send_turn_micros, micros(turned - committed_at));
         let accepted =
             accepted.inspect_err(|e| self.accept_failed(e, from.user_id, client_msg_id))?;
         Metrics::inc_by(
             &self.metrics.storage_accept_micros_sum,
-            started.elapsed().as_micros() as u64,
+            micros(turned - started),
         );
         Metrics::inc(&self.metrics.storage_accept_count);
         if accepted.duplicate {
@@ -387,10 +389,12 @@ impl App {
         client_msg_id: &str,
         text: &str,
     ) {
-        // Each member has its own `seq`, everything else is shared: serialize the
-        // shared part once and splice each member's seq in front of it, so a long
-        // text is escaped once per message rather than once per member.
-        let shared = serde_json::to_string(&MessageRef {
+        // Each member has its own `seq`, everything else is shared: the first
+        // frame a connected member needs is serialized (escaping a long text
+        // once per message), and every other member's is that frame with its
+        // own seq spliced in. A member with no connection to take it here (the
+        // sender's own entry, when it has no other device) costs no frame.
+        let message = MessageRef {
             kind: "message",
             channel: &accepted.channel,
             id: accepted.id,
@@ -400,19 +404,27 @@ impl App {
             client_msg_id,
             text,
             ts: accepted.ts,
-        })
-        .expect("message frames always serialize");
+        };
+        let mut first: Option<Utf8Bytes> = None;
         let mut offline_here = Vec::new();
         for &(member, seq) in &accepted.recipients {
-            let frame: Utf8Bytes = splice_seq(&shared, seq).into();
             let skip = (member == from.user_id).then_some(from.device_id);
-            let reached = self.hub.deliver_seq(member, seq, skip, &frame);
+            let reached = self.hub.deliver_seq_with(member, seq, skip, || {
+                let frame: Utf8Bytes = match &first {
+                    Some(f) => reseq(f, seq).into(),
+                    None => message_frame(&message, seq).into(),
+                };
+                first.get_or_insert_with(|| frame.clone());
+                frame
+            });
             if reached.connections == 0 && member != from.user_id {
                 offline_here.push(member);
             }
         }
         let elsewhere = match &self.cluster {
             Some(cluster) => {
+                let shared =
+                    serde_json::to_string(&message).expect("message frames always serialize");
                 cluster
                     .route_message(&accepted.recipients, from.user_id, from.device_id, &shared)
                     .await

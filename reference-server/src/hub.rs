@@ -199,13 +199,38 @@ impl Hub {
         skip: Option<DeviceId>,
         frame: &Utf8Bytes,
     ) -> Reached {
+        self.deliver_seq_with(user, seq, skip, || frame.clone())
+    }
+
+    /// [`Hub::deliver_seq`] with the frame made by `make` only if a connection
+    /// of `user` (other than device `skip`'s) is here to take it: fan-out then
+    /// builds no frame for an offline member, nor for a sender with no other
+    /// device (every send's own entry).
+    pub fn deliver_seq_with(
+        &self,
+        user: UserId,
+        seq: Seq,
+        skip: Option<DeviceId>,
+        make: impl FnOnce() -> Utf8Bytes,
+    ) -> Reached {
         if !self.ordered {
-            return self.deliver(user, skip, frame);
+            let shard = self.shard(user).read();
+            let Some(entry) = shard.get(&user) else {
+                return Reached::default();
+            };
+            if entry.conns.iter().all(|c| Some(c.device) == skip) {
+                return Reached {
+                    queued: 0,
+                    connections: entry.conns.len(),
+                };
+            }
+            return self.push(&entry.conns, skip, &make());
         }
         let mut shard = self.shard(user).write();
         let Some(entry) = shard.get_mut(&user) else {
             return Reached::default();
         };
+        let frame = &make();
         let order = entry.order.get_or_insert_with(Box::default);
         if order.next != 0 && seq < order.next {
             // Older than what was released: the device has it or syncs for it.

@@ -109,6 +109,26 @@ impl Outbox {
     }
 
     pub fn push(&self, frame: Utf8Bytes) -> Pushed {
+        let pushed = self.enqueue(frame);
+        if pushed != Pushed::Closed {
+            self.wake();
+        }
+        pushed
+    }
+
+    /// [`Outbox::push`] from the connection's own task, which looks at the
+    /// outbox before it next waits: the outbox is marked ready but the task is
+    /// not woken (waking a running task only makes the runtime poll it once
+    /// more, for nothing).
+    pub fn push_own(&self, frame: Utf8Bytes) -> Pushed {
+        let pushed = self.enqueue(frame);
+        if pushed != Pushed::Closed {
+            self.signalled.store(true, Ordering::Release);
+        }
+        pushed
+    }
+
+    fn enqueue(&self, frame: Utf8Bytes) -> Pushed {
         let mut st = self.state.lock();
         if st.closing.is_some() {
             return Pushed::Closed;
@@ -120,14 +140,10 @@ impl Outbox {
             st.frames = VecDeque::new();
             st.bytes = 0;
             st.closing = Some(CloseReason::SlowConsumer);
-            drop(st);
-            self.wake();
             return Pushed::Overflowed;
         }
         st.bytes += len;
         st.frames.push_back(frame);
-        drop(st);
-        self.wake();
         Pushed::Queued
     }
 
@@ -159,6 +175,23 @@ impl Outbox {
             st.frames = VecDeque::new();
         }
         None
+    }
+
+    /// The oldest queued frame, if any, or the close reason.
+    pub fn pop(&self) -> Result<Option<Utf8Bytes>, CloseReason> {
+        let mut st = self.state.lock();
+        if let Some(reason) = st.closing {
+            return Err(reason);
+        }
+        let frame = st.frames.pop_front();
+        if let Some(f) = &frame {
+            st.bytes -= f.len().min(u32::MAX as usize) as u32;
+            if st.frames.is_empty() && st.frames.capacity() > 64 {
+                // A burst is over: give its memory back rather than keep it per connection.
+                st.frames = VecDeque::new();
+            }
+        }
+        Ok(frame)
     }
 
     /// Records a frame read from the connection (`in`) or written to it.

@@ -416,12 +416,85 @@ pub struct MessageRef<'a> {
 /// member's `message` frame, built with one copy of the shared bytes.
 pub fn splice_seq(shared: &str, seq: u64) -> String {
     let body = shared.strip_prefix('{').unwrap_or(shared);
-    let mut frame = String::with_capacity(body.len() + 28);
+    let mut digits = [0u8; 20];
+    let seq = decimal(seq, &mut digits);
+    let mut frame = String::with_capacity(body.len() + seq.len() + 8);
     frame.push_str("{\"seq\":");
-    frame.push_str(&seq.to_string());
+    frame.push_str(seq);
     frame.push(',');
     frame.push_str(body);
     frame
+}
+
+/// The `message` frame of `m` for the member whose inbox `seq` it is: the
+/// same bytes as `splice_seq(&serde_json::to_string(m), seq)`, written into
+/// one buffer sized up front (no shared copy, no growing).
+pub fn message_frame(m: &MessageRef<'_>, seq: Seq) -> String {
+    let mut out = Vec::with_capacity(m.text.len() + m.client_msg_id.len() + m.channel.len() + 160);
+    out.extend_from_slice(b"{\"seq\":");
+    let mut digits = [0u8; 20];
+    out.extend_from_slice(decimal(seq, &mut digits).as_bytes());
+    let brace = out.len();
+    serde_json::to_writer(&mut out, m).expect("message frames always serialize");
+    // `{"seq":N{"type":...}` -> `{"seq":N,"type":...}`
+    out[brace] = b',';
+    String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
+/// Another member's frame of the same message: a [`message_frame`] (or
+/// [`splice_seq`]) result with its `seq` replaced.
+pub fn reseq(frame: &str, seq: Seq) -> String {
+    let after_seq = &frame["{\"seq\":".len()..];
+    let body = &after_seq[after_seq.find(',').unwrap_or(0)..];
+    let mut digits = [0u8; 20];
+    let seq = decimal(seq, &mut digits);
+    let mut out = String::with_capacity(body.len() + seq.len() + 7);
+    out.push_str("{\"seq\":");
+    out.push_str(seq);
+    out.push_str(body);
+    out
+}
+
+/// An `ack` frame: the same bytes as serializing [`ServerFrame::Ack`], without
+/// serde's per-field machinery (one is written for every `send`).
+pub fn ack_json(req: Option<i64>, channel: &str, id: MessageId, seq: Seq, ts: Millis) -> String {
+    let mut out = Vec::with_capacity(channel.len() + 96);
+    out.extend_from_slice(b"{\"type\":\"ack\",");
+    let mut digits = [0u8; 20];
+    if let Some(req) = req {
+        out.extend_from_slice(b"\"req\":");
+        if req < 0 {
+            out.push(b'-');
+        }
+        out.extend_from_slice(decimal(req.unsigned_abs(), &mut digits).as_bytes());
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"channel\":");
+    serde_json::to_writer(&mut out, channel).expect("strings always serialize");
+    for (name, n) in [
+        (&b",\"id\":"[..], id),
+        (b",\"seq\":", seq),
+        (b",\"ts\":", ts),
+    ] {
+        out.extend_from_slice(name);
+        out.extend_from_slice(decimal(n, &mut digits).as_bytes());
+    }
+    out.push(b'}');
+    String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
+/// `n` in decimal, written into the end of `buf` (no allocation, no `fmt`).
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).expect("ASCII digits")
 }
 
 /// A frame from the server.
@@ -624,6 +697,44 @@ mod tests {
             ack.to_json(),
             r#"{"type":"ack","req":3,"channel":"dm:1:2","id":1,"seq":4,"ts":5}"#
         );
+    }
+
+    #[test]
+    fn hand_written_frames_are_the_bytes_serde_writes() {
+        for (req, channel, id, seq, ts) in [
+            (Some(3), "dm:1:2", 1, 4, 5),
+            (None, "g:77", 0, u64::MAX, 1_700_000_000_000),
+            (Some(-12), "odd \"name\"\u{1}", 10, 100, 0),
+            (Some(i64::MIN), "g:1", 9, 99, 999),
+        ] {
+            let serde = ServerFrame::Ack {
+                req,
+                channel: channel.into(),
+                id,
+                seq,
+                ts,
+            }
+            .to_json();
+            assert_eq!(ack_json(req, channel, id, seq, ts), serde);
+        }
+        let m = MessageRef {
+            kind: "message",
+            channel: "g:1",
+            id: 7,
+            seq: None,
+            from: 1,
+            from_device: 2,
+            client_msg_id: "c\"1",
+            text: "hé \"quoted\" \u{7}",
+            ts: 99,
+        };
+        let shared = serde_json::to_string(&m).unwrap();
+        for seq in [0, 9, 10, 12345, u64::MAX] {
+            let spliced = splice_seq(&shared, seq);
+            assert_eq!(message_frame(&m, seq), spliced);
+            assert_eq!(reseq(&message_frame(&m, 3), seq), spliced);
+            assert_eq!(reseq(&spliced, 42), splice_seq(&shared, 42));
+        }
     }
 
     #[test]

@@ -40,7 +40,7 @@ use crate::error::ApiError;
 use crate::http::{Auth, Upgrade};
 use crate::metrics::Metrics;
 use crate::outbox::{CloseReason, Outbox, Pushed};
-use crate::protocol::{parse_client_frame, ClientFrame, ErrorCode, ServerFrame};
+use crate::protocol::{ack_json, parse_client_frame, ClientFrame, ErrorCode, ServerFrame};
 use crate::store::TokenOwner;
 
 /// Frames written per wake-up before the loop looks at the socket again.
@@ -238,23 +238,28 @@ async fn on_event(
 /// within `--write-timeout-ms` (the client stopped reading) closes the
 /// connection with 1008.
 async fn write_queued(app: &App, socket: &mut WebSocket, outbox: &Outbox) -> Step {
-    let mut batch = Vec::new();
-    if let Some(reason) = outbox.take(&mut batch, WRITE_BATCH) {
-        return Step::Close(Some((reason.code(), reason.text())));
-    }
     let limit = app.config.write_timeout;
+    // Frames are taken one at a time (a lock each, no batch to allocate), so
+    // frames queued while the first ones are written go out in the same turn.
+    let mut closing_now = None;
     let write = async {
-        for frame in batch.drain(..) {
+        for _ in 0..WRITE_BATCH {
+            let frame = match outbox.pop() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(reason) => {
+                    closing_now = Some(reason);
+                    return Ok(());
+                }
+            };
             outbox.note_frame(frame.len(), false);
-            match tokio::time::timeout(limit, socket.feed(WsMessage::Text(frame))).await {
-                Ok(r) => r.map_err(|_| WriteFailed::Gone)?,
-                Err(_) => return Err(WriteFailed::TimedOut),
-            }
+            within(limit, socket.feed(WsMessage::Text(frame)))
+                .await?
+                .map_err(|_| WriteFailed::Gone)?;
         }
-        match tokio::time::timeout(limit, socket.flush()).await {
-            Ok(r) => r.map_err(|_| WriteFailed::Gone),
-            Err(_) => Err(WriteFailed::TimedOut),
-        }
+        within(limit, socket.flush())
+            .await?
+            .map_err(|_| WriteFailed::Gone)
     };
     tokio::select! {
         r = write => match r {
@@ -269,11 +274,29 @@ async fn write_queued(app: &App, socket: &mut WebSocket, outbox: &Outbox) -> Ste
         // Shutdown marks the outbox too, so this also ends a write at shutdown.
         reason = closing(outbox) => return Step::Close(Some((reason.code(), reason.text()))),
     }
+    if let Some(reason) = closing_now {
+        return Step::Close(Some((reason.code(), reason.text())));
+    }
     // More may be queued than one batch: come back without waiting.
     if outbox.has_frames() {
         outbox.wake();
     }
     Step::Continue
+}
+
+/// `fut` within `limit`. A write that completes at once (the kernel's socket
+/// buffer has room: nearly always) is not given a timer: arming one reads the
+/// clock, which on some virtual machines is a system call per frame.
+async fn within<F: Future>(limit: Duration, fut: F) -> Result<F::Output, WriteFailed> {
+    let mut fut = std::pin::pin!(fut);
+    // One poll with the task's own waker: if it is pending, `timeout` polls
+    // again and registers the same waker, so nothing is missed.
+    if let Poll::Ready(out) = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+        return Ok(out);
+    }
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| WriteFailed::TimedOut)
 }
 
 /// Why a write did not complete.
@@ -285,9 +308,12 @@ enum WriteFailed {
 }
 
 /// Queues an answer on the outbox like any delivery; `Some` is the step to take
-/// when that overflows it (1008: the client does not read its answers).
+/// when that overflows it (1008: the client does not read its answers). Only
+/// the session's own task calls this, and its loop looks at the outbox before
+/// it waits again, so the push marks the outbox without waking the task (a
+/// wake-up would only poll it once more for nothing).
 fn queue_reply(app: &App, outbox: &Outbox, reply: String) -> Option<Step> {
-    match outbox.push(reply.into()) {
+    match outbox.push_own(reply.into()) {
         Pushed::Queued => None,
         Pushed::Overflowed => {
             Metrics::inc(&app.metrics.slow_consumer_disconnects);
@@ -482,17 +508,13 @@ async fn handle(
                 );
                 return (reply(req, Err(e)), false);
             }
-            let r = app
-                .send(owner, &to, &client_msg_id, &text)
-                .await
-                .map(|a| ServerFrame::Ack {
-                    req,
-                    channel: a.channel,
-                    id: a.id,
-                    seq: a.sender_seq,
-                    ts: a.ts,
-                });
-            (reply(req, r), false)
+            match app.send(owner, &to, &client_msg_id, &text).await {
+                Ok(a) => (
+                    Some(ack_json(req, &a.channel, a.id, a.sender_seq, a.ts)),
+                    false,
+                ),
+                Err(e) => (reply(req, Err(e)), false),
+            }
         }
         ClientFrame::Heartbeat { req } => {
             app.presence.touch(owner.user_id, owner.device_id, now_ms());

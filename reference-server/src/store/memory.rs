@@ -32,8 +32,9 @@ struct Inner {
     groups: Vec<Vec<UserId>>,
     /// Channel id -> messages; message `id` is its index + 1.
     channels: HashMap<String, Vec<StoredMessage>>,
-    /// `(sender, client_msg_id)` -> index into `channels` of the first send.
-    dedupe: HashMap<(UserId, String), (String, MessageId, Seq)>,
+    /// `(sender, client_msg_id)` -> the first send's message (shared with its
+    /// channel, so no copy of the channel name) and the sender's seq for it.
+    dedupe: HashMap<(UserId, String), (StoredMessage, Seq)>,
 }
 
 struct User {
@@ -221,13 +222,12 @@ impl Store for MemoryStore {
     async fn accept(&self, msg: NewMessage<'_>) -> StoreResult<Accepted> {
         let mut inner = self.inner.lock();
         let key = (msg.from, msg.client_msg_id.to_string());
-        if let Some((channel, id, sender_seq)) = inner.dedupe.get(&key).cloned() {
-            let ts = inner.channels[&channel][(id - 1) as usize].ts;
+        if let Some((first, sender_seq)) = inner.dedupe.get(&key) {
             return Ok(Accepted {
-                channel,
-                id,
-                ts,
-                sender_seq,
+                channel: first.channel.clone(),
+                id: first.id,
+                ts: first.ts,
+                sender_seq: *sender_seq,
                 recipients: Vec::new(),
                 duplicate: true,
             });
@@ -280,9 +280,7 @@ impl Store for MemoryStore {
             .find(|(m, _)| *m == msg.from)
             .map(|&(_, s)| s)
             .unwrap_or(0);
-        inner
-            .dedupe
-            .insert(key, (msg.channel.to_string(), id, sender_seq));
+        inner.dedupe.insert(key, (stored, sender_seq));
         Ok(Accepted {
             channel: msg.channel.to_string(),
             id,
@@ -359,16 +357,9 @@ impl Store for MemoryStore {
         inner
             .tokens
             .retain(|token, _| !crate::auth::token_expired(token, now));
-        let Inner {
-            dedupe, channels, ..
-        } = &mut *inner;
+        let dedupe = &mut inner.dedupe;
         let records = dedupe.len();
-        dedupe.retain(|_, (channel, id, _)| {
-            channels
-                .get(channel)
-                .and_then(|h| h.get((*id - 1) as usize))
-                .is_some_and(|m| m.ts >= dedupe_before)
-        });
+        dedupe.retain(|_, (first, _)| first.ts >= dedupe_before);
         Ok(Expired {
             tokens: (tokens - inner.tokens.len()) as u64,
             dedupe: (records - inner.dedupe.len()) as u64,
