@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::{
-    Accepted, Expired, NewMessage, Store, StoreError, StoreResult, StoredMessage, TokenOwner,
-    UserInfo, UserRecord,
+    Accepted, Expired, NewMessage, PendingAccept, Store, StoreError, StoreResult, StoredMessage,
+    TokenOwner, UserInfo, UserRecord,
 };
 use crate::protocol::{DeviceId, Message, MessageId, Millis, Seq, UserId};
 
@@ -50,6 +50,79 @@ struct User {
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Stores a message under the one lock ([`Store::accept`]).
+    fn accept_now(&self, msg: NewMessage<'_>) -> StoreResult<Accepted> {
+        let mut inner = self.inner.lock();
+        let key = (msg.from, msg.client_msg_id.to_string());
+        if let Some((first, sender_seq)) = inner.dedupe.get(&key) {
+            return Ok(Accepted {
+                channel: first.channel.clone(),
+                id: first.id,
+                ts: first.ts,
+                sender_seq: *sender_seq,
+                recipients: Vec::new(),
+                duplicate: true,
+            });
+        }
+        // A group's members as they are now, under the same lock as the append.
+        let current;
+        let members = match super::group_of(msg.channel) {
+            Some(g) => {
+                current = g
+                    .checked_sub(1)
+                    .and_then(|i| inner.groups.get(i as usize))
+                    .cloned()
+                    .ok_or(StoreError::NotFound)?;
+                if !current.contains(&msg.from) {
+                    return Err(StoreError::NotMember);
+                }
+                &current[..]
+            }
+            None => msg.members,
+        };
+        if members.iter().any(|&m| inner.user(m).is_none()) {
+            return Err(StoreError::NotFound);
+        }
+        // Look the channel up by `&str` first: a busy channel's key is not
+        // allocated again for every message.
+        if !inner.channels.contains_key(msg.channel) {
+            inner.channels.insert(msg.channel.to_string(), Vec::new());
+        }
+        let history = inner.channels.get_mut(msg.channel).expect("inserted above");
+        let id = history.len() as MessageId + 1;
+        let stored = Arc::new(Message {
+            channel: msg.channel.to_string(),
+            id,
+            seq: None,
+            from: msg.from,
+            from_device: msg.from_device,
+            client_msg_id: msg.client_msg_id.to_string(),
+            text: msg.text.to_string(),
+            ts: msg.ts,
+        });
+        history.push(stored.clone());
+        let mut recipients = Vec::with_capacity(members.len());
+        for &m in members {
+            let user = inner.user_mut(m)?;
+            user.inbox.push(stored.clone());
+            recipients.push((m, user.inbox.len() as Seq));
+        }
+        let sender_seq = recipients
+            .iter()
+            .find(|(m, _)| *m == msg.from)
+            .map(|&(_, s)| s)
+            .unwrap_or(0);
+        inner.dedupe.insert(key, (stored, sender_seq));
+        Ok(Accepted {
+            channel: msg.channel.to_string(),
+            id,
+            ts: msg.ts,
+            sender_seq,
+            recipients,
+            duplicate: false,
+        })
     }
 }
 
@@ -220,75 +293,14 @@ impl Store for MemoryStore {
     }
 
     async fn accept(&self, msg: NewMessage<'_>) -> StoreResult<Accepted> {
-        let mut inner = self.inner.lock();
-        let key = (msg.from, msg.client_msg_id.to_string());
-        if let Some((first, sender_seq)) = inner.dedupe.get(&key) {
-            return Ok(Accepted {
-                channel: first.channel.clone(),
-                id: first.id,
-                ts: first.ts,
-                sender_seq: *sender_seq,
-                recipients: Vec::new(),
-                duplicate: true,
-            });
-        }
-        // A group's members as they are now, under the same lock as the append.
-        let current;
-        let members = match super::group_of(msg.channel) {
-            Some(g) => {
-                current = g
-                    .checked_sub(1)
-                    .and_then(|i| inner.groups.get(i as usize))
-                    .cloned()
-                    .ok_or(StoreError::NotFound)?;
-                if !current.contains(&msg.from) {
-                    return Err(StoreError::NotMember);
-                }
-                &current[..]
-            }
-            None => msg.members,
-        };
-        if members.iter().any(|&m| inner.user(m).is_none()) {
-            return Err(StoreError::NotFound);
-        }
-        // Look the channel up by `&str` first: a busy channel's key is not
-        // allocated again for every message.
-        if !inner.channels.contains_key(msg.channel) {
-            inner.channels.insert(msg.channel.to_string(), Vec::new());
-        }
-        let history = inner.channels.get_mut(msg.channel).expect("inserted above");
-        let id = history.len() as MessageId + 1;
-        let stored = Arc::new(Message {
-            channel: msg.channel.to_string(),
-            id,
-            seq: None,
-            from: msg.from,
-            from_device: msg.from_device,
-            client_msg_id: msg.client_msg_id.to_string(),
-            text: msg.text.to_string(),
-            ts: msg.ts,
-        });
-        history.push(stored.clone());
-        let mut recipients = Vec::with_capacity(members.len());
-        for &m in members {
-            let user = inner.user_mut(m)?;
-            user.inbox.push(stored.clone());
-            recipients.push((m, user.inbox.len() as Seq));
-        }
-        let sender_seq = recipients
-            .iter()
-            .find(|(m, _)| *m == msg.from)
-            .map(|&(_, s)| s)
-            .unwrap_or(0);
-        inner.dedupe.insert(key, (stored, sender_seq));
-        Ok(Accepted {
-            channel: msg.channel.to_string(),
-            id,
-            ts: msg.ts,
-            sender_seq,
-            recipients,
-            duplicate: false,
-        })
+        self.accept_now(msg)
+    }
+
+    /// The whole accept, done before returning (the default would box a
+    /// second future, the `accept` call's, for every send).
+    async fn submit_accept(&self, msg: NewMessage<'_>) -> StoreResult<PendingAccept> {
+        let accepted = self.accept_now(msg);
+        Ok(Box::pin(std::future::ready(accepted)))
     }
 
     async fn history(
