@@ -6,6 +6,7 @@
 //! [`Store::accept`] needs. Messages are `Arc`-shared between the channel history
 //! and the members' inboxes, so a group message is stored once.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -52,28 +53,40 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// Stores a message under the one lock ([`Store::accept`]).
+    /// Stores a message under the one lock ([`Store::accept`]). The fields of
+    /// `Inner` are borrowed apart so that the dedupe key is hashed and probed
+    /// once (an `entry`, kept while the message is appended), the group's
+    /// members are read where they are (not copied), and the channel's history
+    /// is looked up once.
     fn accept_now(&self, msg: NewMessage<'_>) -> StoreResult<Accepted> {
         let mut inner = self.inner.lock();
-        let key = (msg.from, msg.client_msg_id.to_string());
-        if let Some((first, sender_seq)) = inner.dedupe.get(&key) {
-            return Ok(Accepted {
-                channel: first.channel.clone(),
-                id: first.id,
-                ts: first.ts,
-                sender_seq: *sender_seq,
-                recipients: Vec::new(),
-                duplicate: true,
-            });
-        }
+        let Inner {
+            users,
+            groups,
+            channels,
+            dedupe,
+            ..
+        } = &mut *inner;
+        let slot = match dedupe.entry((msg.from, msg.client_msg_id.to_string())) {
+            Entry::Occupied(seen) => {
+                let (first, sender_seq) = seen.get();
+                return Ok(Accepted {
+                    channel: first.channel.clone(),
+                    id: first.id,
+                    ts: first.ts,
+                    sender_seq: *sender_seq,
+                    recipients: Vec::new(),
+                    duplicate: true,
+                });
+            }
+            Entry::Vacant(slot) => slot,
+        };
         // A group's members as they are now, under the same lock as the append.
-        let current;
         let members = match super::group_of(msg.channel) {
             Some(g) => {
-                current = g
+                let current = g
                     .checked_sub(1)
-                    .and_then(|i| inner.groups.get(i as usize))
-                    .cloned()
+                    .and_then(|i| groups.get(i as usize))
                     .ok_or(StoreError::NotFound)?;
                 if !current.contains(&msg.from) {
                     return Err(StoreError::NotMember);
@@ -82,30 +95,44 @@ impl MemoryStore {
             }
             None => msg.members,
         };
-        if members.iter().any(|&m| inner.user(m).is_none()) {
+        let index = |m: UserId| m.checked_sub(1).map(|i| i as usize);
+        if members
+            .iter()
+            .any(|&m| index(m).and_then(|i| users.get(i)).is_none())
+        {
             return Err(StoreError::NotFound);
         }
-        // Look the channel up by `&str` first: a busy channel's key is not
-        // allocated again for every message.
-        if !inner.channels.contains_key(msg.channel) {
-            inner.channels.insert(msg.channel.to_string(), Vec::new());
-        }
-        let history = inner.channels.get_mut(msg.channel).expect("inserted above");
-        let id = history.len() as MessageId + 1;
-        let stored = Arc::new(Message {
-            channel: msg.channel.to_string(),
-            id,
-            seq: None,
-            from: msg.from,
-            from_device: msg.from_device,
-            client_msg_id: msg.client_msg_id.to_string(),
-            text: msg.text.to_string(),
-            ts: msg.ts,
-        });
-        history.push(stored.clone());
+        let message = |id| {
+            Arc::new(Message {
+                channel: msg.channel.to_string(),
+                id,
+                seq: None,
+                from: msg.from,
+                from_device: msg.from_device,
+                client_msg_id: msg.client_msg_id.to_string(),
+                text: msg.text.to_string(),
+                ts: msg.ts,
+            })
+        };
+        // Looked up by `&str`: a busy channel's key is not allocated again for
+        // every message, only a new channel's.
+        let stored = match channels.get_mut(msg.channel) {
+            Some(history) => {
+                let stored = message(history.len() as MessageId + 1);
+                history.push(stored.clone());
+                stored
+            }
+            None => {
+                let stored = message(1);
+                channels.insert(msg.channel.to_string(), vec![stored.clone()]);
+                stored
+            }
+        };
         let mut recipients = Vec::with_capacity(members.len());
         for &m in members {
-            let user = inner.user_mut(m)?;
+            let user = index(m)
+                .and_then(|i| users.get_mut(i))
+                .ok_or(StoreError::NotFound)?;
             user.inbox.push(stored.clone());
             recipients.push((m, user.inbox.len() as Seq));
         }
@@ -114,11 +141,12 @@ impl MemoryStore {
             .find(|(m, _)| *m == msg.from)
             .map(|&(_, s)| s)
             .unwrap_or(0);
-        inner.dedupe.insert(key, (stored, sender_seq));
+        let (id, ts) = (stored.id, stored.ts);
+        slot.insert((stored, sender_seq));
         Ok(Accepted {
             channel: msg.channel.to_string(),
             id,
-            ts: msg.ts,
+            ts,
             sender_seq,
             recipients,
             duplicate: false,
