@@ -54,6 +54,8 @@ pub async fn serve(listener: TcpListener, read_buffer: usize) -> std::io::Result
     }
 }
 
+// The handshake callback's error type is tungstenite's (an HTTP response).
+#[allow(clippy::result_large_err)]
 async fn connection(tcp: TcpStream, read_buffer: usize, peers: Arc<Peers>, ack: Utf8Bytes) {
     // As the chat server configures its sockets (session.rs).
     let config = WebSocketConfig::default()
@@ -236,17 +238,16 @@ impl Frames for RelayFrames {
     fn frame(&self, conn: usize, n: u64, rng: &mut Rng) -> String {
         let t = &self.targets[conn % self.targets.len()];
         let mut f = String::with_capacity(self.text.len() + 200);
-        let channel;
-        if rng.unit() < self.group_share {
+        let channel = if rng.unit() < self.group_share {
             for (k, i) in t.group.iter().enumerate() {
                 let _ = write!(f, "{}{i}", if k == 0 { "" } else { "," });
             }
-            channel = t.channel.clone();
+            t.channel.clone()
         } else {
             let _ = write!(f, "{}", t.partner);
             let (a, b) = (t.user.min(t.partner_user), t.user.max(t.partner_user));
-            channel = format!("dm:{a}:{b}");
-        }
+            format!("dm:{a}:{b}")
+        };
         // The bytes of the chat server's delivery for this send (its seq, id and
         // ts are as long as a busy run's).
         let _ = write!(
